@@ -1,0 +1,57 @@
+"""The OpenAI-style error envelope, `{"error": {"message", "type", "param", "code"}}`, for every API error."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorEnvelope(BaseModel):
+    error: ErrorBody
+
+
+def error_response(status: int, message: str, *, type_: str = "invalid_request_error",
+                   param: str | None = None, code: str | None = None) -> JSONResponse:
+    """A JSON error in the envelope OpenAI clients expect."""
+    body = ErrorEnvelope(error=ErrorBody(message=message, type=type_, param=param, code=code))
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+def validation_param(loc: tuple) -> str:
+    """Dotted field path of a pydantic error location, without the 'body' prefix or union branch names."""
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    # pydantic names union branches (e.g. 'list[str]') in the location; they are not fields.
+    return ".".join(p for p in parts if "[" not in p and p not in ("str", "int", "float", "bool"))
+
+
+def describe_validation_error(exc: RequestValidationError) -> tuple[str, str]:
+    """The first validation problem as (param, message), e.g. ('lora.r', 'lora.r: must be >= 1')."""
+    first = exc.errors()[0]
+    param = validation_param(tuple(first.get("loc", ())))
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    return param, f"{param}: {message}" if param else message
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer API errors with the envelope; pages keep FastAPI's defaults."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        param, message = describe_validation_error(exc)
+        return error_response(422, message, param=param or None, code="invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(exc.status_code, str(exc.detail), code=code,
+                              type_="invalid_request_error" if exc.status_code < 500 else "server_error")

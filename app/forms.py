@@ -1,0 +1,146 @@
+"""The configuration form: turn posted fields into an EstimateRequest, and back into field values.
+
+Owns the mapping between form field names and the API's `lora` / `training` objects, so a form
+error can be shown beside the field it concerns. Must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from app.api_errors import validation_param
+from app.training.estimate import EstimateRequest
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_CHECKBOXES = ("use_rslora", "use_dora", "gradient_checkpointing", "has_validation_set", "alpha_locked")
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
+
+
+@dataclass
+class FormState:
+    """What the form shows: raw field values, and errors keyed by form field name."""
+
+    values: dict[str, object]
+    errors: dict[str, str] = field(default_factory=dict)
+    request: EstimateRequest | None = None
+
+
+def default_values(model: str = DEFAULT_MODEL) -> dict[str, object]:
+    """The form's starting values: the Balanced pattern (r=16, alpha=16, attention + MLP)."""
+    return {
+        "model": model, "r": "16", "lora_alpha": "16", "alpha_locked": True, "lora_dropout": "0",
+        "bias": "none", "use_rslora": False, "use_dora": False, "target_mode": "modules",
+        "target_modules": [], "target_regex": "", "modules_to_save": [], "exclude_modules": "",
+        "layers_to_transform": "", "layers_pattern": "", "rank_pattern": "", "precision": "bf16",
+        "sequence_length": "1024", "batch_size": "4", "gradient_checkpointing": True,
+        "dataset_examples": "", "has_validation_set": False,
+    }
+
+
+def values_from_form(form) -> dict[str, object]:
+    """Raw values from a submitted form (a starlette FormData or a dict of lists)."""
+    values = default_values(form.get("model") or DEFAULT_MODEL)
+    for key in values:
+        if key in _CHECKBOXES:
+            values[key] = form.get(key) in ("on", "true", "1")
+        elif key in ("target_modules", "modules_to_save"):
+            values[key] = [v for v in form.getlist(key) if v]
+        elif form.get(key) is not None:
+            values[key] = str(form.get(key)).strip()
+    return values
+
+
+class FormError(ValueError):
+    def __init__(self, field_name: str, message: str):
+        super().__init__(message)
+        self.field_name = field_name
+
+
+def _layers(text: str) -> list[int] | None:
+    if not text:
+        return None
+    layers: list[int] = []
+    for part in text.split(","):
+        match = _RANGE.match(part)
+        if not match:
+            raise FormError("layers_to_transform", f"{part.strip()!r} is not a layer number or range like 0-7")
+        start, end = int(match.group(1)), int(match.group(2) or match.group(1))
+        layers.extend(range(start, end + 1))
+    return sorted(set(layers))
+
+
+def _rank_pattern(text: str) -> dict[str, int]:
+    pattern: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, sep, value = line.rpartition("=")
+        if not sep or not key.strip() or not value.strip().isdigit():
+            raise FormError("rank_pattern", f"line {number}: write one 'pattern = rank' per line")
+        pattern[key.strip()] = int(value)
+    return pattern
+
+
+def _names(text: str) -> list[str] | None:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    return names or None
+
+
+def _targets(values: dict) -> list[str] | str | None:
+    mode = values["target_mode"]
+    if mode == "all-linear":
+        return "all-linear"
+    if mode == "regex":
+        if not values["target_regex"]:
+            raise FormError("target_regex", "enter a regular expression matched against full module names")
+        return str(values["target_regex"])
+    if mode == "default":
+        return None
+    if not values["target_modules"]:
+        raise FormError("target_modules", "choose at least one module to adapt")
+    return list(values["target_modules"])
+
+
+def _number(values: dict, key: str) -> str | None:
+    return str(values[key]) if values[key] != "" else None
+
+
+# Pydantic locations that map onto a differently named form field.
+_FIELD_FOR_PARAM = {"lora.target_modules": "target_modules", "training.dataset_examples": "dataset_examples"}
+
+
+def parse(values: dict[str, object]) -> FormState:
+    """Validate the form; the state carries either a request or per-field errors."""
+    state = FormState(values=values)
+    try:
+        lora_alpha = values["r"] if values["alpha_locked"] else values["lora_alpha"]
+        payload = {
+            "model": values["model"],
+            "lora": {
+                "r": values["r"], "lora_alpha": lora_alpha, "lora_dropout": values["lora_dropout"] or 0,
+                "bias": values["bias"], "use_rslora": values["use_rslora"], "use_dora": values["use_dora"],
+                "target_modules": _targets(values), "modules_to_save": list(values["modules_to_save"]) or None,
+                "exclude_modules": _names(str(values["exclude_modules"])),
+                "layers_to_transform": _layers(str(values["layers_to_transform"])),
+                "layers_pattern": values["layers_pattern"] or None,
+                "rank_pattern": _rank_pattern(str(values["rank_pattern"])),
+            },
+            "training": {
+                "precision": values["precision"], "sequence_length": values["sequence_length"],
+                "batch_size": values["batch_size"], "gradient_checkpointing": values["gradient_checkpointing"],
+                "dataset_examples": _number(values, "dataset_examples"),
+                "has_validation_set": values["has_validation_set"],
+            },
+        }
+        state.request = EstimateRequest.model_validate(payload)
+    except FormError as exc:
+        state.errors[exc.field_name] = str(exc)
+    except ValidationError as exc:
+        for error in exc.errors():
+            param = validation_param(tuple(error["loc"]))
+            name = _FIELD_FOR_PARAM.get(param, param.split(".")[-1] if param else "form")
+            state.errors.setdefault(name, error["msg"].removeprefix("Value error, "))
+    return state

@@ -1,0 +1,36 @@
+"""The FastAPI application: routers, static files, error envelope. Must not import torch or `workers`."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app.api_errors import install_error_handlers
+from app.routers import estimate_api, models_api, pages
+from app.settings import get_settings
+
+
+def create_app() -> FastAPI:
+    """Build the web app with every router mounted."""
+    settings = get_settings()
+    app = FastAPI(
+        title="Tuneboard",
+        summary="Configure and launch LoRA fine-tunes with exact estimates.",
+        version="0.1.0",
+    )
+    install_error_handlers(app)
+    app.include_router(pages.router)
+    app.include_router(models_api.router)
+    app.include_router(estimate_api.router)
+    app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
+    # Front-end libraries come from the npm registry; serve them straight from node_modules.
+    app.mount("/vendor", StaticFiles(directory=settings.node_modules_dir, check_dir=False), name="vendor")
+
+    @app.get("/healthz", tags=["operations"], summary="Liveness")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+app = create_app()

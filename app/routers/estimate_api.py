@@ -1,0 +1,37 @@
+"""REST: `POST /v1/fine_tuning/estimate`, the exact LoRA estimate."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from app.api_errors import ErrorEnvelope, error_response
+from app.model_inventories import InventoryUnavailable, get_inventory
+from app.settings import Settings, get_settings
+from app.training.estimate import EstimateRequest, EstimateResponse, estimate
+from app.training.matching import EstimateError
+
+router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+@router.post(
+    "/estimate",
+    response_model=EstimateResponse,
+    summary="Exact trainable parameters, adapter size and memory for a LoRA config",
+    responses={202: {"description": "Inventory being computed; retry"}, 404: {"model": ErrorEnvelope},
+               422: {"model": ErrorEnvelope}},
+)
+def post_estimate(body: EstimateRequest, settings: SettingsDep):
+    """The numbers PEFT would report for this model and config, without loading the model."""
+    try:
+        inventory = get_inventory(body.model, settings)
+    except InventoryUnavailable as exc:
+        if exc.computing:
+            return error_response(202, exc.message, type_="inventory_pending", param="model", code="computing")
+        return error_response(404, exc.message, param="model", code="model_not_found")
+    try:
+        return estimate(inventory, body)
+    except EstimateError as exc:
+        return error_response(422, exc.message, param=f"lora.{exc.field}", code="invalid_lora_config")

@@ -1,0 +1,34 @@
+"""The Jinja2 environment shared by every page, with number and byte formatting filters."""
+
+from __future__ import annotations
+
+from fastapi.templating import Jinja2Templates
+
+from app.settings import get_settings
+
+
+def thousands(value: int) -> str:
+    """12345678 -> '12,345,678'."""
+    return f"{value:,d}"
+
+
+def human_bytes(value: int) -> str:
+    """Bytes in binary units, three significant figures: 41943040 -> '40.0 MiB'."""
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.3g} {unit}" if size < 100 else f"{size:.0f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def compact(value: int) -> str:
+    """Parameter counts the way model cards write them: 41943040 -> '41.9M'."""
+    for threshold, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if value >= threshold:
+            return f"{value / threshold:.3g}{suffix}"
+    return str(value)
+
+
+templates = Jinja2Templates(directory=str(get_settings().templates_dir))
+templates.env.filters.update(thousands=thousands, human_bytes=human_bytes, compact=compact)

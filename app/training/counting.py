@@ -1,0 +1,213 @@
+"""Exact trainable / all parameter counts and adapter file size for a LoRA config on an inventory.
+
+The numbers equal `PeftModel.get_nb_trainable_parameters()` and the size of the
+`adapter_model.safetensors` that `save_pretrained` writes. Pure stdlib; must not import torch,
+peft or `workers`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from app.training.inventory import Inventory, Module, layer_group_name
+from app.training.lora_settings import LoraSettings
+from app.training.matching import AdaptedModule, Selection
+
+_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterTensor:
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        total = 1
+        for dim in self.shape:
+            total *= dim
+        return total
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleGroup:
+    """Adapted modules that share a name pattern across layers and the same rank."""
+
+    pattern: str
+    type: str
+    in_features: int
+    out_features: int
+    r: int
+    count: int
+    params_each: int
+    layers: tuple[int, ...]
+
+    @property
+    def params_total(self) -> int:
+        return self.params_each * self.count
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    trainable: int
+    all: int
+    adapter_params: int  # LoRA A/B (+ DoRA magnitudes)
+    saved_params: int  # full copies for modules_to_save
+    bias_params: int  # base biases set trainable by `bias`
+    groups: tuple[ModuleGroup, ...]
+    tensors: tuple[AdapterTensor, ...]
+
+    @property
+    def trainable_percent(self) -> float:
+        return 100 * self.trainable / self.all
+
+    def peft_line(self) -> str:
+        """The line `print_trainable_parameters()` prints."""
+        return (
+            f"trainable params: {self.trainable:,d} || all params: {self.all:,d} || "
+            f"trainable%: {self.trainable_percent:.4f}"
+        )
+
+
+def _adapter_tensors(adapted: AdaptedModule, use_dora: bool) -> list[AdapterTensor]:
+    module, r = adapted.module, adapted.r
+    base = _PREFIX + module.name
+    if module.kind == "embedding":
+        tensors = [
+            AdapterTensor(f"{base}.lora_embedding_A", (r, module.in_features)),
+            AdapterTensor(f"{base}.lora_embedding_B", (module.out_features, r)),
+        ]
+    else:
+        tensors = [
+            AdapterTensor(f"{base}.lora_A.weight", (r, module.in_features)),
+            AdapterTensor(f"{base}.lora_B.weight", (module.out_features, r)),
+        ]
+    if use_dora:
+        tensors.append(AdapterTensor(f"{base}.lora_magnitude_vector", (module.out_features,)))
+    return tensors
+
+
+def _layer_number(name: str) -> int | None:
+    for part in name.split("."):
+        if part.isdigit():
+            return int(part)
+    return None
+
+
+def _groups(adapted: list[AdaptedModule], use_dora: bool) -> tuple[ModuleGroup, ...]:
+    grouped: dict[tuple[str, int], list[AdaptedModule]] = {}
+    for item in adapted:
+        grouped.setdefault((layer_group_name(item.module.name), item.r), []).append(item)
+    groups = []
+    for (pattern, r), items in grouped.items():
+        module = items[0].module
+        each = r * (module.in_features + module.out_features) + (module.out_features if use_dora else 0)
+        layers = tuple(sorted({n for n in (_layer_number(i.module.name) for i in items) if n is not None}))
+        groups.append(
+            ModuleGroup(pattern, module.type, module.in_features, module.out_features, r, len(items), each, layers)
+        )
+    return tuple(groups)
+
+
+def _freed_biases(inventory: Inventory, settings: LoraSettings, adapted: list[AdaptedModule]) -> list[tuple[str, int]]:
+    if settings.bias == "all":
+        return [(p.full_name, p.numel) for p in inventory.bias_params]
+    if settings.bias == "lora_only":
+        return [(b.full_name, b.numel) for b in (a.module.bias for a in adapted) if b is not None]
+    return []
+
+
+def count(inventory: Inventory, settings: LoraSettings, selection: Selection) -> Counts:
+    """Exact parameter counts, the per-module breakdown and the adapter's tensors."""
+    tensors: list[AdapterTensor] = []
+    for item in selection.adapted:
+        tensors.extend(_adapter_tensors(item, settings.use_dora))
+    adapter_params = sum(t.numel for t in tensors)
+
+    saved_params = sum(m.subtree_params for m in selection.saved)
+    for module in selection.saved:
+        tensors.extend(_saved_tensors(inventory, module))
+
+    saved_names = tuple(m.name + "." for m in selection.saved)
+    biases = _freed_biases(inventory, settings, selection.adapted)
+    # Biases inside a saved module are already trainable in its copy; the frozen original stays frozen.
+    bias_params = sum(n for name, n in biases if not name.startswith(saved_names))
+    tensors.extend(AdapterTensor(_PREFIX + _adapted_bias_name(name, selection), (n,)) for name, n in biases
+                   if not name.startswith(saved_names))
+
+    tensors.extend(_saved_embedding_weights(inventory, settings, selection))
+
+    return Counts(
+        trainable=adapter_params + saved_params + bias_params,
+        all=inventory.base_params + adapter_params + saved_params,
+        adapter_params=adapter_params,
+        saved_params=saved_params,
+        bias_params=bias_params,
+        groups=_groups(selection.adapted, settings.use_dora),
+        tensors=tuple(tensors),
+    )
+
+
+def _adapted_bias_name(name: str, selection: Selection) -> str:
+    # An adapted layer keeps its original weights under `base_layer`.
+    owner = name.rsplit(".", 1)[0]
+    if any(a.module.name == owner for a in selection.adapted):
+        return f"{owner}.base_layer.bias"
+    return name
+
+
+_EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
+
+
+def _embedding_targeted(settings: LoraSettings, targets) -> bool:
+    if isinstance(targets, str):
+        pattern = re.compile(targets)
+        return any(pattern.fullmatch(n) for n in _EMBEDDING_LAYER_NAMES)
+    return any(n in targets for n in _EMBEDDING_LAYER_NAMES)
+
+
+def _saved_embedding_weights(inventory: Inventory, settings: LoraSettings, selection: Selection) -> list[AdapterTensor]:
+    # save_pretrained's save_embedding_layers="auto" also stores the base weights of adapted embedding layers
+    # when target_modules names embed_tokens or lm_head.
+    if not _embedding_targeted(settings, selection.targets):
+        return []
+    adapted = {a.module.name: a.module for a in selection.adapted}
+    tensors = []
+    for name in dict.fromkeys((inventory.input_embedding, inventory.output_embedding)):
+        module = adapted.get(name)
+        if module is not None:
+            weight = next(p for p in module.params if p.full_name.endswith(".weight"))
+            tensors.append(AdapterTensor(f"{_PREFIX}{name}.base_layer.weight", weight.shape))
+    return tensors
+
+
+def _saved_tensors(inventory: Inventory, module: Module) -> list[AdapterTensor]:
+    prefix = module.name + "."
+    seen: set[str] = set()
+    tensors = []
+    for other in inventory.modules:
+        if other is not module and not other.name.startswith(prefix):
+            continue
+        for p in other.params:
+            canonical = p.alias_of or p.full_name
+            if canonical in seen:
+                continue
+            seen.add(canonical)
+            tensors.append(AdapterTensor(_PREFIX + p.full_name, p.shape))
+    return tensors
+
+
+def safetensors_bytes(tensors: tuple[AdapterTensor, ...], bytes_per_value: int) -> int:
+    """Size of a safetensors file holding these tensors: 8-byte length, JSON header padded to 8, data."""
+    dtype = {4: "F32", 2: "BF16"}[bytes_per_value]
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for tensor in sorted(tensors, key=lambda t: t.name):
+        size = tensor.numel * bytes_per_value
+        header[tensor.name] = {"dtype": dtype, "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header_len = len(json.dumps(header, separators=(",", ":")))
+    header_len += -header_len % 8
+    return 8 + header_len + offset

@@ -1,0 +1,151 @@
+"""Module inventories as the estimator sees them: every module of a model with its type and parameters.
+
+Owns loading the JSON that `workers.inventory` writes. Pure stdlib: must not import torch,
+transformers, peft, or anything from `workers`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+INVENTORY_FORMAT = 1
+
+# Kinds the estimator counts. PEFT also wraps Conv and MultiheadAttention, which LLMs do not use.
+ADAPTABLE_KINDS = frozenset({"linear", "conv1d", "embedding"})
+LINEAR_KINDS = frozenset({"linear", "conv1d"})
+
+_LAYER_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    full_name: str
+    shape: tuple[int, ...]
+    alias_of: str | None  # set when this tensor is tied to an earlier one
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def is_bias(self) -> bool:
+        return self.full_name == "bias" or self.full_name.endswith(".bias")
+
+
+@dataclass(slots=True)
+class Module:
+    name: str
+    type: str
+    kind: str
+    in_features: int | None
+    out_features: int | None
+    params: tuple[Param, ...]
+    subtree_params: int = 0  # unique parameters under this module, i.e. what a deep copy holds
+    children: list[str] = field(default_factory=list)
+
+    @property
+    def short_name(self) -> str:
+        return self.name.rsplit(".", 1)[-1]
+
+    @property
+    def bias(self) -> Param | None:
+        return next((p for p in self.params if p.full_name.endswith(".bias") and p.alias_of is None), None)
+
+    @property
+    def weight_numel(self) -> int:
+        return sum(p.numel for p in self.params if p.full_name.endswith(".weight"))
+
+
+class Inventory:
+    """A model's modules in `named_modules()` order, with derived totals precomputed once."""
+
+    def __init__(self, data: dict[str, Any]):
+        if data.get("format") != INVENTORY_FORMAT:
+            raise ValueError(f"inventory format {data.get('format')!r} is not {INVENTORY_FORMAT}")
+        self.model_id: str = data["model_id"]
+        self.architecture: str = data["architecture"]
+        self.model_type: str = data["model_type"]
+        self.config: dict[str, Any] = data["config"]
+        self.peft_default_targets: list[str] | None = data.get("peft_default_targets")
+        self.input_embedding: str | None = data.get("input_embedding")
+        self.output_embedding: str | None = data.get("output_embedding")
+        self.generated_with: dict[str, str] = data.get("generated_with", {})
+        self.modules: list[Module] = [
+            Module(
+                name=m["name"],
+                type=m["type"],
+                kind=m["kind"],
+                in_features=m.get("in"),
+                out_features=m.get("out"),
+                params=tuple(
+                    Param(f"{m['name']}.{pname}" if m["name"] else pname, tuple(shape), alias)
+                    for pname, shape, alias in m["params"]
+                ),
+            )
+            for m in data["modules"]
+        ]
+        self.by_name: dict[str, Module] = {m.name: m for m in self.modules}
+        self.base_params: int = sum(p.numel for m in self.modules for p in m.params if p.alias_of is None)
+        self.bias_params: tuple[Param, ...] = tuple(
+            p for m in self.modules for p in m.params if p.alias_of is None and p.is_bias
+        )
+        self.linear_names: frozenset[str] = frozenset(
+            m.name for m in self.modules if m.kind in LINEAR_KINDS and m.name != self.output_embedding
+        )
+        self._compute_subtrees()
+
+    def _compute_subtrees(self) -> None:
+        # named_modules() is a pre-order walk, so a module's subtree is the run of names under its prefix.
+        for index, module in enumerate(self.modules):
+            prefix = module.name + "." if module.name else ""
+            seen: set[str] = set()
+            total = 0
+            for other in self.modules[index:]:
+                if other is not module and not other.name.startswith(prefix):
+                    break
+                if other is not module and "." not in other.name[len(prefix):]:
+                    module.children.append(other.name)
+                for p in other.params:
+                    canonical = p.alias_of or p.full_name
+                    if canonical not in seen:
+                        seen.add(canonical)
+                        total += p.numel
+            module.subtree_params = total
+
+    @property
+    def hidden_size(self) -> int | None:
+        return self.config.get("hidden_size")
+
+    @property
+    def num_layers(self) -> int | None:
+        return self.config.get("num_hidden_layers")
+
+    def first_block(self) -> list[Module]:
+        """The modules of the first numbered block (decoder layer 0), for drawing one transformer block."""
+        for module in self.modules:
+            match = _LAYER_INDEX.search(module.name)
+            if match and match.group(1) == "0" and module.name.endswith(".0"):
+                prefix = module.name + "."
+                return [m for m in self.modules if m.name.startswith(prefix)]
+        return []
+
+
+def layer_group_name(module_name: str) -> str:
+    """The name with its first layer index replaced by '*', e.g. model.layers.*.mlp.up_proj."""
+    return _LAYER_INDEX.sub(".*", module_name, count=1)
+
+
+@lru_cache(maxsize=64)
+def _load_cached(path: str, mtime_ns: int) -> Inventory:
+    return Inventory(json.loads(Path(path).read_text()))
+
+
+def load_inventory(path: Path) -> Inventory:
+    """Load an inventory file, reusing the parsed copy until the file changes."""
+    return _load_cached(str(path), path.stat().st_mtime_ns)

@@ -1,0 +1,111 @@
+// Configuration page behaviour that needs no server round trip: the alpha lock, the rank slider,
+// presets, the module picture's per-rank labels, the catalog picker, and copy buttons.
+(function () {
+  "use strict";
+
+  const form = () => document.getElementById("config-form");
+  const byId = (id) => document.getElementById(id);
+
+  function fire(el) {
+    el.dispatchEvent(new Event("change", { bubbles: true }));
+  }
+
+  function syncAlpha() {
+    const r = byId("r"), alpha = byId("lora_alpha"), lock = byId("alpha_locked");
+    if (!r || !alpha || !lock) return;
+    alpha.readOnly = lock.checked;
+    if (lock.checked) alpha.value = r.value;
+  }
+
+  function syncBoxes() {
+    const r = parseInt((byId("r") || {}).value, 10) || 0;
+    const mode = (form().querySelector("input[name=target_mode]:checked") || {}).value;
+    const diagram = byId("block-diagram");
+    if (diagram) diagram.dataset.mode = mode;
+    document.querySelectorAll(".module-box").forEach((box) => {
+      const input = box.querySelector("input");
+      box.classList.toggle("on", input.checked);
+      box.querySelector(".per-module").textContent = (r * parseInt(box.dataset.perRank, 10)).toLocaleString("en-US");
+      box.querySelector(".box-rank").textContent = r;
+    });
+    const regex = document.querySelector(".regex-field");
+    if (regex) regex.hidden = mode !== "regex";
+  }
+
+  function applyPreset(button) {
+    const f = form();
+    const mode = button.dataset.mode;
+    f.querySelector(`input[name=target_mode][value="${mode}"]`).checked = true;
+    if (mode === "modules") {
+      const wanted = new Set(button.dataset.targets.split(",").filter(Boolean));
+      f.querySelectorAll("input[name=target_modules]").forEach((cb) => { cb.checked = wanted.has(cb.value); });
+    }
+    if (button.dataset.r) {
+      byId("r").value = button.dataset.r;
+      byId("r-range").value = button.dataset.r;
+      byId("alpha_locked").checked = button.dataset.alpha === button.dataset.r;
+      byId("lora_alpha").value = button.dataset.alpha;
+      byId("lora_dropout").value = button.dataset.dropout;
+    }
+    syncAlpha();
+    syncBoxes();
+    fire(byId("r"));
+  }
+
+  function chooseModel(id) {
+    const input = byId("model");
+    input.value = id;
+    byId("model-results").innerHTML = "";
+    fire(input);
+  }
+
+  document.addEventListener("input", (event) => {
+    const t = event.target;
+    if (t.id === "r-range") { byId("r").value = t.value; syncAlpha(); syncBoxes(); fire(byId("r")); }
+    if (t.id === "r") { const range = byId("r-range"); if (range) range.value = t.value; syncAlpha(); syncBoxes(); }
+  });
+
+  document.addEventListener("change", (event) => {
+    const t = event.target;
+    if (t.id === "alpha_locked" || t.id === "r") syncAlpha();
+    if (t.name === "target_modules" && t.checked) {
+      form().querySelector("input[name=target_mode][value=modules]").checked = true;
+    }
+    syncBoxes();
+  });
+
+  document.addEventListener("click", (event) => {
+    const preset = event.target.closest(".preset");
+    if (preset) { applyPreset(preset); return; }
+    const result = event.target.closest(".result");
+    if (result) { chooseModel(result.dataset.modelId); return; }
+    const tab = event.target.closest(".tab");
+    if (tab) {
+      document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("on", t === tab));
+      document.querySelectorAll("[data-pane]").forEach((p) => { p.hidden = p.dataset.pane !== tab.dataset.tab; });
+      return;
+    }
+    const copy = event.target.closest("[data-copy]");
+    if (copy) {
+      const pane = document.querySelector("[data-pane]:not([hidden])");
+      navigator.clipboard.writeText(pane.textContent).then(() => {
+        copy.textContent = "Copied";
+        setTimeout(() => { copy.textContent = "Copy"; }, 1200);
+      });
+    }
+  });
+
+  document.addEventListener("keydown", (event) => {
+    const result = event.target.closest && event.target.closest(".result");
+    if (result && event.key === "Enter") { event.preventDefault(); chooseModel(result.dataset.modelId); }
+    if (event.target.id === "model" && event.key === "Enter") { event.preventDefault(); fire(event.target); }
+  });
+
+  document.addEventListener("click", (event) => {
+    if (!event.target.closest(".model-picker")) { const list = byId("model-results"); if (list) list.innerHTML = ""; }
+  });
+
+  // A swapped-in page (new model) needs the same syncing as the first load.
+  document.addEventListener("htmx:afterSettle", () => { syncAlpha(); syncBoxes(); });
+  document.addEventListener("DOMContentLoaded", () => { syncAlpha(); syncBoxes(); });
+})();
