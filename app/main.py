@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app.api_errors import install_error_handlers
-from app.routers import estimate_api, models_api, pages
+from app.routers import estimate_api, files_api, job_stream, jobs_api, models_api, pages
 from app.settings import get_settings
 
 
@@ -22,6 +22,9 @@ def create_app() -> FastAPI:
     app.include_router(pages.router)
     app.include_router(models_api.router)
     app.include_router(estimate_api.router)
+    app.include_router(files_api.router)
+    app.include_router(jobs_api.router)
+    app.include_router(job_stream.router)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     # Front-end libraries come from the npm registry; serve them straight from node_modules.
     app.mount("/vendor", StaticFiles(directory=settings.node_modules_dir, check_dir=False), name="vendor")

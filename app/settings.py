@@ -1,4 +1,7 @@
-"""Tuneboard's settings, read from TUNEBOARD_* environment variables (and a .env file)."""
+"""Tuneboard's settings, read from TUNEBOARD_* environment variables (and a .env file).
+
+One `Settings` object for the web app, the workers and the CLI. Must not import torch or `workers`.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +24,42 @@ class Settings(BaseSettings):
     static_dir: Path = REPO_ROOT / "static"
     node_modules_dir: Path = REPO_ROOT / "node_modules"
 
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in the data dir.")
+    redis_url: str | None = Field(None, description="Broker and live metrics; default: the embedded Redis.")
+    embedded_redis_port: int = Field(6390, ge=1, le=65535, description="Port of the embedded Redis.")
+
+    default_queue: str = Field("default", description="Celery queue jobs go to when none is chosen.")
+    lease_seconds: float = Field(60.0, gt=0, description="A running job whose lease is this old is requeued.")
+    heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker renews its job's lease.")
+    max_attempts: int = Field(3, ge=1, description="Runs a job gets (worker lost) before it is failed.")
+    # A message not acked within this time is delivered again; the DB claim makes that harmless,
+    # but a fine-tune that outlives it would be re-sent for nothing, so keep it above any run.
+    visibility_timeout_seconds: int = Field(7 * 24 * 3600, ge=1)
+    stream_max_points: int = Field(200_000, ge=100, description="Redis stream cap per job (entries).")
+    metrics_flush_seconds: float = Field(2.0, gt=0, description="How often a worker writes metrics to the DB.")
+    max_upload_bytes: int = Field(512 * 1024**2, ge=1, description="Largest dataset upload accepted.")
+
     @property
     def inventory_cache_dir(self) -> Path:
         return self.data_dir / "inventories"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def embedded_redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured database, or a SQLite file in the data directory."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'tuneboard.db').resolve()}"
+
+    @property
+    def effective_redis_url(self) -> str:
+        """The configured Redis, or the embedded one on 127.0.0.1."""
+        return self.redis_url or f"redis://127.0.0.1:{self.embedded_redis_port}/0"
 
 
 @cache

@@ -1,0 +1,85 @@
+"""Jobs, events, checkpoints and metrics as the API returns them (OpenAI's shapes, plus extensions).
+
+Must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.job_requests import BASE_LEARNING_RATE
+from app.jobs import event_payload, job_error
+from app.models import Checkpoint, Event, Job, Metric
+
+
+def _hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+    training = config.get("training", {})
+    multiplier = training.get("learning_rate", BASE_LEARNING_RATE) / BASE_LEARNING_RATE
+    return {"n_epochs": training.get("num_epochs"), "batch_size": training.get("batch_size"),
+            "learning_rate_multiplier": round(multiplier, 6)}
+
+
+def job_object(job: Job) -> dict[str, Any]:
+    """The fine_tuning.job object, with Tuneboard's config, progress and estimate beside OpenAI's fields."""
+    hyper = _hyperparameters(job.config)
+    return {
+        "object": "fine_tuning.job",
+        "id": job.id,
+        "model": job.model,
+        "created_at": int(job.created_at),
+        "finished_at": int(job.finished_at) if job.finished_at else None,
+        "fine_tuned_model": f"{job.model}:ft-{job.suffix or job.id}" if job.status == "succeeded" else None,
+        "organization_id": "org-tuneboard",
+        "result_files": [],
+        "status": job.status,
+        "validation_file": job.validation_file_id,
+        "training_file": job.training_file_id,
+        "hyperparameters": hyper,
+        "trained_tokens": job.trained_tokens,
+        "error": job_error(job),
+        "seed": job.config.get("training", {}).get("seed"),
+        "estimated_finish": None,
+        "integrations": [],
+        "metadata": job.metadata_,
+        "user_provided_suffix": job.suffix,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        # Tuneboard's extensions
+        "queue": job.queue,
+        "lora": job.config.get("lora"),
+        "training": job.config.get("training"),
+        "estimate": job.estimate,
+        "trainable_params": job.trainable_params,
+        "all_params": job.all_params,
+        "progress": {"step": job.step, "total_steps": job.total_steps, "epoch": job.epoch},
+        "attempts": job.attempts,
+        "worker": job.worker,
+        "device": job.device,
+        "started_at": int(job.started_at) if job.started_at else None,
+        "final_metrics": job.final_metrics,
+        "adapter_available": job.adapter_key is not None,
+    }
+
+
+def event_object(event: Event) -> dict[str, Any]:
+    """The fine_tuning.job.event object."""
+    return {"object": "fine_tuning.job.event", **event_payload(event)}
+
+
+def checkpoint_object(checkpoint: Checkpoint, job: Job) -> dict[str, Any]:
+    """The fine_tuning.job.checkpoint object."""
+    return {
+        "object": "fine_tuning.job.checkpoint",
+        "id": f"ftckpt-{checkpoint.id}",
+        "created_at": int(checkpoint.created_at),
+        "fine_tuned_model_checkpoint": f"{job.model}:ft-{job.suffix or job.id}:ckpt-step-{checkpoint.step}",
+        "fine_tuning_job_id": job.id,
+        "step_number": checkpoint.step,
+        "metrics": checkpoint.metrics or {},
+    }
+
+
+def metric_point(metric: Metric) -> dict[str, Any]:
+    """One logged step."""
+    return {"step": metric.step, "epoch": metric.epoch, "loss": metric.loss, "eval_loss": metric.eval_loss,
+            "learning_rate": metric.learning_rate, "grad_norm": metric.grad_norm,
+            "tokens_per_second": metric.tokens_per_second}

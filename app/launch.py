@@ -1,0 +1,87 @@
+"""Launching a job: check its files and config, take the estimate at launch, and submit it.
+
+Shared by the REST API and the launch form. Must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app import jobs, streams
+from app.model_inventories import InventoryUnavailable, get_inventory
+from app.models import DataFile, Job
+from app.settings import Settings
+from app.training.estimate import EstimateRequest, TrainingKnobs, estimate
+from app.training.job_config import JobConfig
+
+
+class LaunchError(ValueError):
+    """A job that cannot be launched; `param` names the request field at fault."""
+
+    def __init__(self, param: str, message: str, *, status: int = 400, code: str = "invalid_value"):
+        super().__init__(message)
+        self.param, self.message, self.status, self.code = param, message, status, code
+
+
+def estimate_at_launch(config: JobConfig, examples: int, has_validation: bool, settings: Settings) -> dict | None:
+    """The estimate the job is launched with; None while a non-catalog model's inventory is unknown."""
+    from app.training.matching import EstimateError
+
+    try:
+        inventory = get_inventory(config.model, settings)
+    except InventoryUnavailable:
+        return None
+    knobs = TrainingKnobs(
+        precision="4bit" if config.training.load_in_4bit else config.training.precision,
+        sequence_length=config.training.sequence_length, batch_size=config.training.batch_size,
+        gradient_checkpointing=config.training.gradient_checkpointing, dataset_examples=examples,
+        has_validation_set=has_validation,
+    )
+    try:
+        result = estimate(inventory, EstimateRequest(model=config.model, lora=config.lora, training=knobs))
+    except EstimateError as exc:
+        raise LaunchError(f"lora.{exc.field}", exc.message, code="invalid_lora_config") from exc
+    return result.model_dump(mode="json")
+
+
+def _file(session: Session, file_id: str | None, param: str) -> DataFile | None:
+    if file_id is None:
+        return None
+    record = session.get(DataFile, file_id)
+    if record is None:
+        raise LaunchError(param, f"No file with id {file_id!r}.", status=404, code="file_not_found")
+    return record
+
+
+def launch(session: Session, settings: Settings, config: JobConfig, *, training_file: str,
+           validation_file: str | None = None, suffix: str | None = None, metadata: dict[str, Any] | None = None,
+           queue: str | None = None) -> Job:
+    """Validate, estimate, store the job as queued and send it to its queue."""
+    train = _file(session, training_file, "training_file")
+    validation = _file(session, validation_file, "validation_file")
+    split = config.training.validation_split
+    if split and validation is not None:
+        raise LaunchError("training.validation_split", "give a validation file or a validation split, not both")
+    if split and train.examples * split / 100 < 1:
+        raise LaunchError("training.validation_split",
+                          f"{split}% of {train.examples} examples holds out no example; raise the split")
+    if config.training.eval_steps and validation is None and not split:
+        raise LaunchError("training.eval_steps", "evaluation needs a validation file or a validation split")
+    examples = train.examples - (int(train.examples * split / 100) if split else 0)
+    has_validation = validation is not None or split > 0
+    job = Job(model=config.model, queue=queue or settings.default_queue, config=config.model_dump(mode="json"),
+              estimate=estimate_at_launch(config, examples, has_validation, settings),
+              training_file_id=train.id, validation_file_id=validation.id if validation else None,
+              suffix=suffix, metadata_=metadata)
+    return jobs.submit(session, _redis_or_none(), job, settings)
+
+
+def _redis_or_none():
+    try:
+        client = streams.get_redis()
+        client.ping()
+        return client
+    except Exception:  # noqa: BLE001 - the job is still stored; submit() reports the unreachable queue
+        return None

@@ -1,0 +1,162 @@
+"""Database tables: uploaded files, jobs, their metrics, events and checkpoints.
+
+Timestamps are Unix seconds (float), as the OpenAI API reports them, and compare the same way on
+SQLite and PostgreSQL. Every schema change is an Alembic migration. Must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_id(prefix: str) -> str:
+    """An OpenAI-style object id, e.g. 'ftjob-3fQ9...' (24 random characters)."""
+    return f"{prefix}-" + "".join(secrets.choice(_ALPHABET) for _ in range(24))
+
+
+def now() -> float:
+    """The current time in Unix seconds."""
+    return time.time()
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class DataFile(Base):
+    """An uploaded dataset (OpenAI's file object with purpose fine-tune)."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("file"))
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32), default="fine-tune")
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    format: Mapped[str] = mapped_column(String(32))
+    examples: Mapped[int] = mapped_column(Integer)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    column_mapping: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    storage_key: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Job(Base):
+    """A fine-tuning job: its config, where it runs, how far it got and how it ended."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+                      Index("ix_jobs_created", "created_at"))
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("ftjob"))
+    status: Mapped[str] = mapped_column(String(32), default="queued")
+    model: Mapped[str] = mapped_column(String(512))
+    queue: Mapped[str] = mapped_column(String(128))
+    config: Mapped[dict[str, Any]] = mapped_column()
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    training_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"))
+    validation_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"), nullable=True)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    epoch: Mapped[float | None] = mapped_column(Float, nullable=True)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    trainable_params: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    all_params: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    device: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    final_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    adapter_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class Metric(Base):
+    """One logged training step: train loss and friends, and the eval loss when evaluated there."""
+
+    __tablename__ = "metrics"
+    __table_args__ = (UniqueConstraint("job_id", "step", name="uq_metrics_job_step"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[float | None] = mapped_column(Float, nullable=True)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eval_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    learning_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    grad_norm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+METRIC_FIELDS = ("epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second")
+
+
+class Event(Base):
+    """Something that happened to a job, as the events list and the job page's log show it."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    level: Mapped[str] = mapped_column(String(16), default="info")
+    type: Mapped[str] = mapped_column(String(32), default="message")
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class Checkpoint(Base):
+    """A checkpoint written during training, kept for resuming and download."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step", name="uq_checkpoints_job_step"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    storage_key: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

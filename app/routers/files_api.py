@@ -1,0 +1,112 @@
+"""REST: `/v1/files`, OpenAI-compatible upload, list, retrieve, content and delete of training data."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import Response
+from sqlalchemy import select
+
+from app import files, storage
+from app.api_errors import ErrorEnvelope, error_response
+from app.datasets import DatasetInvalid
+from app.db import SessionDep
+from app.models import DataFile, Job
+from app.settings import get_settings
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+ERRORS = {400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}}
+
+
+def _not_found(file_id: str):
+    return error_response(404, f"No file with id {file_id!r}.", param="file_id", code="file_not_found")
+
+
+def _mapping(raw: str | None) -> dict[str, str] | None:
+    if not raw:
+        return None
+    value = json.loads(raw)
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("column_mapping must be a JSON object of field name to CSV column name")
+    return value
+
+
+@router.post("", summary="Upload a dataset", responses=ERRORS)
+async def upload_file(
+    session: SessionDep,
+    file: Annotated[UploadFile, File(description="JSONL (chat, prompt/completion, Alpaca, text), TXT or CSV")],
+    purpose: Annotated[str, Form()] = "fine-tune",
+    column_mapping: Annotated[str | None, Form(description='CSV only, e.g. {"prompt": "question"}')] = None,
+):
+    """Validate and store a training or validation file; errors name the line and the field."""
+    if purpose != "fine-tune":
+        return error_response(400, f"purpose must be 'fine-tune', not {purpose!r}", param="purpose",
+                              code="invalid_purpose")
+    try:
+        mapping = _mapping(column_mapping)
+    except ValueError as exc:
+        return error_response(400, str(exc), param="column_mapping", code="invalid_column_mapping")
+    data = await file.read()
+    try:
+        record = files.store_upload(session, get_settings(), filename=file.filename or "upload", data=data,
+                                    purpose=purpose, column_mapping=mapping)
+    except DatasetInvalid as exc:
+        response = error_response(400, str(exc), param="file", code="invalid_file")
+        body = json.loads(response.body)
+        body["error"]["problems"] = [p.model_dump() for p in exc.problems]
+        return Response(json.dumps(body), status_code=400, media_type="application/json")
+    except files.UploadTooLarge as exc:
+        return error_response(413, str(exc), param="file", code="file_too_large")
+    return files.file_object(record)
+
+
+@router.get("", summary="List files")
+def list_files(session: SessionDep, purpose: str | None = None, limit: int = 100, after: str | None = None):
+    """Files, newest first, with cursor pagination."""
+    query = select(DataFile).order_by(DataFile.created_at.desc(), DataFile.id.desc())
+    if purpose:
+        query = query.where(DataFile.purpose == purpose)
+    if after:
+        anchor = session.get(DataFile, after)
+        if anchor is not None:
+            query = query.where((DataFile.created_at < anchor.created_at) |
+                                ((DataFile.created_at == anchor.created_at) & (DataFile.id < anchor.id)))
+    rows = session.scalars(query.limit(max(1, min(limit, 10_000)) + 1)).all()
+    page = rows[:limit]
+    return {"object": "list", "data": [files.file_object(r) for r in page], "has_more": len(rows) > limit,
+            "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None}
+
+
+@router.get("/{file_id}", summary="Retrieve a file", responses=ERRORS)
+def retrieve_file(file_id: str, session: SessionDep):
+    """One file's metadata and dataset summary."""
+    record = session.get(DataFile, file_id)
+    return files.file_object(record) if record else _not_found(file_id)
+
+
+@router.get("/{file_id}/content", summary="Download a file's content", responses=ERRORS)
+def file_content(file_id: str, session: SessionDep):
+    """The bytes as uploaded."""
+    record = session.get(DataFile, file_id)
+    if record is None:
+        return _not_found(file_id)
+    return Response(storage.read_bytes(get_settings(), record.storage_key), media_type="application/octet-stream")
+
+
+@router.delete("/{file_id}", summary="Delete a file", responses=ERRORS)
+def delete_file(file_id: str, session: SessionDep):
+    """Delete a file that no job uses."""
+    record = session.get(DataFile, file_id)
+    if record is None:
+        return _not_found(file_id)
+    used = session.scalars(select(Job.id).where((Job.training_file_id == file_id) |
+                                                (Job.validation_file_id == file_id)).limit(1)).first()
+    if used:
+        return error_response(409, f"File {file_id} is used by job {used} and is kept with its history.",
+                              param="file_id", code="file_in_use")
+    storage.delete(get_settings(), record.storage_key)
+    session.delete(record)
+    session.commit()
+    return {"id": file_id, "object": "file", "deleted": True}

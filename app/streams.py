@@ -1,0 +1,74 @@
+"""Live job updates through Redis: one capped Stream per job, plus the job's cancel flag.
+
+Workers append (`publish`); every browser reads from its own position (`read_since`), so a reload or
+a dropped connection resumes from the Last-Event-ID it saw, losing and repeating nothing — which
+pub/sub could not do. Must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import redis
+
+from app.settings import get_settings
+
+START = "0-0"
+
+
+def stream_key(job_id: str) -> str:
+    """The Redis key of a job's update stream."""
+    return f"tuneboard:job:{job_id}:stream"
+
+
+def cancel_key(job_id: str) -> str:
+    """The Redis key a cancel request sets, checked by the training loop every step."""
+    return f"tuneboard:job:{job_id}:cancel"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEntry:
+    id: str
+    type: str  # metric, event, status, progress, rewind
+    data: dict[str, Any]
+
+
+@cache
+def client_for(url: str) -> redis.Redis:
+    """A pooled Redis client per URL (decoded strings)."""
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+def get_redis() -> redis.Redis:
+    """The client for the configured Redis."""
+    return client_for(get_settings().effective_redis_url)
+
+
+def publish(client: redis.Redis, job_id: str, type_: str, data: dict[str, Any], *, max_len: int) -> str:
+    """Append one update to the job's stream, trimming it (approximately) to max_len entries."""
+    return client.xadd(stream_key(job_id), {"t": type_, "d": json.dumps(data, separators=(",", ":"))},
+                       maxlen=max_len, approximate=True)
+
+
+def decode(raw: list) -> list[StreamEntry]:
+    """Turn XRANGE / XREAD entries into StreamEntry objects."""
+    return [StreamEntry(entry_id, fields["t"], json.loads(fields["d"])) for entry_id, fields in raw]
+
+
+def read_since(client: redis.Redis, job_id: str, last_id: str = START, *, count: int = 1000) -> list[StreamEntry]:
+    """Entries after last_id, oldest first, without blocking."""
+    raw = client.xrange(stream_key(job_id), min=f"({last_id}" if last_id != START else "-", count=count)
+    return decode(raw)
+
+
+def request_cancel(client: redis.Redis, job_id: str) -> None:
+    """Raise the cancel flag the training loop polls (kept for a day)."""
+    client.set(cancel_key(job_id), "1", ex=86400)
+
+
+def cancel_requested(client: redis.Redis, job_id: str) -> bool:
+    """Whether someone asked this job to stop."""
+    return client.exists(cancel_key(job_id)) == 1

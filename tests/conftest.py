@@ -1,0 +1,30 @@
+"""Shared test fixtures and the rule for missing services: skip on a laptop, fail under CI=true."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CHROMIUM = os.environ.get("TUNEBOARD_CHROMIUM", "/usr/bin/chromium")
+
+
+def require(available: bool, what: str) -> None:
+    """Skip when a service or tool is missing on a developer machine; fail when CI must run the test."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is required under CI=true but is not available", pytrace=False)
+    pytest.skip(f"{what} is not available")
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Path of the Chromium binary the browser tests drive."""
+    require(os.path.exists(CHROMIUM) or shutil.which("chromium") is not None, f"Chromium ({CHROMIUM})")
+    return CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
+
+
+pytest_plugins = ["tests.service_fixtures"]

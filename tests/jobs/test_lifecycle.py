@@ -1,0 +1,96 @@
+"""The job state machine in a real database (SQLite and PostgreSQL): claim, lease, finish, cancel, reap."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import update
+
+from app import jobs, streams
+from app.db import new_session
+from app.models import DataFile, Event, Job
+
+BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+
+
+def _queued_job(session, **values) -> Job:
+    data_file = DataFile(filename="train.jsonl", bytes=1, format="chat", examples=1, storage_key="datasets/x")
+    session.add(data_file)
+    session.flush()
+    job = Job(model="tiny", queue="q", config={"training": {}}, training_file_id=data_file.id, status="queued",
+              max_attempts=values.pop("max_attempts", 2), **values)
+    session.add(job)
+    session.commit()
+    return job
+
+
+@BOTH_DATABASES
+def test_only_one_of_two_claims_wins(tuneboard_env):
+    with new_session() as session:
+        job = _queued_job(session)
+        first = jobs.claim(session, job.id, "worker-a", tuneboard_env.settings)
+        second = jobs.claim(session, job.id, "worker-b", tuneboard_env.settings)
+    assert first is not None and first.attempt == 1 and first.job.worker == "worker-a"
+    assert second is None
+
+
+@BOTH_DATABASES
+def test_expired_lease_is_requeued_then_failed_after_max_attempts(tuneboard_env):
+    settings = tuneboard_env.settings
+    with new_session() as session:
+        job = _queued_job(session)
+        for attempt in (1, 2):
+            claimed = jobs.claim(session, job.id, f"worker-{attempt}", settings)
+            assert claimed.attempt == attempt
+            session.execute(update(Job).where(Job.id == job.id).values(lease_expires_at=time.time() - 1))
+            session.commit()
+            requeued, ended = jobs.reap_expired(session, None, settings)
+            if attempt == 1:
+                assert (requeued, ended) == ([job.id], [])
+            else:
+                assert (requeued, ended) == ([], [job.id])
+        session.refresh(job)
+        assert job.status == "failed" and job.error_code == "worker_lost"
+        assert "stopped responding" in job.error_message
+        # The first attempt came back to life: it may not finish a job it no longer owns.
+        assert not jobs.finish(session, job.id, "worker-1", 1, "succeeded")
+
+
+@BOTH_DATABASES
+def test_renewed_lease_is_not_reaped_and_a_stale_attempt_cannot_renew(tuneboard_env):
+    settings = tuneboard_env.settings
+    with new_session() as session:
+        job = _queued_job(session)
+        jobs.claim(session, job.id, "worker-a", settings)
+        assert jobs.renew_lease(session, job.id, "worker-a", 1, settings)
+        assert jobs.reap_expired(session, None, settings) == ([], [])
+        assert not jobs.renew_lease(session, job.id, "worker-b", 1, settings)
+        assert not jobs.renew_lease(session, job.id, "worker-a", 2, settings)
+
+
+def test_cancel_queued_job_is_immediate_and_running_job_gets_the_flag(tuneboard_env):
+    settings = tuneboard_env.settings
+    client = streams.get_redis()
+    with new_session() as session:
+        queued = _queued_job(session)
+        jobs.cancel(session, client, queued, settings)
+        assert queued.status == "cancelled"
+        assert jobs.claim(session, queued.id, "worker-a", settings) is None
+
+        running = _queued_job(session)
+        jobs.claim(session, running.id, "worker-a", settings)
+        jobs.cancel(session, client, running, settings)
+        assert running.status == "running" and running.cancel_requested
+        assert streams.cancel_requested(client, running.id)
+        types = [e.type for e in streams.read_since(client, running.id)]
+        assert types == ["event"]
+        assert session.query(Event).filter_by(job_id=running.id, type="cancel_requested").count() == 1
+
+
+def test_stream_resumes_after_the_last_seen_id(tuneboard_env):
+    client = streams.get_redis()
+    ids = [streams.publish(client, "job-x", "metric", {"step": step}, max_len=1000) for step in range(1, 6)]
+    assert [e.data["step"] for e in streams.read_since(client, "job-x")] == [1, 2, 3, 4, 5]
+    assert [e.data["step"] for e in streams.read_since(client, "job-x", ids[2])] == [4, 5]
+    assert streams.read_since(client, "job-x", ids[-1]) == []

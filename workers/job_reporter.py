@@ -1,0 +1,146 @@
+"""Carries a running job's progress out of the training loop: Redis stream at once, database in batches.
+
+Each logged step is appended to the job's stream (browsers see it within milliseconds) and kept in
+memory until the next flush, which upserts the batch into `metrics` and moves the job's progress
+columns; so history survives a Redis flush while the hot loop does one XADD per logging step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import delete, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from app import jobs, storage, streams
+from app.db import new_session
+from app.models import METRIC_FIELDS, Checkpoint, Job, Metric
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+# How often the loop asks Redis whether a cancel was requested; seconds, so a stop lands within ~1 s.
+CANCEL_POLL_SECONDS = 0.5
+
+
+def _upsert(session, rows: list[dict[str, Any]]) -> None:
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    statement = insert(Metric).values(rows)
+    # A step logged twice (train and eval logs of the same step) merges; later non-null values win.
+    statement = statement.on_conflict_do_update(
+        index_elements=["job_id", "step"],
+        set_={f: statement.excluded[f] for f in METRIC_FIELDS},
+    )
+    session.execute(statement)
+
+
+class JobReporter:
+    """The `Reporter` the training code calls, bound to one claimed attempt of one job."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, job_id: str, *, worker: str, attempt: int):
+        self.settings, self.client, self.job_id = settings, client, job_id
+        self.worker, self.attempt = worker, attempt
+        self.lease_lost = threading.Event()
+        self._pending: dict[int, dict[str, Any]] = {}
+        self._progress: dict[str, Any] = {}
+        self._last_flush = time.monotonic()
+        self._last_cancel_poll = 0.0
+        self._cancelled = False
+        self._lock = threading.Lock()
+
+    # --- the Reporter protocol -------------------------------------------------------------------------
+    def on_start(self, *, total_steps: int, trainable_params: int, all_params: int, device: str,
+                 resumed_from_step: int) -> None:
+        """Record the run's shape and announce it."""
+        with new_session() as session:
+            session.execute(update(Job).where(Job.id == self.job_id).values(
+                total_steps=total_steps, trainable_params=trainable_params, all_params=all_params, device=device,
+                step=resumed_from_step))
+            session.commit()
+            job = session.get(Job, self.job_id)
+            estimate = (job.estimate or {}).get("trainable_params")
+            match = "" if estimate is None else (
+                " (equal to the estimate at launch)" if estimate == trainable_params
+                else f" (the estimate at launch said {estimate:,})")
+            where = f"resuming at step {resumed_from_step}" if resumed_from_step else "starting"
+            self._event(session, f"Training {total_steps} steps on {device}, {where}; PEFT reports "
+                                 f"{trainable_params:,} trainable of {all_params:,} parameters{match}.",
+                        type_="training_started")
+            jobs.publish_status(self.client, job, max_len=self.settings.stream_max_points)
+
+    def on_log(self, *, step: int, epoch: float, metrics: dict[str, float]) -> None:
+        """Stream one logged step now; keep it for the next database flush."""
+        point = {"step": step, "epoch": epoch, **metrics}
+        try:
+            streams.publish(self.client, self.job_id, "metric", point, max_len=self.settings.stream_max_points)
+        except redis.RedisError:
+            log.warning("metric of %s step %s not streamed", self.job_id, step, exc_info=True)
+        with self._lock:
+            row = self._pending.setdefault(step, {"job_id": self.job_id, "step": step})
+            row.update({k: v for k, v in point.items() if k in METRIC_FIELDS and v is not None})
+            self._progress = {"step": step, "epoch": epoch,
+                              "trained_tokens": metrics.get("trained_tokens", self._progress.get("trained_tokens"))}
+        if time.monotonic() - self._last_flush >= self.settings.metrics_flush_seconds:
+            self.flush()
+
+    def on_checkpoint(self, *, step: int, path: Path) -> None:
+        """Persist pending metrics, then record the checkpoint so a later attempt can resume from it."""
+        self.flush()
+        key = storage.relative_key(self.settings, path)
+        with new_session() as session:
+            existing = session.query(Checkpoint).filter_by(job_id=self.job_id, step=step).one_or_none()
+            if existing is None:
+                session.add(Checkpoint(job_id=self.job_id, step=step, storage_key=key))
+            else:
+                existing.storage_key = key
+            session.commit()
+            self._event(session, f"Checkpoint saved at step {step}.", type_="checkpoint", data={"step": step})
+
+    def on_event(self, message: str, *, level: str = "info") -> None:
+        """A free-form event from the training code."""
+        with new_session() as session:
+            self._event(session, message, level=level)
+
+    def should_stop(self) -> bool:
+        """True once a cancel was requested or this attempt lost its lease."""
+        if self.lease_lost.is_set() or self._cancelled:
+            return True
+        moment = time.monotonic()
+        if moment - self._last_cancel_poll >= CANCEL_POLL_SECONDS:
+            self._last_cancel_poll = moment
+            try:
+                self._cancelled = streams.cancel_requested(self.client, self.job_id)
+            except redis.RedisError:
+                log.warning("cancel flag of %s unreadable", self.job_id, exc_info=True)
+        return self._cancelled
+
+    # --- housekeeping ----------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write buffered metrics and progress to the database."""
+        with self._lock:
+            rows, progress = list(self._pending.values()), dict(self._progress)
+            self._pending.clear()
+            self._last_flush = time.monotonic()
+        if not rows:
+            return
+        with new_session() as session:
+            _upsert(session, rows)
+            values = {k: v for k, v in progress.items() if v is not None}
+            session.execute(update(Job).where(Job.id == self.job_id, Job.attempts == self.attempt).values(**values))
+            session.commit()
+
+    def rewind_to(self, step: int) -> None:
+        """Forget points past a checkpoint the run resumes from: they will be logged again."""
+        with new_session() as session:
+            session.execute(delete(Metric).where(Metric.job_id == self.job_id, Metric.step > step))
+            session.commit()
+        streams.publish(self.client, self.job_id, "rewind", {"step": step}, max_len=self.settings.stream_max_points)
+
+    def _event(self, session, message: str, *, level: str = "info", type_: str = "message",
+               data: dict | None = None) -> None:
+        jobs.add_event(session, self.client, self.job_id, message, level=level, type_=type_, data=data,
+                       max_len=self.settings.stream_max_points)

@@ -1,0 +1,130 @@
+"""One attempt at one job: claim it, keep its lease, train, and record how it ended.
+
+The Celery task calls `run_job` with the job id only; everything else is re-read from the database,
+so a duplicate or late delivery is harmless (it finds nothing to claim) and a requeued job resumes
+from the newest checkpoint that the earlier attempt recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+from pathlib import Path
+
+from app import jobs, storage, streams
+from app.datasets import load_examples, split_validation
+from app.db import new_session
+from app.models import DataFile, Job
+from app.settings import Settings, get_settings
+from app.training.job_config import JobConfig
+from workers.job_reporter import JobReporter
+
+log = logging.getLogger(__name__)
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews the attempt's lease until stopped; flags the reporter when the lease was lost."""
+
+    def __init__(self, settings: Settings, job_id: str, worker: str, attempt: int, lost: threading.Event):
+        super().__init__(name=f"lease-{job_id}", daemon=True)
+        self.settings, self.job_id, self.worker, self.attempt, self.lost = settings, job_id, worker, attempt, lost
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.heartbeat_seconds):
+            try:
+                with new_session() as session:
+                    if not jobs.renew_lease(session, self.job_id, self.worker, self.attempt, self.settings):
+                        log.warning("job %s: lease lost; stopping this attempt", self.job_id)
+                        self.lost.set()
+                        return
+            except Exception:  # noqa: BLE001 - a brief DB outage must not kill the run; the lease has slack
+                log.exception("job %s: lease renewal failed", self.job_id)
+
+
+def _examples(settings: Settings, file_id: str, session):
+    data_file = session.get(DataFile, file_id)
+    return list(load_examples(storage.path_for(settings, data_file.storage_key),
+                              column_mapping=data_file.column_mapping).examples)
+
+
+def _datasets(settings: Settings, job: Job, config: JobConfig, session):
+    train = _examples(settings, job.training_file_id, session)
+    if job.validation_file_id:
+        return train, _examples(settings, job.validation_file_id, session)
+    if config.training.validation_split > 0:
+        return split_validation(train, config.training.validation_split, config.training.seed)
+    return train, None
+
+
+def run_job(job_id: str, worker: str) -> str:
+    """Run one attempt of a job to its end; returns the status it ended with, or 'skipped'."""
+    from workers.training import TrainingFailure, TrainingRun, train
+
+    settings = get_settings()
+    client = streams.get_redis()
+    with new_session() as session:
+        claimed = jobs.claim(session, job_id, worker, settings)
+        if claimed is None:
+            log.info("job %s: nothing to claim (duplicate delivery, cancelled or finished)", job_id)
+            return "skipped"
+        job, attempt = claimed.job, claimed.attempt
+        reporter = JobReporter(settings, client, job_id, worker=worker, attempt=attempt)
+        keeper = LeaseKeeper(settings, job_id, worker, attempt, reporter.lease_lost)
+        keeper.start()
+        jobs.add_event(session, client, job_id, f"Started on worker {worker} (attempt {attempt} of "
+                       f"{job.max_attempts}).", type_="started", data={"worker": worker, "attempt": attempt},
+                       max_len=settings.stream_max_points)
+        jobs.publish_status(client, job, max_len=settings.stream_max_points)
+        resume_from: Path | None = None
+        if claimed.resume_from is not None:
+            resume_from = storage.path_for(settings, claimed.resume_from.storage_key)
+            reporter.rewind_to(claimed.resume_from.step)
+        status, values = "failed", {}
+        try:
+            config = JobConfig.model_validate(job.config)
+            train_examples, eval_examples = _datasets(settings, job, config, session)
+            run = TrainingRun(
+                job_id=job_id, config=config, train_examples=train_examples, eval_examples=eval_examples,
+                output_dir=storage.path_for(settings, storage.job_dir_key(job_id)), resume_from=resume_from,
+                data_dir=settings.data_dir,
+            )
+            result = train(run, reporter)
+            reporter.flush()
+            values = {"step": result.global_step, "total_steps": result.total_steps,
+                      "trained_tokens": result.trained_tokens, "final_metrics": result.final_metrics,
+                      "trainable_params": result.trainable_params, "all_params": result.all_params}
+            if result.stopped:
+                status = "cancelled" if not reporter.lease_lost.is_set() else "lost"
+            else:
+                status = "succeeded"
+                values["adapter_key"] = storage.relative_key(settings, result.adapter_dir)
+        except TrainingFailure as exc:
+            values = {"error_code": exc.code, "error_message": exc.reason,
+                      "error_traceback": "".join(traceback.format_exception(exc))}
+        except Exception as exc:  # noqa: BLE001 - any crash must end the job with its reason, not hang it
+            log.exception("job %s failed", job_id)
+            values = {"error_code": "internal_error", "error_message": f"{type(exc).__name__}: {exc}",
+                      "error_traceback": traceback.format_exc()}
+        finally:
+            keeper.stopped.set()
+            reporter.flush()
+        if status == "lost" or not jobs.finish(session, job_id, worker, attempt, status, **values):
+            log.warning("job %s: this attempt lost the job before it ended; leaving it to its new owner", job_id)
+            return "lost"
+        _announce_end(session, client, settings, job_id, status)
+        return status
+
+
+def _announce_end(session, client, settings: Settings, job_id: str, status: str) -> None:
+    job = session.get(Job, job_id)
+    session.refresh(job)
+    message = {
+        "succeeded": "Training finished; the adapter is ready to download.",
+        "cancelled": "Job cancelled; its last checkpoint is kept.",
+        "failed": f"Job failed: {job.error_message}",
+    }[status]
+    jobs.add_event(session, client, job_id, message, level="error" if status == "failed" else "info",
+                   type_=status, max_len=settings.stream_max_points)
+    jobs.publish_status(client, job, max_len=settings.stream_max_points)
