@@ -1,11 +1,18 @@
-"""The `tuneboard` command: `up` serves the app, `inventory` computes a model's module inventory."""
+"""The `tuneboard` command: `up` runs everything on this machine, `worker` joins a GPU host to the queue,
+`migrate` upgrades the database, `inventory` computes a model's module inventory. Must not import torch
+or `workers` (worker processes are started as `celery -A workers`).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 from app.settings import get_settings
 
@@ -20,22 +27,111 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+def _fail(message: str) -> int:
+    print(f"tuneboard: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _writable(directory: Path) -> str | None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        return f"cannot write to the data directory {directory}: {exc.strerror}"
+    return None
+
+
+def worker_command(queues: list[str], name: str, concurrency: int = 1) -> list[str]:
+    """The Celery command line of a Tuneboard worker: one job at a time per GPU."""
+    return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(queues),
+            "-c", str(concurrency), "-n", f"{name}@%h", "--loglevel", "INFO", "-E"]
+
+
+def _wait_http(url: str, process: subprocess.Popen, timeout: float = 60) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return False
+
+
+def _prepare_demo_model(env: dict[str, str], log: Path) -> None:
+    # First run converts the demo GGUF once (tens of seconds); the page works meanwhile.
+    with log.open("ab") as output:
+        result = subprocess.run([sys.executable, "-m", "workers.demo_model"], env=env, stdout=output,
+                                stderr=subprocess.STDOUT)
+    state = "ready" if result.returncode == 0 else f"not prepared (see {log})"
+    print(f"Demo model HuggingFaceTB/SmolLM2-135M-Instruct {state}.", flush=True)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    """Serve the web app on this machine."""
-    import uvicorn
+    """Run the web app, one worker and (unless configured otherwise) an embedded Redis, with SQLite."""
+    from app.migrate import upgrade_database
+    from app.model_inventories import worker_stack_installed
+    from app.redis_server import RedisUnavailable, start_embedded_redis
+    from app.supervisor import Children, wait_for_interrupt
 
     settings = get_settings()
     host, port = args.host or settings.host, args.port or settings.port
     if not _port_free(host, port):
-        print(f"tuneboard: port {port} on {host} is already in use; pick another with --port.", file=sys.stderr)
-        return 2
+        return _fail(f"port {port} on {host} is already in use; pick another with --port.")
+    if problem := _writable(settings.data_dir):
+        return _fail(problem)
+    env = {**os.environ, "TUNEBOARD_DATA_DIR": str(settings.data_dir.resolve())}
+    children = Children()
     try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        print(f"tuneboard: cannot create data directory {settings.data_dir}: {exc.strerror}", file=sys.stderr)
-        return 2
-    print(f"Tuneboard is running at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
-    uvicorn.run("app.main:app", host=host, port=port, log_level="warning")
+        try:
+            upgrade_database()
+        except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+            return _fail(f"cannot prepare the database {settings.effective_database_url}: {exc}")
+        if settings.redis_url is None:
+            if not _port_free("127.0.0.1", settings.embedded_redis_port):
+                return _fail(f"port {settings.embedded_redis_port} for the embedded Redis is in use; set "
+                             "TUNEBOARD_EMBEDDED_REDIS_PORT or TUNEBOARD_REDIS_URL.")
+            try:
+                children.add("redis", start_embedded_redis(settings.embedded_redis_dir, settings.embedded_redis_port))
+            except RedisUnavailable as exc:
+                return _fail(str(exc))
+            env["TUNEBOARD_REDIS_URL"] = settings.effective_redis_url
+        if worker_stack_installed():
+            children.start("worker", worker_command([settings.default_queue], "local"), env,
+                           log=settings.data_dir / "worker.log")
+            threading.Thread(target=_prepare_demo_model, args=(env, settings.data_dir / "demo-model.log"),
+                             daemon=True).start()
+        else:
+            print("No worker started: the ML stack is not installed (pip install 'tuneboard[worker]').", flush=True)
+        web = children.start("web", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host,
+                                     "--port", str(port), "--log-level", "warning"], env)
+        if not _wait_http(f"http://{host}:{port}/healthz", web):
+            return _fail("the web server did not start; see the messages above.")
+        print(f"Tuneboard is running at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+        return wait_for_interrupt(children)
+    finally:
+        children.stop_all()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a worker in the foreground on the given queues (wraps `celery -A workers worker`)."""
+    settings = get_settings()
+    queues = args.queues.split(",") if args.queues else [settings.default_queue]
+    command = worker_command(queues, args.name or "worker", args.concurrency)
+    os.execv(sys.executable, command)
+    return 0
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    """Upgrade the configured database to the newest schema."""
+    from app.migrate import upgrade_database
+
+    upgrade_database()
+    print(f"database at {get_settings().effective_database_url} is up to date")
     return 0
 
 
@@ -44,9 +140,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     from app.model_inventories import resolve_source, worker_stack_installed
 
     if not worker_stack_installed():
-        print("tuneboard: computing inventories needs the worker extra: pip install 'tuneboard[worker]'",
-              file=sys.stderr)
-        return 2
+        return _fail("computing inventories needs the worker extra: pip install 'tuneboard[worker]'")
     source = resolve_source(args.model)
     out = get_settings().inventory_cache_dir / f"{source.cache_name}.json"
     result = subprocess.run([sys.executable, "-m", "workers.inventory", source.model_id, "--out", str(out)])
@@ -59,10 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tuneboard` console script."""
     parser = argparse.ArgumentParser(prog="tuneboard", description="Self-hosted LoRA fine-tuning dashboard.")
     commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("up", help="serve the web app")
+    up = commands.add_parser("up", help="run the web app, a worker and an embedded Redis on this machine")
     up.add_argument("--host")
     up.add_argument("--port", type=int)
     up.set_defaults(func=cmd_up)
+    worker = commands.add_parser("worker", help="run a training worker (celery -A workers worker)")
+    worker.add_argument("-Q", "--queues", help="comma-separated queues to serve (default: the default queue)")
+    worker.add_argument("-n", "--name", help="worker name (default: worker)")
+    worker.add_argument("-c", "--concurrency", type=int, default=1, help="jobs at once; keep 1 per GPU")
+    worker.set_defaults(func=cmd_worker)
+    migrate = commands.add_parser("migrate", help="upgrade the database schema")
+    migrate.set_defaults(func=cmd_migrate)
     inventory = commands.add_parser("inventory", help="compute a model's module inventory (needs torch)")
     inventory.add_argument("model", help="Hugging Face id or local directory with config.json")
     inventory.set_defaults(func=cmd_inventory)

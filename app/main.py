@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app.api_errors import install_error_handlers
-from app.routers import estimate_api, files_api, job_stream, jobs_api, models_api, pages
+from app.routers import estimate_api, files_api, job_pages, job_stream, jobs_api, models_api, pages
 from app.settings import get_settings
 
 
@@ -20,6 +20,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(pages.router)
+    app.include_router(job_pages.router)
     app.include_router(models_api.router)
     app.include_router(estimate_api.router)
     app.include_router(files_api.router)

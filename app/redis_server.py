@@ -43,7 +43,8 @@ def start_embedded_redis(directory: Path, port: int, *, timeout: float = 15.0) -
         "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
         "--protected-mode", "yes", "--logfile", "redis.log",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Its own session: Ctrl-C reaches `tuneboard up`, which stops Redis last, after the worker and web.
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

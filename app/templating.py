@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi.templating import Jinja2Templates
 
 from app.settings import get_settings
@@ -30,5 +32,16 @@ def compact(value: int) -> str:
     return str(value)
 
 
+def datetime_utc(value: float) -> str:
+    """Unix seconds as '2026-11-25 14:03 UTC'."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(value))
+
+
+def clock(value: float) -> str:
+    """Unix seconds as a time of day, '14:03:27' (UTC)."""
+    return time.strftime("%H:%M:%S", time.gmtime(value))
+
+
 templates = Jinja2Templates(directory=str(get_settings().templates_dir))
-templates.env.filters.update(thousands=thousands, human_bytes=human_bytes, compact=compact)
+templates.env.filters.update(thousands=thousands, human_bytes=human_bytes, compact=compact, datetime=datetime_utc,
+                             clock=clock)

@@ -126,3 +126,22 @@ def start_worker(tuneboard_env, tmp_path):
     yield start
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture
+def live_server(tuneboard_env, tmp_path):
+    """The web app served by uvicorn in a subprocess, on this test's database and Redis."""
+    from tests.services import ServerProcess
+
+    server = ServerProcess(tuneboard_env.env, tmp_path / "server.log")
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama with its own tokenizer and chat template, on disk (built once per session)."""
+    from tests.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

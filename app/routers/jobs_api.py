@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from typing import Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, Response
@@ -23,6 +24,7 @@ from app.settings import get_settings
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 ERRORS = {400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}, 422: {"model": ErrorEnvelope}}
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+AdapterFile = Literal["adapter_model.safetensors", "adapter_config.json"]
 
 
 def _not_found(job_id: str):
@@ -125,7 +127,7 @@ def list_metrics(job_id: str, session: SessionDep, after_step: int = -1, limit: 
 
 
 @router.get("/{job_id}/adapter", summary="Download the trained adapter (Tuneboard extension)", responses=ERRORS)
-def download_adapter(job_id: str, session: SessionDep, file: str | None = Query(None, enum=list(ADAPTER_FILES))):
+def download_adapter(job_id: str, session: SessionDep, file: AdapterFile | None = None):
     """A zip of adapter_model.safetensors and adapter_config.json, or one of them with `file`."""
     job = session.get(Job, job_id)
     if job is None:

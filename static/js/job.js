@@ -1,0 +1,174 @@
+// A job's live page: loss and learning-rate charts (uPlot), progress, and the event log, fed first by the
+// stored metrics and then by the job's SSE stream. Points are keyed by step, so the replay after a reload or
+// a reconnect (EventSource resends Last-Event-ID) can neither duplicate nor drop a point.
+(function () {
+  "use strict";
+
+  const page = document.getElementById("job-page");
+  if (!page) return;
+  const jobId = page.dataset.jobId;
+  const api = `/v1/fine_tuning/jobs/${jobId}`;
+  const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const points = new Map(); // step -> {step, loss, eval_loss, learning_rate, grad_norm, epoch, tokens_per_second}
+  const seenEvents = new Set([...document.querySelectorAll("[data-event-id]")].map((li) => li.dataset.eventId));
+  let lossPlot = null, lrPlot = null, drawPending = false, source = null;
+  let lastStatus = page.dataset.status, totalSteps = null;
+  const rates = []; // recent [time, step] pairs for the ETA
+
+  const byId = (id) => document.getElementById(id);
+
+  function merge(point) {
+    const old = points.get(point.step) || {};
+    const merged = { ...old };
+    for (const [key, value] of Object.entries(point)) if (value !== null && value !== undefined) merged[key] = value;
+    points.set(point.step, merged);
+  }
+
+  function series() {
+    const steps = [...points.keys()].sort((a, b) => a - b);
+    const col = (key) => steps.map((s) => (points.get(s)[key] ?? null));
+    return { steps, loss: col("loss"), evalLoss: col("eval_loss"), lr: col("learning_rate"), grad: col("grad_norm") };
+  }
+
+  function makePlot(el, labels, colors, scales) {
+    const width = Math.max(300, el.clientWidth);
+    return new uPlot({
+      width, height: 240,
+      scales: { x: { time: false }, ...scales },
+      axes: [{ label: "step" }, { scale: "y" }, ...(scales.y2 ? [{ scale: "y2", side: 1, grid: { show: false } }] : [])],
+      series: [{ label: "step" }, ...labels.map((label, i) => ({
+        label, stroke: colors[i], width: 2, scale: i === 1 && scales.y2 ? "y2" : "y", spanGaps: true,
+        points: { show: label === "eval loss", size: 6 },
+      }))],
+    }, [[]].concat(labels.map(() => [])), el);
+  }
+
+  function draw() {
+    drawPending = false;
+    if (typeof uPlot === "undefined") { scheduleDraw(); return; }
+    const s = series();
+    if (!lossPlot) {
+      lossPlot = makePlot(byId("loss-chart"), ["train loss", "eval loss"], ["#3b5bdb", "#e8590c"], { y: {} });
+      lrPlot = makePlot(byId("lr-chart"), ["learning rate", "grad norm"], ["#2b8a3e", "#ae3ec9"], { y: {}, y2: {} });
+    }
+    lossPlot.setData([s.steps, s.loss, s.evalLoss]);
+    lrPlot.setData([s.steps, s.lr, s.grad]);
+    const chart = byId("loss-chart");
+    chart.dataset.points = String(s.steps.length);
+    chart.dataset.lastStep = String(s.steps.length ? s.steps[s.steps.length - 1] : 0);
+    byId("chart-empty").hidden = s.steps.length > 0;
+  }
+
+  function scheduleDraw() {
+    if (!drawPending) { drawPending = true; requestAnimationFrame(draw); }
+  }
+
+  function formatEta(seconds) {
+    if (!isFinite(seconds) || seconds < 0) return "—";
+    const h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = Math.round(seconds % 60);
+    return h ? `${h}h ${m}m` : m ? `${m}m ${s}s` : `${s}s`;
+  }
+
+  function showProgress(point) {
+    const step = point.step;
+    if (totalSteps) {
+      byId("progress-fill").style.width = `${Math.min(100, (100 * step) / totalSteps).toFixed(1)}%`;
+      byId("progress-step").textContent = `${step} / ${totalSteps}`;
+    } else {
+      byId("progress-step").textContent = `${step} / ?`;
+    }
+    if (point.epoch !== undefined && point.epoch !== null) byId("progress-epoch").textContent = point.epoch.toFixed(2);
+    if (point.tokens_per_second) byId("progress-tps").textContent = Math.round(point.tokens_per_second).toLocaleString("en-US");
+    if (point.loss !== undefined && point.loss !== null) byId("progress-loss").textContent = point.loss.toFixed(4);
+    rates.push([performance.now() / 1000, step]);
+    while (rates.length > 20) rates.shift();
+    if (totalSteps && rates.length > 1) {
+      const [t0, s0] = rates[0], [t1, s1] = rates[rates.length - 1];
+      const perStep = (t1 - t0) / Math.max(1, s1 - s0);
+      byId("progress-eta").textContent = s1 > s0 ? formatEta(perStep * (totalSteps - step)) : "—";
+    }
+  }
+
+  function addEvent(event) {
+    if (seenEvents.has(event.id)) return;
+    seenEvents.add(event.id);
+    const li = document.createElement("li");
+    li.className = `event ${event.level}`;
+    li.dataset.eventId = event.id;
+    const time = document.createElement("time");
+    time.textContent = new Date(event.created_at * 1000).toLocaleTimeString("en-GB");
+    li.append(time, ` ${event.message}`);
+    byId("event-log").append(li);
+  }
+
+  async function refreshSummary() {
+    const response = await fetch(`/jobs/${jobId}`, { headers: { "HX-Request": "true" } });
+    if (response.ok) byId("job-summary").innerHTML = await response.text();
+  }
+
+  function onStatus(data) {
+    if (data.total_steps) totalSteps = data.total_steps;
+    if (data.status !== lastStatus || TERMINAL.has(data.status)) {
+      lastStatus = data.status;
+      page.dataset.status = data.status;
+      refreshSummary();
+    }
+  }
+
+  function connect() {
+    source = new EventSource(`${api}/stream`);
+    source.addEventListener("metric", (e) => {
+      const point = JSON.parse(e.data);
+      merge(point);
+      showProgress(point);
+      scheduleDraw();
+    });
+    source.addEventListener("rewind", (e) => {
+      // A resumed run logs the steps after its checkpoint again: drop the old ones.
+      const { step } = JSON.parse(e.data);
+      for (const s of [...points.keys()]) if (s > step) points.delete(s);
+      scheduleDraw();
+    });
+    source.addEventListener("event", (e) => addEvent(JSON.parse(e.data)));
+    source.addEventListener("status", (e) => onStatus(JSON.parse(e.data)));
+    source.addEventListener("end", () => { source.close(); page.dataset.streamEnded = "true"; });
+  }
+
+  async function loadHistory() {
+    let after = -1;
+    for (;;) {
+      const response = await fetch(`${api}/metrics?after_step=${after}`);
+      if (!response.ok) break;
+      const body = await response.json();
+      body.data.forEach(merge);
+      if (!body.has_more || !body.data.length) break;
+      after = body.data[body.data.length - 1].step;
+    }
+    const job = await (await fetch(api)).json();
+    totalSteps = job.progress.total_steps;
+    scheduleDraw();
+  }
+
+  document.addEventListener("click", async (event) => {
+    const button = event.target.closest("#cancel-job");
+    if (!button) return;
+    button.disabled = true;
+    button.textContent = "Cancelling…";
+    const response = await fetch(`${api}/cancel`, { method: "POST" });
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      button.textContent = (body.error && body.error.message) || "Cancel failed";
+    }
+  });
+
+  window.addEventListener("resize", () => {
+    [lossPlot, lrPlot].forEach((plot, i) => {
+      if (plot) plot.setSize({ width: Math.max(300, byId(i ? "lr-chart" : "loss-chart").clientWidth), height: 240 });
+    });
+  });
+
+  // Exposed for the browser tests and for the curious: the steps currently on the chart.
+  window.tuneboardJob = { steps: () => series().steps, points };
+
+  loadHistory().then(connect);
+})();
