@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -27,17 +29,28 @@ def error_response(status: int, message: str, *, type_: str = "invalid_request_e
     return JSONResponse(body.model_dump(), status_code=status)
 
 
-def validation_param(loc: tuple) -> str:
-    """Dotted field path of a pydantic error location, without the 'body' prefix or union branch names."""
+_BACKTICKED = re.compile(r"`(\w+)`")
+
+
+def validation_param(loc: tuple, message: str = "") -> str:
+    """Dotted field path of a pydantic error location, without the 'body' prefix or union branch names.
+
+    A model-level check (e.g. LoraSettings refusing layers_to_transform with a regex target) is located at
+    the model; when its message names a field in backticks, the path is completed with that field.
+    """
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     # pydantic names union branches (e.g. 'list[str]') in the location; they are not fields.
-    return ".".join(p for p in parts if "[" not in p and p not in ("str", "int", "float", "bool"))
+    parts = [p for p in parts if "[" not in p and p not in ("str", "int", "float", "bool")]
+    named = _BACKTICKED.findall(message)
+    if named and not set(named) & set(parts):
+        parts.append(named[0])
+    return ".".join(parts)
 
 
 def describe_validation_error(exc: RequestValidationError) -> tuple[str, str]:
     """The first validation problem as (param, message), e.g. ('lora.r', 'lora.r: must be >= 1')."""
     first = exc.errors()[0]
-    param = validation_param(tuple(first.get("loc", ())))
+    param = validation_param(tuple(first.get("loc", ())), first.get("msg", ""))
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
     return param, f"{param}: {message}" if param else message
 

@@ -112,35 +112,52 @@ def _number(values: dict, key: str) -> str | None:
 _FIELD_FOR_PARAM = {"lora.target_modules": "target_modules", "training.dataset_examples": "dataset_examples"}
 
 
+def error_field(param: str, values: dict) -> str:
+    """The form field an API parameter's error belongs beside ('lora.r' -> 'r')."""
+    name = _FIELD_FOR_PARAM.get(param, param.split(".")[-1] if param else "form")
+    if name == "target_modules" and values.get("target_mode") == "regex":
+        # In regex mode target_modules is the regex box, not the module picture.
+        return "target_regex"
+    return name
+
+
 def parse(values: dict[str, object]) -> FormState:
-    """Validate the form; the state carries either a request or per-field errors."""
+    """Validate the form; the state carries either a request or per-field errors (all of them, not the first)."""
     state = FormState(values=values)
+
+    def collect(parse_field, argument):
+        try:
+            return parse_field(argument)
+        except FormError as exc:
+            state.errors.setdefault(exc.field_name, str(exc))
+            return None
+
+    lora_alpha = values["r"] if values["alpha_locked"] else values["lora_alpha"]
+    payload = {
+        "model": values["model"],
+        "lora": {
+            "r": values["r"], "lora_alpha": lora_alpha, "lora_dropout": values["lora_dropout"] or 0,
+            "bias": values["bias"], "use_rslora": values["use_rslora"], "use_dora": values["use_dora"],
+            "target_modules": collect(_targets, values),
+            "modules_to_save": list(values["modules_to_save"]) or None,
+            "exclude_modules": _names(str(values["exclude_modules"])),
+            "layers_to_transform": collect(_layers, str(values["layers_to_transform"])),
+            "layers_pattern": values["layers_pattern"] or None,
+            "rank_pattern": collect(_rank_pattern, str(values["rank_pattern"])) or {},
+        },
+        "training": {
+            "precision": values["precision"], "sequence_length": values["sequence_length"],
+            "batch_size": values["batch_size"], "gradient_checkpointing": values["gradient_checkpointing"],
+            "dataset_examples": _number(values, "dataset_examples"),
+            "has_validation_set": values["has_validation_set"],
+        },
+    }
     try:
-        lora_alpha = values["r"] if values["alpha_locked"] else values["lora_alpha"]
-        payload = {
-            "model": values["model"],
-            "lora": {
-                "r": values["r"], "lora_alpha": lora_alpha, "lora_dropout": values["lora_dropout"] or 0,
-                "bias": values["bias"], "use_rslora": values["use_rslora"], "use_dora": values["use_dora"],
-                "target_modules": _targets(values), "modules_to_save": list(values["modules_to_save"]) or None,
-                "exclude_modules": _names(str(values["exclude_modules"])),
-                "layers_to_transform": _layers(str(values["layers_to_transform"])),
-                "layers_pattern": values["layers_pattern"] or None,
-                "rank_pattern": _rank_pattern(str(values["rank_pattern"])),
-            },
-            "training": {
-                "precision": values["precision"], "sequence_length": values["sequence_length"],
-                "batch_size": values["batch_size"], "gradient_checkpointing": values["gradient_checkpointing"],
-                "dataset_examples": _number(values, "dataset_examples"),
-                "has_validation_set": values["has_validation_set"],
-            },
-        }
-        state.request = EstimateRequest.model_validate(payload)
-    except FormError as exc:
-        state.errors[exc.field_name] = str(exc)
+        request = EstimateRequest.model_validate(payload)
     except ValidationError as exc:
         for error in exc.errors():
-            param = validation_param(tuple(error["loc"]))
-            name = _FIELD_FOR_PARAM.get(param, param.split(".")[-1] if param else "form")
-            state.errors.setdefault(name, error["msg"].removeprefix("Value error, "))
+            param = validation_param(tuple(error["loc"]), error["msg"])
+            state.errors.setdefault(error_field(param, values), error["msg"].removeprefix("Value error, "))
+        return state
+    state.request = None if state.errors else request
     return state

@@ -51,6 +51,8 @@ def resolve_source(model_id: str) -> ModelSource:
     if _is_local(model_id):
         directory = Path(model_id).expanduser().resolve()
         config = directory / "config.json"
+        if not directory.is_dir():
+            raise InventoryUnavailable(model_id, f"{directory} is not a directory on the server.")
         if not config.is_file():
             raise InventoryUnavailable(model_id, f"{directory} has no config.json.")
         # The config's mtime is part of the key so an edited config is recomputed.
@@ -70,13 +72,14 @@ def worker_stack_installed() -> bool:
 
 def _start(source: ModelSource, out: Path, error_file: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    log = error_file.with_suffix(".log").open("w")
-    _running[source.cache_name] = subprocess.Popen(
-        [sys.executable, "-m", "workers.inventory", source.model_id, "--out", str(out)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
+    # The child keeps its own copy of the log's file descriptor; ours closes right away.
+    with error_file.with_suffix(".log").open("w") as log:
+        _running[source.cache_name] = subprocess.Popen(
+            [sys.executable, "-m", "workers.inventory", source.model_id, "--out", str(out)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
 
 
 def _failure_reason(log_file: Path) -> str:
@@ -115,6 +118,19 @@ def get_inventory(model_id: str, settings: Settings) -> Inventory:
             )
         _start(source, out, error_file)
         raise InventoryUnavailable(source.model_id, "Computing the module inventory…", computing=True)
+
+
+def cached_inventory(model_id: str, settings: Settings) -> Inventory | None:
+    """The inventory if it is already at hand (catalog or cache), else None; never starts a computation."""
+    entry = catalog.find(model_id)
+    if entry is not None:
+        return load_inventory(catalog.inventory_path(entry.id))
+    try:
+        source = resolve_source(model_id)
+    except InventoryUnavailable:
+        return None
+    out = settings.inventory_cache_dir / f"{source.cache_name}.json"
+    return load_inventory(out) if out.is_file() else None
 
 
 def forget_failure(model_id: str, settings: Settings) -> None:

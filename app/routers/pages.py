@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
 from app import forms
-from app.model_inventories import InventoryUnavailable, forget_failure, get_inventory
+from app.model_inventories import InventoryUnavailable, cached_inventory, forget_failure, get_inventory
 from app.settings import Settings, get_settings
 from app.templating import templates
 from app.training import catalog
@@ -26,11 +26,28 @@ def _is_htmx(request: Request) -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
-def _context(state: forms.FormState, settings: Settings, *, model_changed: bool = False) -> dict:
-    """Everything the page needs: model picture, presets, estimate or the reason there is none."""
+def _targets_for_new_model(old_targets: list[str], drawn_for: str | None, presets: list, known: set[str],
+                           settings: Settings) -> list[str]:
+    """What a newly chosen model starts with: the preset the old selection was (q+v, full attention, attention
+    + MLP: GPT-2 and Phi-3 name those projections differently), else the modules both share, else attention + MLP."""
+    old_inventory = cached_inventory(drawn_for, settings) if drawn_for and old_targets else None
+    if old_inventory is not None:
+        for old in presets_for(block_diagram(old_inventory)):
+            if old.mode == "modules" and old.targets and set(old.targets) == set(old_targets):
+                return list(next(p for p in presets if p.key == old.key).targets)
+    shared = [t for t in old_targets if t in known]
+    return shared or list(next(p for p in presets if p.key == "attention-mlp").targets)
+
+
+def _context(state: forms.FormState, settings: Settings, *, model_changed: bool = False,
+             drawn_for: str | None = None) -> dict:
+    """Everything the page needs: model picture, presets, estimate or the reason there is none.
+
+    `drawn_for` is the model the posted target modules were picked on (the picture the browser showed).
+    """
     values = state.values
     context: dict = {"values": values, "errors": state.errors, "catalog": catalog.entries(), "result": None,
-                     "diagram": None, "presets": [], "pending": None, "unavailable": None}
+                     "diagram": None, "presets": [], "pending": None, "unavailable": None, "drawn_for": drawn_for}
     try:
         inventory = get_inventory(str(values["model"]), settings)
     except InventoryUnavailable as exc:
@@ -38,12 +55,12 @@ def _context(state: forms.FormState, settings: Settings, *, model_changed: bool 
         return context
     diagram = block_diagram(inventory)
     presets = presets_for(diagram)
-    context.update(diagram=diagram, presets=presets, inventory=inventory)
+    context.update(diagram=diagram, presets=presets, inventory=inventory, drawn_for=values["model"])
     known = {b.target for b in diagram.boxes}
-    chosen = [t for t in values["target_modules"] if t in known]
     if model_changed or (values["target_mode"] == "modules" and not values["target_modules"]):
-        # A new model keeps the modules it shares with the old one, else starts from attention + MLP.
-        values["target_modules"] = chosen or list(next(p for p in presets if p.key == "attention-mlp").targets)
+        values["target_modules"] = _targets_for_new_model(
+            list(values["target_modules"]), drawn_for, presets, known, settings
+        )
         state = forms.parse(values)
         context["errors"] = state.errors
     if state.request is None:
@@ -53,8 +70,7 @@ def _context(state: forms.FormState, settings: Settings, *, model_changed: bool 
         context["python"] = to_python(state.request.lora)
         context["yaml"] = to_yaml(state.request.lora)
     except EstimateError as exc:
-        field = {"target_modules": "target_modules" if values["target_mode"] == "modules" else "target_regex"}
-        context["errors"][field.get(exc.field, exc.field)] = exc.message
+        context["errors"][forms.error_field(f"lora.{exc.field}", values)] = exc.message
     return context
 
 
@@ -77,7 +93,8 @@ async def configure_post(request: Request, settings: SettingsDep):
     state = forms.parse(forms.values_from_form(form))
     if form.get("retry") == "1":
         forget_failure(str(state.values["model"]), settings)
-    context = _context(state, settings, model_changed=form.get("model_changed") == "1")
+    context = _context(state, settings, model_changed=form.get("model_changed") == "1",
+                       drawn_for=form.get("drawn_for") or None)
     return _render(request, "configure_main.html" if _is_htmx(request) else "configure.html", context)
 
 

@@ -69,6 +69,19 @@ def _shortest_target(module: Module, adaptable: list[Module]) -> tuple[str, int]
     return module.name, 1
 
 
+# Names architectures give the projection that leads back into the residual stream. Registration order is
+# no guide: Phi-3 registers o_proj before qkv_proj.
+_OUTPUT_NAMES = ("o_proj", "out_proj", "c_proj", "down_proj", "dense", "fc2", "wo", "dense_4h_to_h", "proj")
+
+
+def _output_index(boxes: list[Box]) -> int:
+    for name in _OUTPUT_NAMES:
+        for index, box in enumerate(boxes):
+            if box.path.rsplit(".", 1)[-1] == name:
+                return index
+    return len(boxes) - 1
+
+
 def _box(module: Module, block_prefix: str, adaptable: list[Module]) -> Box:
     target, count = _shortest_target(module, adaptable)
     return Box(
@@ -97,9 +110,8 @@ def block_diagram(inventory: Inventory) -> BlockDiagram:
             if module.params:
                 norms.append(relative)
     for section in sections.values():
-        # The last projection registered in a section is its output projection (o_proj, down_proj, c_proj).
         if len(section.inputs) > 1:
-            section.output = section.inputs.pop()
+            section.output = section.inputs.pop(_output_index(section.inputs))
     block_root = block_prefix.rstrip(".")
     outside = [_box(m, "", adaptable) for m in adaptable if not m.name.startswith(block_root.rsplit(".", 1)[0] + ".")]
     return BlockDiagram(

@@ -1,10 +1,12 @@
 // Configuration page behaviour that needs no server round trip: the alpha lock, the rank slider,
-// presets, the module picture's per-rank labels, the catalog picker, and copy buttons.
+// presets, the module picture's per-rank labels, the catalog picker, the export tabs and copy buttons.
 (function () {
   "use strict";
 
   const form = () => document.getElementById("config-form");
   const byId = (id) => document.getElementById(id);
+  // The export tab the user chose; the estimate panel is re-rendered on every change and must keep it.
+  let exportTab = "python";
 
   function fire(el) {
     el.dispatchEvent(new Event("change", { bubbles: true }));
@@ -52,6 +54,31 @@
     fire(byId("r"));
   }
 
+  function showTab() {
+    document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("on", t.dataset.tab === exportTab));
+    document.querySelectorAll("[data-pane]").forEach((p) => { p.hidden = p.dataset.pane !== exportTab; });
+  }
+
+  // navigator.clipboard exists only in secure contexts (https, localhost); a team server reached as
+  // http://gpu-box:8000 is not one, so fall back to the older copy command.
+  function copyText(text) {
+    if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    const copied = document.execCommand("copy");
+    area.remove();
+    return copied ? Promise.resolve() : Promise.reject(new Error("copy refused"));
+  }
+
+  function flash(button, text) {
+    button.textContent = text;
+    setTimeout(() => { button.textContent = "Copy"; }, 1200);
+  }
+
   function chooseModel(id) {
     const input = byId("model");
     input.value = id;
@@ -68,7 +95,8 @@
   document.addEventListener("change", (event) => {
     const t = event.target;
     if (t.id === "alpha_locked" || t.id === "r") syncAlpha();
-    if (t.name === "target_modules" && t.checked) {
+    // Any click in the picture means "pick modules", also one that turns a box off in all-linear mode.
+    if (t.name === "target_modules") {
       form().querySelector("input[name=target_mode][value=modules]").checked = true;
     }
     syncBoxes();
@@ -80,19 +108,21 @@
     const result = event.target.closest(".result");
     if (result) { chooseModel(result.dataset.modelId); return; }
     const tab = event.target.closest(".tab");
-    if (tab) {
-      document.querySelectorAll(".tab").forEach((t) => t.classList.toggle("on", t === tab));
-      document.querySelectorAll("[data-pane]").forEach((p) => { p.hidden = p.dataset.pane !== tab.dataset.tab; });
-      return;
-    }
+    if (tab) { exportTab = tab.dataset.tab; showTab(); return; }
     const copy = event.target.closest("[data-copy]");
     if (copy) {
       const pane = document.querySelector("[data-pane]:not([hidden])");
-      navigator.clipboard.writeText(pane.textContent).then(() => {
-        copy.textContent = "Copied";
-        setTimeout(() => { copy.textContent = "Copy"; }, 1200);
-      });
+      copyText(pane.textContent).then(
+        () => flash(copy, "Copied"),
+        () => { window.getSelection().selectAllChildren(pane); flash(copy, "Press Ctrl+C"); },
+      );
     }
+  });
+
+  // Keep the focus in the model box while a suggestion is clicked: a blur would send the half-typed text
+  // as the model (a `change`) and race the suggestion's own request.
+  document.addEventListener("mousedown", (event) => {
+    if (event.target.closest(".result")) event.preventDefault();
   });
 
   document.addEventListener("keydown", (event) => {
@@ -106,6 +136,6 @@
   });
 
   // A swapped-in page (new model) needs the same syncing as the first load.
-  document.addEventListener("htmx:afterSettle", () => { syncAlpha(); syncBoxes(); });
+  document.addEventListener("htmx:afterSettle", () => { syncAlpha(); syncBoxes(); showTab(); });
   document.addEventListener("DOMContentLoaded", () => { syncAlpha(); syncBoxes(); });
 })();

@@ -1,0 +1,124 @@
+"""Fixtures for the web tests: an in-process client with its own data dir, a live uvicorn server, Chromium pages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.settings import REPO_ROOT, Settings, get_settings
+from tests.conftest import require
+from tests.services import free_port
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def wait_until(check, timeout: float = 120.0, interval: float = 0.3):
+    """Call `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(interval)
+    pytest.fail(f"still not done after {timeout:.0f}s")
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    """Settings with a data directory of this test's own (so inventory caches start cold)."""
+    return Settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def client(settings):
+    """The web app in-process, using `settings`."""
+    from app.main import create_app
+
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: settings
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def tiny_llama_dir(tmp_path) -> Path:
+    """A local model directory holding only a config.json: a 2-layer Llama with untied embeddings."""
+    directory = tmp_path / "tiny-llama"
+    directory.mkdir()
+    config = {
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 160,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
+        "max_position_embeddings": 256, "tie_word_embeddings": False,
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory) -> str:
+    """`uvicorn app.main:app` in a subprocess on a free port, with a fresh data dir; yields its base URL."""
+    data_dir = tmp_path_factory.mktemp("server-data")
+    port = free_port()
+    log_path = data_dir / "uvicorn.log"
+    env = {**os.environ, "TUNEBOARD_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not _answers(f"{base_url}/healthz"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"uvicorn did not come up:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.2)
+        yield base_url
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path):
+    """Debian's Chromium, headless, driven by Playwright."""
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        require(False, "playwright (Python package)")
+    expect.set_options(timeout=15_000)  # a loaded CI machine answers slower than the 5 s default
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, live_server):
+    """A fresh 1400px-wide tab on the live server; `page.problems` collects console errors and page errors."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, base_url=live_server)
+    context.set_default_timeout(15_000)
+    tab = context.new_page()
+    problems: list[str] = []
+    tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    tab.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    tab.problems = problems
+    yield tab
+    context.close()
