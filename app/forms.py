@@ -28,6 +28,16 @@ class FormState:
     request: EstimateRequest | None = None
 
 
+# The launch card's fields: data files and the training knobs beyond those the estimate needs.
+LAUNCH_DEFAULTS: dict[str, object] = {
+    "training_file": "", "validation_file": "", "validation_split": "0", "column_mapping": "",
+    "learning_rate": "0.0002", "num_epochs": "3", "max_steps": "", "gradient_accumulation_steps": "1",
+    "warmup_ratio": "0",
+    "lr_scheduler": "linear", "weight_decay": "0", "seed": "42", "eval_steps": "", "save_steps": "50",
+    "loss_on": "assistant", "queue": "", "suffix": "",
+}
+
+
 def default_values(model: str = DEFAULT_MODEL) -> dict[str, object]:
     """The form's starting values: the Balanced pattern (r=16, alpha=16, attention + MLP)."""
     return {
@@ -37,6 +47,7 @@ def default_values(model: str = DEFAULT_MODEL) -> dict[str, object]:
         "layers_to_transform": "", "layers_pattern": "", "rank_pattern": "", "precision": "bf16",
         "sequence_length": "1024", "batch_size": "4", "gradient_checkpointing": True,
         "dataset_examples": "", "has_validation_set": False,
+        **LAUNCH_DEFAULTS,
     }
 
 

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from app.api_errors import install_error_handlers
-from app.routers import estimate_api, files_api, job_pages, job_stream, jobs_api, models_api, pages
+from app.migrate import upgrade_database
+from app.routers import dataset_pages, estimate_api, files_api, job_pages, job_stream, jobs_api, models_api, pages
 from app.settings import get_settings
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI):
+    """Bring the schema up to date before serving (a fleet may turn this off and migrate separately)."""
+    settings = get_settings()
+    if settings.migrate_on_start:
+        await run_in_threadpool(upgrade_database)
+    yield
 
 
 def create_app() -> FastAPI:
     """Build the web app with every router mounted."""
     settings = get_settings()
     app = FastAPI(
+        lifespan=lifespan,
         title="Tuneboard",
         summary="Configure and launch LoRA fine-tunes with exact estimates.",
         version="0.1.0",
@@ -21,6 +35,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.include_router(pages.router)
     app.include_router(job_pages.router)
+    app.include_router(dataset_pages.router)
     app.include_router(models_api.router)
     app.include_router(estimate_api.router)
     app.include_router(files_api.router)

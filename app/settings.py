@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(None, description="Broker and live metrics; default: the embedded Redis.")
     embedded_redis_port: int = Field(6390, ge=1, le=65535, description="Port of the embedded Redis.")
 
+    migrate_on_start: bool = Field(True, description="Upgrade the database schema when the web app starts.")
     default_queue: str = Field("default", description="Celery queue jobs go to when none is chosen.")
     lease_seconds: float = Field(60.0, gt=0, description="A running job whose lease is this old is requeued.")
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker renews its job's lease.")

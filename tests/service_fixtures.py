@@ -145,3 +145,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tests.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path):
+    """Debian's Chromium, headless, driven by Playwright."""
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        require(False, "playwright (Python package)")
+    expect.set_options(timeout=15_000)  # a loaded CI machine answers slower than the 5 s default
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -7,14 +7,13 @@ announcement (a Redis key with a TTL) lets the web app list live workers and the
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import shutil
 import socket
 import subprocess
 import threading
 
-from app import jobs, streams
+from app import jobs, streams, worker_registry
 from app.db import new_session
 from app.models import now
 from app.settings import get_settings
@@ -22,7 +21,6 @@ from app.settings import get_settings
 log = logging.getLogger(__name__)
 _stop = threading.Event()
 _thread: threading.Thread | None = None
-WORKER_KEY_PREFIX = "tuneboard:worker:"
 
 
 def reap_once() -> tuple[list[str], list[str]]:
@@ -36,7 +34,7 @@ def announce(hostname: str, queues: list[str], ttl: float) -> None:
     """Publish this worker's queues and device, valid for ttl seconds."""
     info = {"hostname": hostname, "host": socket.gethostname(), "queues": queues, "seen_at": now(),
             **_device_info()}
-    streams.get_redis().set(WORKER_KEY_PREFIX + hostname, json.dumps(info), px=int(ttl * 1000))
+    worker_registry.announce(streams.get_redis(), info, ttl)
 
 
 @functools.cache

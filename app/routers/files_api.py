@@ -24,10 +24,14 @@ def _not_found(file_id: str):
     return error_response(404, f"No file with id {file_id!r}.", param="file_id", code="file_not_found")
 
 
-def _mapping(raw: str | None) -> dict[str, str] | None:
+def parse_column_mapping(raw: str | None) -> dict[str, str] | None:
+    """The column_mapping form field (a JSON object) as a dict; ValueError naming the problem."""
     if not raw:
         return None
-    value = json.loads(raw)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"column_mapping is not valid JSON: {exc.msg} at column {exc.colno}") from None
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise ValueError("column_mapping must be a JSON object of field name to CSV column name")
     return value
@@ -45,7 +49,7 @@ async def upload_file(
         return error_response(400, f"purpose must be 'fine-tune', not {purpose!r}", param="purpose",
                               code="invalid_purpose")
     try:
-        mapping = _mapping(column_mapping)
+        mapping = parse_column_mapping(column_mapping)
     except ValueError as exc:
         return error_response(400, str(exc), param="column_mapping", code="invalid_column_mapping")
     data = await file.read()

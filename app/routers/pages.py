@@ -5,9 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
 
 from app import forms
+from app.db import SessionDep
+from app.launch import LaunchError, launch
+from app.launch_context import apply_dataset_facts, launch_context
+from app.launch_form import job_config
 from app.model_inventories import InventoryUnavailable, cached_inventory, forget_failure, get_inventory
 from app.settings import Settings, get_settings
 from app.templating import templates
@@ -47,7 +51,8 @@ def _context(state: forms.FormState, settings: Settings, *, model_changed: bool 
     """
     values = state.values
     context: dict = {"values": values, "errors": state.errors, "catalog": catalog.entries(), "result": None,
-                     "diagram": None, "presets": [], "pending": None, "unavailable": None, "drawn_for": drawn_for}
+                     "diagram": None, "presets": [], "pending": None, "unavailable": None, "drawn_for": drawn_for,
+                     **launch_context(values, settings)}
     try:
         inventory = get_inventory(str(values["model"]), settings)
     except InventoryUnavailable as exc:
@@ -74,8 +79,14 @@ def _context(state: forms.FormState, settings: Settings, *, model_changed: bool 
     return context
 
 
-def _render(request: Request, template: str, context: dict) -> HTMLResponse:
-    return templates.TemplateResponse(request, template, context)
+def _render(request: Request, template: str, context: dict, status_code: int = 200) -> HTMLResponse:
+    return templates.TemplateResponse(request, template, context, status_code=status_code)
+
+
+def _parse(form) -> forms.FormState:
+    values = forms.values_from_form(form)
+    apply_dataset_facts(values)
+    return forms.parse(values)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -90,7 +101,7 @@ def configure_page(request: Request, settings: SettingsDep, model: str = forms.D
 async def configure_post(request: Request, settings: SettingsDep):
     """Re-render the page's main area for a changed model (picture, presets and estimate together)."""
     form = await request.form()
-    state = forms.parse(forms.values_from_form(form))
+    state = _parse(form)
     if form.get("retry") == "1":
         forget_failure(str(state.values["model"]), settings)
     context = _context(state, settings, model_changed=form.get("model_changed") == "1",
@@ -102,11 +113,30 @@ async def configure_post(request: Request, settings: SettingsDep):
 async def estimate_fragment(request: Request, settings: SettingsDep):
     """The estimate panel for the posted form; without HTMX, the whole page with the panel filled in."""
     form = await request.form()
-    context = _context(forms.parse(forms.values_from_form(form)), settings)
+    context = _context(_parse(form), settings)
     if _is_htmx(request):
         # Errors and advice sit beside their fields, outside the panel: refresh them out of band.
         return _render(request, "partials/estimate.html", {**context, "oob": True})
     return _render(request, "configure.html", context)
+
+
+@router.post("/launch", response_class=HTMLResponse)
+async def launch_job(request: Request, settings: SettingsDep, session: SessionDep):
+    """Launch the configured job and open its page; a problem re-renders the page with it beside its field."""
+    form = await request.form()
+    state = _parse(form)
+    config = job_config(state)
+    if config is not None:
+        values = state.values
+        try:
+            job = launch(session, settings, config, training_file=str(values["training_file"]),
+                         validation_file=str(values["validation_file"]) or None, suffix=str(values["suffix"]) or None,
+                         queue=str(values["queue"]) or None)
+            return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+        except LaunchError as exc:
+            name = exc.param.split(".")[-1]
+            state.errors[name if name in values else "launch"] = exc.message
+    return _render(request, "configure.html", _context(state, settings), status_code=422)
 
 
 @router.get("/models/search", response_class=HTMLResponse)

@@ -14,11 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.settings import REPO_ROOT, Settings, get_settings
-from tests.conftest import require
 from tests.services import free_port
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 
 def wait_until(check, timeout: float = 120.0, interval: float = 0.3):
@@ -33,9 +29,9 @@ def wait_until(check, timeout: float = 120.0, interval: float = 0.3):
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    """Settings with a data directory of this test's own (so inventory caches start cold)."""
-    return Settings(data_dir=tmp_path / "data")
+def settings(tuneboard_env) -> Settings:
+    """Settings with a data directory, database and Redis of this test's own (inventory caches start cold)."""
+    return tuneboard_env.settings
 
 
 @pytest.fixture
@@ -94,20 +90,6 @@ def live_server(tmp_path_factory) -> str:
     finally:
         process.terminate()
         process.wait(timeout=15)
-
-
-@pytest.fixture(scope="session")
-def browser(chromium_path):
-    """Debian's Chromium, headless, driven by Playwright."""
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError:
-        require(False, "playwright (Python package)")
-    expect.set_options(timeout=15_000)  # a loaded CI machine answers slower than the 5 s default
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 import html as html_text
 import re
 
-import pytest
-
 from tests.web.lora_math import (
     GPT2,
     LLAMA_MODULES,

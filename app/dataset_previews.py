@@ -1,0 +1,42 @@
+"""Dataset previews: the first rows rendered with the base model's chat template (trained tokens marked)
+and token counts, computed once per (file, model) by `python -m workers.dataset_preview` because that
+needs the model's tokenizer. Must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from app import offloaded, storage
+from app.models import DataFile
+from app.settings import Settings
+from app.training import catalog
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    data: dict
+
+    def over_length(self, sequence_length: int) -> int:
+        """How many examples exceed sequence_length tokens (they would be truncated)."""
+        return sum(count for length, count in self.data["token_lengths"] if length > sequence_length)
+
+
+def _cache_path(settings: Settings, data_file: DataFile, model: str, loss_on: str):
+    return settings.data_dir / "previews" / f"{data_file.id}--{catalog.slug(model)}--{loss_on}.json"
+
+
+def get_preview(settings: Settings, data_file: DataFile, model: str, loss_on: str = "assistant") -> Preview:
+    """The cached preview, or offloaded.Pending / offloaded.Failed."""
+    out = _cache_path(settings, data_file, model, loss_on)
+    command = ["-m", "workers.dataset_preview", "--file", str(storage.path_for(settings, data_file.storage_key)),
+               "--model", model, "--loss-on", loss_on, "--data-dir", str(settings.data_dir)]
+    if data_file.column_mapping:
+        command += ["--column-mapping", json.dumps(data_file.column_mapping)]
+    return Preview(offloaded.cached_or_start(out, command))
+
+
+def retry_preview(settings: Settings, data_file: DataFile, model: str, loss_on: str = "assistant") -> None:
+    """Forget a failed preview so the next request computes it again."""
+    offloaded.forget_failure(_cache_path(settings, data_file, model, loss_on))

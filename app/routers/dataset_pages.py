@@ -1,0 +1,63 @@
+"""The configuration page's data card: upload a file (validated, errors by line) and preview a file.
+
+Both answer HTMX fragments. Must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+from app import files, forms, offloaded
+from app.dataset_previews import get_preview
+from app.datasets import DatasetInvalid
+from app.db import SessionDep
+from app.launch_context import launch_context
+from app.models import DataFile
+from app.routers.files_api import parse_column_mapping
+from app.settings import get_settings
+from app.templating import templates
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.post("/datasets", response_class=HTMLResponse)
+async def upload_dataset(request: Request, session: SessionDep):
+    """Store an uploaded file and select it, or show its problems; answers the data card."""
+    form = await request.form()
+    values = forms.values_from_form(form)
+    upload = form.get("upload")
+    context: dict = {"values": values, "errors": {}, "result": None}
+    if upload is None or not getattr(upload, "filename", ""):
+        context["errors"]["training_file"] = "choose a file to upload"
+    else:
+        try:
+            mapping = parse_column_mapping(values["column_mapping"])
+            record = files.store_upload(session, get_settings(), filename=upload.filename, data=await upload.read(),
+                                        purpose="fine-tune", column_mapping=mapping)
+            values["training_file"] = record.id
+        except DatasetInvalid as exc:
+            context.update(upload_problems=exc.problems, upload_total=exc.total, upload_name=upload.filename)
+        except (ValueError, files.UploadTooLarge) as exc:
+            context.update(upload_problems=[{"message": str(exc)}], upload_total=1, upload_name=upload.filename)
+    context.update(launch_context(values, get_settings()))
+    return templates.TemplateResponse(request, "partials/data_card.html", context)
+
+
+@router.get("/datasets/{file_id}/preview", response_class=HTMLResponse)
+def preview_dataset(request: Request, file_id: str, session: SessionDep, model: str, sequence_length: int = 1024,
+                    loss_on: str = "assistant"):
+    """The preview fragment; while the worker side computes it, a fragment that polls again."""
+    data_file = session.get(DataFile, file_id)
+    context: dict = {"file": data_file, "model": model, "sequence_length": sequence_length, "loss_on": loss_on}
+    if data_file is None:
+        context["failure"] = f"No file with id {file_id!r}."
+    else:
+        try:
+            preview = get_preview(get_settings(), data_file, model, loss_on)
+            context.update(preview=preview.data, over=preview.over_length(sequence_length))
+        except offloaded.Pending:
+            context["pending"] = True
+        except offloaded.Failed as exc:
+            context["failure"] = str(exc)
+    return templates.TemplateResponse(request, "partials/dataset_preview.html", context)

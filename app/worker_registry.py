@@ -1,0 +1,50 @@
+"""Which workers are alive and which queues they serve, from the announcements they keep fresh in Redis.
+
+Each worker's reaper thread rewrites its key every few seconds with a short TTL, so a dead worker
+disappears on its own. Must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import redis
+
+KEY_PREFIX = "tuneboard:worker:"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    hostname: str
+    queues: tuple[str, ...]
+    device: str
+    gpu_memory_bytes: int | None
+    seen_at: float
+
+
+def announce(client: redis.Redis, info: dict, ttl_seconds: float) -> None:
+    """Publish a worker's announcement, valid for ttl_seconds."""
+    client.set(KEY_PREFIX + info["hostname"], json.dumps(info), px=int(ttl_seconds * 1000))
+
+
+def live_workers(client: redis.Redis) -> list[WorkerInfo]:
+    """Every worker that announced itself recently, by name."""
+    keys = sorted(client.scan_iter(match=KEY_PREFIX + "*", count=500))
+    infos = []
+    for raw in client.mget(keys) if keys else []:
+        if raw is None:
+            continue  # expired between SCAN and MGET
+        data = json.loads(raw)
+        infos.append(WorkerInfo(data["hostname"], tuple(data.get("queues", ())), data.get("device", "cpu"),
+                                data.get("gpu_memory_bytes"), data.get("seen_at", 0.0)))
+    return infos
+
+
+def queues_served(workers: list[WorkerInfo]) -> dict[str, list[WorkerInfo]]:
+    """Queue name -> the live workers that serve it."""
+    served: dict[str, list[WorkerInfo]] = {}
+    for worker in workers:
+        for queue in worker.queues:
+            served.setdefault(queue, []).append(worker)
+    return served

@@ -1,0 +1,86 @@
+"""Driving jobs through the REST API in tests: upload data, launch, wait, read back."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+from fastapi.testclient import TestClient
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+COLOURS = [("sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black"), ("blood", "red"),
+           ("sun", "yellow"), ("sea", "blue"), ("leaf", "green")]
+
+
+def chat_records(count: int = 24) -> list[dict]:
+    """A small learnable chat dataset: the colour of things, always answered the same way."""
+    records = []
+    for i in range(count):
+        thing, colour = COLOURS[i % len(COLOURS)]
+        records.append({"messages": [
+            {"role": "system", "content": "Answer briefly and exactly."},
+            {"role": "user", "content": f"What is the colour of the {thing}?"},
+            {"role": "assistant", "content": f"The {thing} is {colour}."},
+        ]})
+    return records
+
+
+def upload(client: TestClient, records: list[dict], name: str = "train.jsonl") -> dict:
+    """Upload records as JSONL; returns the file object."""
+    body = "\n".join(json.dumps(r) for r in records).encode()
+    response = client.post("/v1/files", files={"file": (name, io.BytesIO(body))}, data={"purpose": "fine-tune"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for_inventory(model: str, settings, timeout: float = 120) -> None:
+    """Block until a non-catalog model's inventory is computed (so the launch carries an estimate)."""
+    from app.model_inventories import InventoryUnavailable, get_inventory
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            get_inventory(model, settings)
+            return
+        except InventoryUnavailable as exc:
+            if not exc.computing:
+                raise
+            time.sleep(0.5)
+    raise TimeoutError(f"no inventory for {model}")
+
+
+def launch(client: TestClient, model: str, file_id: str, **extra) -> dict:
+    """Create a job; returns the job object."""
+    body = {"model": model, "training_file": file_id, **extra}
+    response = client.post("/v1/fine_tuning/jobs", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for(client: TestClient, job_id: str, predicate, timeout: float = 180, what: str = "condition") -> dict:
+    """Poll the job until predicate(job) holds; returns the job."""
+    deadline = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        if predicate(job):
+            return job
+        time.sleep(0.3)
+    raise TimeoutError(f"{what} not reached in {timeout} s; job is {job}")
+
+
+def wait_until_finished(client: TestClient, job_id: str, timeout: float = 240) -> dict:
+    """Poll until the job reaches a terminal status."""
+    return wait_for(client, job_id, lambda j: j["status"] in TERMINAL, timeout, "a terminal status")
+
+
+def all_events(client: TestClient, job_id: str) -> list[dict]:
+    """Every event of the job, oldest first."""
+    return list(reversed(client.get(f"/v1/fine_tuning/jobs/{job_id}/events?limit=1000").json()["data"]))
+
+
+def metric_steps(client: TestClient, job_id: str) -> list[dict]:
+    """Every stored metric point, oldest first."""
+    return client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["data"]

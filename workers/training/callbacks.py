@@ -1,0 +1,110 @@
+"""The bridge from the Hugging Face Trainer to Tuneboard: metrics, checkpoints, cancellation, token counts.
+
+`ReporterCallback` turns Trainer events into `Reporter` calls; `TuneboardTrainer` only pops the
+per-batch token count the collator attaches. Nothing here does per-step I/O or device syncs: the
+Trainer already syncs once per logging step (to read the loss), and throughput is measured there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from workers.tokenization import NUM_TOKENS_KEY
+from workers.training.contract import Reporter
+
+# Trainer log keys forwarded to the reporter as they are.
+_TRAIN_KEYS = ("loss", "learning_rate", "grad_norm")
+
+
+class TuneboardTrainer(Trainer):
+    """The stock Trainer, plus a running count of the real (non-padding) tokens it trains on."""
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        # The collator counted the batch on the CPU; Trainer's own counting would sync the GPU per batch.
+        # num_input_tokens_seen is saved in every checkpoint's trainer_state.json, so the count survives resumes.
+        self.state.num_input_tokens_seen += int(inputs.pop(NUM_TOKENS_KEY, 0))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: list[str] | None = None) -> Any:
+        inputs.pop(NUM_TOKENS_KEY, None)
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+
+def _number(value: Any) -> float:
+    return float(value.item() if hasattr(value, "item") else value)
+
+
+class ReporterCallback(TrainerCallback):
+    """Forwards Trainer progress to a Reporter and stops training when it asks."""
+
+    def __init__(self, reporter: Reporter, *, trainable_params: int, all_params: int, device: str):
+        self.reporter = reporter
+        self.trainable_params = trainable_params
+        self.all_params = all_params
+        self.device = device
+        self.stop_requested = False
+        self.resumed_from_step = 0
+        self.start_tokens = 0  # tokens already trained when this session began (a resumed checkpoint's count)
+        self.last_metrics: dict[str, float] = {}  # latest value of every forwarded metric
+        self.last_eval_step: int | None = None
+        self.summary: dict[str, float] = {}  # Trainer's end-of-train log: train_runtime, train_loss, ...
+        self._mark_tokens = 0
+        self._mark_time = 0.0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Called after the Trainer has restored a resumed checkpoint's state, so global_step is the resume point.
+        self.resumed_from_step = state.global_step
+        self.start_tokens = state.num_input_tokens_seen
+        self._mark_tokens = state.num_input_tokens_seen
+        self._mark_time = time.perf_counter()
+        self.reporter.on_start(
+            total_steps=state.max_steps, trainable_params=self.trainable_params, all_params=self.all_params,
+            device=self.device, resumed_from_step=state.global_step,
+        )
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not self.stop_requested and self.reporter.should_stop():
+            self.stop_requested = True
+            # The Trainer logs and saves this step, then leaves its loop; an evaluation due now would
+            # only delay the stop.
+            control.should_training_stop = True
+            control.should_save = True
+            control.should_log = True
+            control.should_evaluate = False
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        logs = logs or {}
+        if "train_runtime" in logs:
+            self.summary = {key: _number(value) for key, value in logs.items() if isinstance(value, (int, float))}
+            return
+        metrics: dict[str, float] = {}
+        if "loss" in logs:
+            for key in _TRAIN_KEYS:
+                if logs.get(key) is not None:
+                    metrics[key] = _number(logs[key])
+            # The loss was just read off the device, so the GPU has caught up: wall time is honest here.
+            now = time.perf_counter()
+            tokens = state.num_input_tokens_seen
+            elapsed = now - self._mark_time
+            if elapsed > 0:
+                metrics["tokens_per_second"] = (tokens - self._mark_tokens) / elapsed
+            metrics["trained_tokens"] = float(tokens)
+            self._mark_tokens, self._mark_time = tokens, now
+        if logs.get("eval_loss") is not None:
+            metrics["eval_loss"] = _number(logs["eval_loss"])
+            self.last_eval_step = state.global_step
+        if not metrics:
+            return
+        self.last_metrics.update({k: v for k, v in metrics.items() if math.isfinite(v) or k == "loss"})
+        self.reporter.on_log(step=state.global_step, epoch=float(state.epoch or 0.0), metrics=metrics)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        self.reporter.on_checkpoint(step=state.global_step, path=path)

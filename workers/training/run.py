@@ -1,0 +1,179 @@
+"""`train()`: one LoRA fine-tuning attempt, from base model to saved adapter, on the Hugging Face Trainer.
+
+Owns the order of things (load, tokenise, wrap with PEFT, train or resume, evaluate, save) and the
+translation of known failures into `TrainingFailure`. The loop itself is the Trainer's.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+from workers.training.contract import Reporter, TrainingFailure, TrainingResult, TrainingRun
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    # Some kernels report OOM as a bare RuntimeError ("CUDA error: out of memory").
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _out_of_memory(exc: BaseException, what: str) -> TrainingFailure:
+    where = "GPU" if "cuda" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError" else "worker"
+    return TrainingFailure(
+        "out_of_memory",
+        f"The {where} ran out of memory {what}. Lower batch_size or sequence_length, turn on "
+        "gradient_checkpointing, or use load_in_4bit.",
+    )
+
+
+def _device_label(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        index = torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _tokenize(examples: list[Any], tokenizer: Any, run: TrainingRun, reporter: Reporter, what: str) -> Any:
+    from workers.tokenization import tokenize_examples
+
+    settings = run.config.training
+    data = tokenize_examples(examples, tokenizer, sequence_length=settings.sequence_length, loss_on=settings.loss_on)
+    if data.truncated:
+        reporter.on_event(
+            f"{data.truncated} of {data.examples} {what} examples were longer than {settings.sequence_length} "
+            "tokens and were truncated.", level="warning",
+        )
+    if data.dropped:
+        target = "assistant/completion" if settings.loss_on == "assistant" else "trainable"
+        reporter.on_event(
+            f"{data.dropped} of {data.examples} {what} examples had no {target} tokens left to learn from "
+            "and were skipped.", level="warning",
+        )
+    if data.features:
+        kinds = ", ".join(f"{n} {kind.replace('_', '/')}" for kind, n in sorted(data.kinds.items()))
+        reporter.on_event(f"Tokenised {len(data.features)} {what} examples ({kinds}; {data.tokens:,} tokens).")
+    return data
+
+
+def _wrap_with_lora(model: Any, run: TrainingRun) -> Any:
+    import torch
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    from workers.lora_config import to_peft_config
+
+    settings = run.config.training
+    if settings.load_in_4bit:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=settings.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    # The LoRA A matrices are initialised randomly: seed first so a job is reproducible.
+    set_seed(settings.seed)
+    try:
+        peft_model = get_peft_model(model, to_peft_config(run.config.lora))
+    except ValueError as exc:  # e.g. "Target modules {...} not found in the base model"
+        raise TrainingFailure("unsupported", f"LoRA cannot be applied to this model as configured: {exc}") from exc
+    # PEFT keeps LoRA matrices in fp32 over a bf16/fp16 base, but not modules_to_save copies or freed
+    # biases: train every parameter in fp32 (mixed precision autocasts the maths), as fp16 AMP requires.
+    for param in peft_model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return peft_model
+
+
+def train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
+    """Fine-tune run.config.model with LoRA on run's examples; report progress; return what was produced."""
+    import torch
+
+    try:
+        return _train(run, reporter)
+    except TrainingFailure:
+        raise
+    except (torch.cuda.OutOfMemoryError, MemoryError, RuntimeError) as exc:
+        if _is_out_of_memory(exc):
+            raise _out_of_memory(exc, "while training") from exc
+        raise
+    finally:
+        # A worker process runs many jobs: once _train's frame (model, optimizer) is gone, hand the
+        # cached GPU memory back before the next job.
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
+    from transformers.trainer_callback import PrinterCallback
+
+    from workers.base_models import load_base
+    from workers.tokenization import PaddingCollator
+    from workers.training.arguments import training_arguments
+    from workers.training.callbacks import ReporterCallback, TuneboardTrainer
+
+    settings = run.config.training
+    resume_from = Path(run.resume_from) if run.resume_from else None
+    if resume_from is not None and not (resume_from / "trainer_state.json").is_file():
+        # Starting over silently would break "continue from its step exactly"; let the caller decide.
+        raise FileNotFoundError(f"checkpoint {resume_from} is missing or incomplete (no trainer_state.json)")
+
+    base = load_base(run.config.model, data_dir=run.data_dir, precision=settings.precision,
+                     load_in_4bit=settings.load_in_4bit, on_event=reporter.on_event)
+    train_data = _tokenize(run.train_examples, base.tokenizer, run, reporter, "training")
+    if not train_data.features:
+        target = "assistant/completion" if settings.loss_on == "assistant" else "trainable"
+        cut = f", {train_data.truncated} of them truncated" if train_data.truncated else ""
+        raise TrainingFailure(
+            "dataset_problem",
+            f"none of the {train_data.examples} training examples has a {target} token within the first "
+            f"{settings.sequence_length} tokens{cut}: raise sequence_length or shorten the prompts",
+        )
+    train_features = train_data.features
+    eval_features = _tokenize(run.eval_examples or [], base.tokenizer, run, reporter, "validation").features or None
+
+    model = _wrap_with_lora(base.model, run)
+    trainable_params, all_params = model.get_nb_trainable_parameters()
+    callback = ReporterCallback(reporter, trainable_params=trainable_params, all_params=all_params,
+                                device=_device_label(base.device))
+    args = training_arguments(settings, checkpoints_dir=run.checkpoints_dir, mixed_precision=base.mixed_precision,
+                              device=base.device, has_eval=eval_features is not None)
+    # Multiples of 8 keep tensor-core shapes on GPU; on CPU they would only add padding.
+    collator = PaddingCollator(base.tokenizer.pad_token_id, pad_to_multiple_of=8 if base.device == "cuda" else None)
+    trainer = TuneboardTrainer(model=model, args=args, data_collator=collator, train_dataset=train_features,
+                               eval_dataset=eval_features, callbacks=[callback])
+    # With tqdm off the Trainer prints every log dict to stdout; the reporter already has them.
+    trainer.remove_callback(PrinterCallback)
+    if resume_from is not None:
+        reporter.on_event(f"Resuming from checkpoint {resume_from.name}.")
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    state = trainer.state
+    # A stop asked for on the very last step still produced the complete run: keep it as finished.
+    stopped = callback.stop_requested and state.global_step < state.max_steps
+    if eval_features is not None and not stopped and callback.last_eval_step != state.global_step:
+        trainer.evaluate()  # the final adapter always gets an eval loss; the callback reports it
+    adapter_dir = None
+    if stopped:
+        reporter.on_event(f"Stopped at step {state.global_step} of {state.max_steps}; its checkpoint is kept.")
+    else:
+        run.adapter_dir.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(run.adapter_dir)
+        adapter_dir = run.adapter_dir
+        reporter.on_event(f"Saved the adapter after {state.global_step} steps.")
+
+    runtime = float(callback.summary.get("train_runtime", output.metrics.get("train_runtime", 0.0)))
+    final = {k: v for k, v in callback.last_metrics.items() if k in ("loss", "eval_loss")}
+    final["train_runtime"] = runtime
+    if runtime > 0:
+        final["tokens_per_second"] = (state.num_input_tokens_seen - callback.start_tokens) / runtime
+    return TrainingResult(
+        trainable_params=trainable_params, all_params=all_params, global_step=state.global_step,
+        total_steps=state.max_steps, stopped=stopped, adapter_dir=adapter_dir, final_metrics=final,
+        trained_tokens=int(state.num_input_tokens_seen),
+    )
