@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from app import jobs, streams
+from app import jobs, streams, worker_registry
 from app.model_inventories import InventoryUnavailable, get_inventory
 from app.models import DataFile, Job
 from app.settings import Settings
@@ -69,6 +69,8 @@ def launch(session: Session, settings: Settings, config: JobConfig, *, training_
                           f"{split}% of {train.examples} examples holds out no example; raise the split")
     if config.training.eval_steps and validation is None and not split:
         raise LaunchError("training.eval_steps", "evaluation needs a validation file or a validation split")
+    if config.training.load_in_4bit:
+        _require_qlora_worker(queue or settings.default_queue)
     examples = train.examples - (int(train.examples * split / 100) if split else 0)
     has_validation = validation is not None or split > 0
     job = Job(model=config.model, queue=queue or settings.default_queue, config=config.model_dump(mode="json"),
@@ -76,6 +78,14 @@ def launch(session: Session, settings: Settings, config: JobConfig, *, training_
               training_file_id=train.id, validation_file_id=validation.id if validation else None,
               suffix=suffix, metadata_=metadata)
     return jobs.submit(session, _redis_or_none(), job, settings)
+
+
+def _require_qlora_worker(queue: str) -> None:
+    client = _redis_or_none()
+    workers = worker_registry.queues_served(worker_registry.live_workers(client)).get(queue, []) if client else []
+    if not any(w.qlora for w in workers):
+        raise LaunchError("training.load_in_4bit", f"4-bit QLoRA needs a worker with a CUDA GPU and bitsandbytes; "
+                          f"no live worker on queue {queue!r} has both")
 
 
 def _redis_or_none():

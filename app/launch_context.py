@@ -57,7 +57,9 @@ def launch_context(values: dict, settings: Settings) -> dict:
         train = session.get(DataFile, values["training_file"]) if values.get("training_file") else None
         files = session.scalars(select(DataFile).order_by(DataFile.created_at.desc()).limit(RECENT_FILES)).all()
         tokens_per_second = _measured_tokens_per_second(session, str(values["model"]))
-    context: dict = {"files": files, "train_file": train, "plan": None, "queues": _queues(settings)}
+    queues = _queues(settings)
+    context: dict = {"files": files, "train_file": train, "plan": None, "queues": queues,
+                     "qlora_available": any(w.qlora for q in queues for w in q["workers"])}
     if train is not None:
         try:
             examples = int(values["dataset_examples"] or train.examples)

@@ -9,6 +9,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from app.api_errors import install_error_handlers
+from app.lease_reaper import ReaperThread
 from app.migrate import upgrade_database
 from app.routers import dataset_pages, estimate_api, files_api, job_pages, job_stream, jobs_api, models_api, pages
 from app.settings import get_settings
@@ -16,11 +17,15 @@ from app.settings import get_settings
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI):
-    """Bring the schema up to date before serving (a fleet may turn this off and migrate separately)."""
+    """Bring the schema up to date before serving (a fleet may turn this off and migrate separately), and reap
+    expired leases while serving so no job stays running when every worker is gone."""
     settings = get_settings()
     if settings.migrate_on_start:
         await run_in_threadpool(upgrade_database)
+    reaper = ReaperThread()
+    reaper.start()
     yield
+    reaper.stopped.set()
 
 
 def create_app() -> FastAPI:

@@ -21,6 +21,7 @@ class WorkerInfo:
     device: str
     gpu_memory_bytes: int | None
     seen_at: float
+    qlora: bool = False  # CUDA and bitsandbytes present: 4-bit QLoRA can run here
 
 
 def announce(client: redis.Redis, info: dict, ttl_seconds: float) -> None:
@@ -37,7 +38,7 @@ def live_workers(client: redis.Redis) -> list[WorkerInfo]:
             continue  # expired between SCAN and MGET
         data = json.loads(raw)
         infos.append(WorkerInfo(data["hostname"], tuple(data.get("queues", ())), data.get("device", "cpu"),
-                                data.get("gpu_memory_bytes"), data.get("seen_at", 0.0)))
+                                data.get("gpu_memory_bytes"), data.get("seen_at", 0.0), bool(data.get("qlora"))))
     return infos
 
 

@@ -13,10 +13,11 @@ from tests.conftest import require
 HEAVY = {"torch", "transformers", "peft", "accelerate", "safetensors", "workers"}
 
 
-def modules_loaded_by(statement: str) -> set[str]:
+def modules_loaded_by(statement: str, env: dict[str, str] | None = None) -> set[str]:
     """Top-level packages in sys.modules after running `statement` in a fresh interpreter."""
     probe = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env=env)
     assert done.returncode == 0, done.stderr
     return {name.split(".")[0] for name in json.loads(done.stdout.splitlines()[-1])}
 
@@ -27,13 +28,15 @@ def test_importing_the_web_app_loads_no_ml_stack_and_no_workers():
     assert loaded & HEAVY == set()
 
 
-def test_building_the_app_and_serving_the_configuration_page_loads_no_ml_stack():
+def test_building_the_app_and_serving_the_configuration_page_loads_no_ml_stack(tuneboard_env):
     loaded = modules_loaded_by(
         "from fastapi.testclient import TestClient\n"
         "import app.main\n"
-        "client = TestClient(app.main.app)\n"
-        "assert client.get('/').status_code == 200\n"
-        "assert client.post('/v1/fine_tuning/estimate', json={'model': 'openai-community/gpt2'}).status_code == 200"
+        "with TestClient(app.main.app) as client:\n"
+        "    assert client.get('/').status_code == 200\n"
+        "    assert client.post('/v1/fine_tuning/estimate', json={'model': 'openai-community/gpt2'}).status_code == 200\n"
+        "    assert client.get('/jobs').status_code == 200",
+        env=tuneboard_env.env,
     )
     assert loaded & HEAVY == set()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import delete, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app import jobs, storage, streams
@@ -29,11 +29,12 @@ CANCEL_POLL_SECONDS = 0.5
 
 def _upsert(session, rows: list[dict[str, Any]]) -> None:
     insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
-    statement = insert(Metric).values(rows)
-    # A step logged twice (train and eval logs of the same step) merges; later non-null values win.
+    # Every row names every column: a multi-row INSERT takes its column list from the first row.
+    statement = insert(Metric).values([{f: None for f in METRIC_FIELDS} | row for row in rows])
+    # A step logged twice (its train log and its eval log, flushed apart) merges: a value never erases one.
     statement = statement.on_conflict_do_update(
         index_elements=["job_id", "step"],
-        set_={f: statement.excluded[f] for f in METRIC_FIELDS},
+        set_={f: func.coalesce(statement.excluded[f], getattr(Metric, f)) for f in METRIC_FIELDS},
     )
     session.execute(statement)
 
@@ -84,6 +85,10 @@ class JobReporter:
             row.update({k: v for k, v in point.items() if k in METRIC_FIELDS and v is not None})
             self._progress = {"step": step, "epoch": epoch,
                               "trained_tokens": metrics.get("trained_tokens", self._progress.get("trained_tokens"))}
+        if metrics.get("eval_loss") is not None:
+            with new_session() as session:
+                self._event(session, f"Evaluation at step {step}: eval loss {metrics['eval_loss']:.4f}.",
+                            type_="evaluation", data={"step": step, "eval_loss": metrics["eval_loss"]})
         if time.monotonic() - self._last_flush >= self.settings.metrics_flush_seconds:
             self.flush()
 

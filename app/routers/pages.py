@@ -134,7 +134,7 @@ async def launch_job(request: Request, settings: SettingsDep, session: SessionDe
                          queue=str(values["queue"]) or None)
             return RedirectResponse(f"/jobs/{job.id}", status_code=303)
         except LaunchError as exc:
-            name = exc.param.split(".")[-1]
+            name = {"load_in_4bit": "precision"}.get(exc.param.split(".")[-1], exc.param.split(".")[-1])
             state.errors[name if name in values else "launch"] = exc.message
     return _render(request, "configure.html", _context(state, settings), status_code=422)
 

@@ -78,6 +78,22 @@ def _dropout(dropout: float, examples: int | None) -> list[Advice]:
     return []
 
 
+def _saves(selection: Selection) -> list[Advice]:
+    advice = [
+        Advice(field="modules_to_save", level="warning", message=(
+            f"modules_to_save entry {entry!r} matches no module of this model; PEFT silently ignores it."))
+        for entry in selection.unmatched_saves
+    ]
+    names = [m.name for m in selection.saved]
+    nested = next(((inner, outer) for inner in names for outer in names if inner.startswith(outer + ".")), None)
+    if nested:
+        advice.append(Advice(field="modules_to_save", level="warning", message=(
+            f"{nested[0]!r} lies inside {nested[1]!r}, which is already saved in full; PEFT may keep an extra "
+            "copy of it. Name only the outer module (entries match by suffix: GPT-2's 'attn' also hits "
+            "'c_attn'; write '.attn').")))
+    return advice
+
+
 def advise(
     inventory: Inventory,
     settings: LoraSettings,
@@ -99,6 +115,7 @@ def advise(
         advice.append(Advice(field="bias", level="info", message=(
             f'bias="{settings.bias}" also trains biases, and the model then differs from the base even with '
             'the adapter disabled; "none" is almost always right.')))
+    advice += _saves(selection)
     if not has_validation_set:
         advice.append(Advice(field="validation", level="warning", message=(
             "No validation set: hold some examples out, or you cannot tell learning from memorising.")))

@@ -11,9 +11,10 @@ import json
 import re
 from dataclasses import dataclass
 
-from app.training.inventory import Inventory, Module, layer_group_name
+from app.training.inventory import Inventory, layer_group_name
 from app.training.lora_settings import LoraSettings
 from app.training.matching import AdaptedModule, Selection
+from app.training.modules_to_save import replay
 
 _PREFIX = "base_model.model."
 
@@ -111,91 +112,88 @@ def _groups(adapted: list[AdaptedModule], use_dora: bool) -> tuple[ModuleGroup, 
     return tuple(groups)
 
 
-def _freed_biases(inventory: Inventory, settings: LoraSettings, adapted: list[AdaptedModule]) -> list[tuple[str, int]]:
+def _freed_biases(inventory: Inventory, settings: LoraSettings, adapted: list[AdaptedModule]) -> set[str]:
+    """Base biases that `bias` makes trainable before modules_to_save wraps anything."""
     if settings.bias == "all":
-        return [(p.full_name, p.numel) for p in inventory.bias_params]
+        return {p.full_name for p in inventory.bias_params}
     if settings.bias == "lora_only":
-        return [(b.full_name, b.numel) for b in (a.module.bias for a in adapted) if b is not None]
-    return []
+        return {b.full_name for b in (a.module.bias for a in adapted) if b is not None}
+    return set()
 
 
 def count(inventory: Inventory, settings: LoraSettings, selection: Selection) -> Counts:
     """Exact parameter counts, the per-module breakdown and the adapter's tensors."""
-    tensors: list[AdapterTensor] = []
+    files: dict[str, tuple[int, ...]] = {}
+    adapter_params = 0
     for item in selection.adapted:
-        tensors.extend(_adapter_tensors(item, settings.use_dora))
-    adapter_params = sum(t.numel for t in tensors)
+        for tensor in _adapter_tensors(item, settings.use_dora):
+            files[tensor.name] = tensor.shape
+            adapter_params += tensor.numel
 
-    saved_params = sum(m.subtree_params for m in selection.saved)
-    for module in selection.saved:
-        tensors.extend(_saved_tensors(inventory, module))
-
-    saved_names = tuple(m.name + "." for m in selection.saved)
-    biases = _freed_biases(inventory, settings, selection.adapted)
-    # Biases inside a saved module are already trainable in its copy; the frozen original stays frozen.
-    bias_params = sum(n for name, n in biases if not name.startswith(saved_names))
-    tensors.extend(AdapterTensor(_PREFIX + _adapted_bias_name(name, selection), (n,)) for name, n in biases
-                   if not name.startswith(saved_names))
-
-    tensors.extend(_saved_embedding_weights(inventory, settings, selection))
+    # Full copies, the biases `bias` frees, and how wrapping freezes the originals they sit in.
+    saves = replay(
+        inventory,
+        settings.modules_to_save if selection.saved else None,
+        _freed_biases(inventory, settings, selection.adapted),
+    )
+    adapted_names = {a.module.name for a in selection.adapted}
+    if settings.bias == "all":
+        for key, shape in saves.bias_keys:
+            files[_PREFIX + _adapted_bias_name(key, adapted_names)] = shape
+    elif settings.bias == "lora_only":
+        for item in selection.adapted:
+            if item.module.bias is not None:
+                files[f"{_PREFIX}{item.module.name}.base_layer.bias"] = item.module.bias.shape
+    for key, shape in saves.saved_tensors:
+        files[_PREFIX + key] = shape
+    for tensor in _saved_embedding_weights(inventory, selection):
+        files[tensor.name] = tensor.shape
 
     return Counts(
-        trainable=adapter_params + saved_params + bias_params,
-        all=inventory.base_params + adapter_params + saved_params,
+        trainable=adapter_params + saves.trainable_copy_params + saves.trainable_base_params,
+        all=inventory.base_params + adapter_params + saves.copy_params,
         adapter_params=adapter_params,
-        saved_params=saved_params,
-        bias_params=bias_params,
+        saved_params=saves.trainable_copy_params,
+        bias_params=saves.trainable_base_params,
         groups=_groups(selection.adapted, settings.use_dora),
-        tensors=tuple(tensors),
+        tensors=tuple(AdapterTensor(name, shape) for name, shape in files.items()),
     )
 
 
-def _adapted_bias_name(name: str, selection: Selection) -> str:
+def _adapted_bias_name(name: str, adapted_names: set[str]) -> str:
     # An adapted layer keeps its original weights under `base_layer`.
     owner = name.rsplit(".", 1)[0]
-    if any(a.module.name == owner for a in selection.adapted):
+    if owner in adapted_names:
         return f"{owner}.base_layer.bias"
     return name
 
 
+# peft.utils.constants.EMBEDDING_LAYER_NAMES
 _EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")
+_EMBEDDING_NAME = re.compile(rf"(.*\.)?({'|'.join(_EMBEDDING_LAYER_NAMES)})$")
 
 
-def _embedding_targeted(settings: LoraSettings, targets) -> bool:
+def _embedding_targeted(inventory: Inventory, targets: frozenset[str] | str) -> bool:
+    # get_peft_model_state_dict's save_embedding_layers="auto" test; 'all-linear' is already expanded here.
     if isinstance(targets, str):
         pattern = re.compile(targets)
-        return any(pattern.fullmatch(n) for n in _EMBEDDING_LAYER_NAMES)
+        return any(_EMBEDDING_NAME.match(m.name) and pattern.fullmatch(m.name) for m in inventory.modules)
     return any(n in targets for n in _EMBEDDING_LAYER_NAMES)
 
 
-def _saved_embedding_weights(inventory: Inventory, settings: LoraSettings, selection: Selection) -> list[AdapterTensor]:
+def _saved_embedding_weights(inventory: Inventory, selection: Selection) -> list[AdapterTensor]:
     # save_pretrained's save_embedding_layers="auto" also stores the base weights of adapted embedding layers
     # when target_modules names embed_tokens or lm_head.
-    if not _embedding_targeted(settings, selection.targets):
+    if not _embedding_targeted(inventory, selection.targets):
         return []
     adapted = {a.module.name: a.module for a in selection.adapted}
     tensors = []
     for name in dict.fromkeys((inventory.input_embedding, inventory.output_embedding)):
         module = adapted.get(name)
         if module is not None:
-            weight = next(p for p in module.params if p.full_name.endswith(".weight"))
-            tensors.append(AdapterTensor(f"{_PREFIX}{name}.base_layer.weight", weight.shape))
-    return tensors
-
-
-def _saved_tensors(inventory: Inventory, module: Module) -> list[AdapterTensor]:
-    prefix = module.name + "."
-    seen: set[str] = set()
-    tensors = []
-    for other in inventory.modules:
-        if other is not module and not other.name.startswith(prefix):
-            continue
-        for p in other.params:
-            canonical = p.alias_of or p.full_name
-            if canonical in seen:
-                continue
-            seen.add(canonical)
-            tensors.append(AdapterTensor(_PREFIX + p.full_name, p.shape))
+            for param in module.params:
+                local = param.full_name.rpartition(".")[2]
+                tensors.append(AdapterTensor(f"{_PREFIX}{name}.base_layer.{local}", param.shape))
     return tensors
 
 

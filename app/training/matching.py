@@ -35,8 +35,13 @@ class AdaptedModule:
 @dataclass(frozen=True, slots=True)
 class Selection:
     adapted: list[AdaptedModule]
-    saved: list[Module]  # modules_to_save: each gets a full trainable copy
+    saved: list[Module]  # modules_to_save hits, in named_modules() order (nested hits included)
     targets: frozenset[str] | str  # target_modules as PEFT resolves them
+    unmatched_saves: tuple[str, ...] = ()  # modules_to_save entries that match nothing; PEFT ignores them
+
+
+# peft.utils.constants.MIN_TARGET_MODULES_FOR_OPTIMIZATION
+_MIN_TARGETS_FOR_CONDENSING = 20
 
 
 def _layer_index_matcher(settings: LoraSettings):
@@ -46,7 +51,8 @@ def _layer_index_matcher(settings: LoraSettings):
     wanted = {indexes} if isinstance(indexes, int) else set(indexes)
     patterns = settings.layers_pattern
     if patterns:
-        compiled = [re.compile(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.") for p in ([patterns] if isinstance(patterns, str) else patterns)]
+        names = [patterns] if isinstance(patterns, str) else patterns
+        compiled = [re.compile(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.") for p in names]
     else:
         compiled = [_DEFAULT_LAYER_INDEX]
 
@@ -79,7 +85,8 @@ def _exclusion_matcher(settings: LoraSettings):
 
 
 def resolve_targets(inventory: Inventory, settings: LoraSettings) -> frozenset[str] | str:
-    """PEFT's effective target_modules: the architecture default, 'all-linear' expanded, or as given."""
+    """PEFT's effective target_modules: the architecture default, 'all-linear' expanded, or as given; a list of
+    20 or more names condensed to the shortest suffixes that still single them out, as PEFT does."""
     targets = settings.target_modules
     if targets is None:
         if not inventory.peft_default_targets:
@@ -88,12 +95,42 @@ def resolve_targets(inventory: Inventory, settings: LoraSettings) -> frozenset[s
                 f"PEFT has no default target_modules for model type {inventory.model_type!r}; "
                 "please specify `target_modules`.",
             )
-        return frozenset(inventory.peft_default_targets)
-    if settings.is_all_linear:
-        return inventory.linear_names
-    if isinstance(targets, str):
+        resolved = frozenset(inventory.peft_default_targets)
+    elif settings.is_all_linear:
+        resolved = inventory.linear_names
+    elif isinstance(targets, str):
         return targets
-    return frozenset(targets)
+    else:
+        resolved = frozenset(targets)
+    if len(resolved) >= _MIN_TARGETS_FOR_CONDENSING:
+        resolved = _condensed(resolved, [m.name for m in inventory.modules])
+    return resolved
+
+
+def _suffixes(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[i:]) for i in range(len(parts))][::-1]
+
+
+def _condensed(targets: frozenset[str], module_names: list[str]) -> frozenset[str]:
+    """peft's `_find_minimal_target_modules`, applied when it shortens the list (it changes which names are
+    exact matches, and exact matches skip the `layers_to_transform` filter)."""
+    suffixes = tuple("." + t for t in targets)
+    others = {n for n in module_names if n not in targets and not n.endswith(suffixes)}
+    if "" in targets or not targets.isdisjoint(others):
+        return targets
+    other_suffixes = {suffix for name in others for suffix in _suffixes(name)}
+    required: set[str] = set()
+    for item, item_suffixes in sorted(((t, _suffixes(t)) for t in targets), key=lambda pair: pair[1]):
+        for suffix in item_suffixes:
+            if suffix in required or suffix in other_suffixes:
+                continue
+            if not any(item.endswith("." + r) for r in required):
+                required.add(suffix)
+                break
+    if not required or len(required) >= len(targets):
+        return targets
+    return frozenset(required)
 
 
 def _target_matcher(targets: frozenset[str] | str, settings: LoraSettings):
@@ -137,34 +174,34 @@ def _unsupported(module: Module) -> EstimateError:
     return EstimateError("target_modules", f"Target module {module.name!r} matched, but {reason}.")
 
 
-def _select_saved(inventory: Inventory, settings: LoraSettings, adapted_names: set[str]) -> list[Module]:
+def _select_saved(
+    inventory: Inventory, settings: LoraSettings, adapted_names: set[str]
+) -> tuple[list[Module], tuple[str, ...]]:
     if not settings.modules_to_save:
-        return []
-    saved: list[Module] = []
-    for entry in settings.modules_to_save:
-        # PEFT's _set_trainable matches a plain suffix here, without a '.' boundary.
-        hits = [m for m in inventory.modules if m.name and m.name.endswith(entry)]
-        if not hits:
-            raise EstimateError("modules_to_save", f"modules_to_save entry {entry!r} matches no module of the model.")
-        for module in hits:
-            if module not in saved:
-                saved.append(module)
+        return [], ()
+    # PEFT's _set_trainable matches a plain suffix here, without a '.' boundary, and skips entries that hit nothing.
+    entries = settings.modules_to_save
+    saved = [m for m in inventory.modules if m.name and any(m.name.endswith(e) for e in entries)]
+    unmatched = tuple(e for e in entries if not any(m.name.endswith(e) for m in saved))
     for module in saved:
-        prefix = module.name + "."
-        for other in saved:
-            if other is not module and other.name.startswith(prefix):
-                raise EstimateError(
-                    "modules_to_save",
-                    f"modules_to_save selects {other.name!r} inside {module.name!r}; choose one of the two.",
-                )
-        inside = sorted(n for n in adapted_names if n == module.name or n.startswith(prefix))
-        if inside:
+        entry = next(e for e in entries if module.name.endswith(e))
+        if module.name in adapted_names:
             raise EstimateError(
                 "modules_to_save",
-                f"modules_to_save selects {module.name!r}, which contains LoRA-targeted {inside[0]!r}; "
-                "a module cannot be both adapted and saved in full.",
+                f"modules_to_save entry {entry!r} selects {module.name!r}, which LoRA also adapts; "
+                "PEFT refuses to save an adapted layer in full.",
             )
-    return saved
+        inside = sorted(n for n in adapted_names if n.startswith(module.name + "."))
+        if inside:
+            # PEFT accepts this one (unlike the case above) but builds a model nobody wants, so Tuneboard refuses.
+            raise EstimateError(
+                "modules_to_save",
+                f"modules_to_save entry {entry!r} selects {module.name!r} (entries match a plain suffix), which "
+                f"contains LoRA-targeted {inside[0]!r}: PEFT would copy it together with its LoRA layers, freeze "
+                "the original adapter and train the copy's full weights plus a duplicate adapter. To train the "
+                f"module in full, name it exactly ({module.short_name!r}); otherwise drop this entry.",
+            )
+    return saved, unmatched
 
 
 def select_modules(inventory: Inventory, settings: LoraSettings) -> Selection:
@@ -192,8 +229,8 @@ def select_modules(inventory: Inventory, settings: LoraSettings) -> Selection:
 
     if not adapted:
         raise _no_match_error(settings, targets, excluded, unmatched)
-    saved = _select_saved(inventory, settings, {a.module.name for a in adapted})
-    return Selection(adapted, saved, targets)
+    saved, unmatched_saves = _select_saved(inventory, settings, {a.module.name for a in adapted})
+    return Selection(adapted, saved, targets, unmatched_saves)
 
 
 def _no_match_error(settings: LoraSettings, targets, excluded: int, unmatched: int) -> EstimateError:

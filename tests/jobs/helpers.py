@@ -29,8 +29,7 @@ def chat_records(count: int = 24) -> list[dict]:
 
 def upload(client: TestClient, records: list[dict], name: str = "train.jsonl") -> dict:
     """Upload records as JSONL; returns the file object."""
-    body = "\n".join(json.dumps(r) for r in records).encode()
-    response = client.post("/v1/files", files={"file": (name, io.BytesIO(body))}, data={"purpose": "fine-tune"})
+    response = client.post("/v1/files", files={"file": (name, io.BytesIO(json_lines(records)))}, data={"purpose": "fine-tune"})
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -84,3 +83,8 @@ def all_events(client: TestClient, job_id: str) -> list[dict]:
 def metric_steps(client: TestClient, job_id: str) -> list[dict]:
     """Every stored metric point, oldest first."""
     return client.get(f"/v1/fine_tuning/jobs/{job_id}/metrics").json()["data"]
+
+
+def json_lines(records: list[dict]) -> bytes:
+    """Records as a JSONL upload body."""
+    return "\n".join(json.dumps(r) for r in records).encode()

@@ -53,7 +53,8 @@ def model_dir(tiny_model_dir, tuneboard_env) -> str:
 def test_job_trains_to_the_end_with_falling_loss_and_a_loadable_adapter(client, start_worker, model_dir, tmp_path):
     start_worker()
     train = upload(client, chat_records(32))
-    job = launch(client, model_dir, train["id"], lora=LORA, training=_training(), suffix="colours")
+    job = launch(client, model_dir, train["id"], lora=LORA, suffix="colours",
+                 training=_training(eval_steps=10, validation_split=25))
     assert job["status"] == "queued" and job["estimate"]["trainable_params"] > 0
 
     job = wait_until_finished(client, job["id"])
@@ -63,10 +64,12 @@ def test_job_trains_to_the_end_with_falling_loss_and_a_loadable_adapter(client, 
     assert [p["step"] for p in steps] == list(range(1, 31))
     losses = [p["loss"] for p in steps]
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+    assert [p["step"] for p in steps if p["eval_loss"] is not None] == [10, 20, 30]
     checkpoints = client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
     assert sorted(c["step_number"] for c in checkpoints) == [10, 20, 30]
     types = [e["type"] for e in all_events(client, job["id"])]
-    assert types[:2] == ["queued", "started"] and types[-1] == "succeeded" and "checkpoint" in types
+    assert types[:2] == ["queued", "started"] and types[-1] == "succeeded"
+    assert types.count("evaluation") == 3 and "checkpoint" in types
 
     archive = client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter")
     assert archive.status_code == 200
