@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app import streams
 from app.models import Checkpoint, Event, Job, now
-from app.queue import enqueue_training
+from app.queue import enqueue_training, get_celery
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -99,14 +99,15 @@ class Claim:
     resume_from: Checkpoint | None
 
 
-def claim(session: Session, job_id: str, worker: str, settings: Settings) -> Claim | None:
+def claim(session: Session, job_id: str, worker: str, settings: Settings, *,
+          task_id: str | None = None) -> Claim | None:
     """Take a queued job for this worker, with a fresh lease; None when someone else has it or it ended."""
     started = now()
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
         .values(status="running", worker=worker, attempts=Job.attempts + 1,
-                lease_expires_at=started + settings.lease_seconds)
+                lease_expires_at=started + settings.lease_seconds, task_id=task_id)
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -163,7 +164,7 @@ def cancel(session: Session, client: redis.Redis | None, job: Job, settings: Set
         return job
     running = session.execute(
         update(Job).where(Job.id == job.id, Job.status == "running", Job.cancel_requested.is_(False))
-        .values(cancel_requested=True)
+        .values(cancel_requested=True, cancel_requested_at=now())
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -174,6 +175,27 @@ def cancel(session: Session, client: redis.Redis | None, job: Job, settings: Set
                   max_len=settings.stream_max_points)
     session.refresh(job)
     return job
+
+
+def _terminate_overdue_cancels(session: Session, client, settings: Settings, moment: float) -> list[str]:
+    """End running jobs that ignored a cancel for the grace period, and kill their worker processes."""
+    rows = session.execute(
+        update(Job)
+        .where(Job.status == "running", Job.cancel_requested.is_(True),
+               Job.cancel_requested_at < moment - settings.cancel_grace_seconds)
+        .values(status="cancelled", finished_at=moment, lease_expires_at=None)
+        .returning(Job.id, Job.task_id)
+    ).all()
+    session.commit()
+    for job_id, task_id in rows:
+        if task_id:
+            # The training loop never reached its next step (stuck loading, or hung): hard-stop its process.
+            get_celery().control.revoke(task_id, terminate=True, signal="SIGKILL")
+        add_event(session, client, job_id, f"The job did not stop within {settings.cancel_grace_seconds:.0f} s "
+                  "of the cancel; its worker process was terminated.", level="warning", type_="cancelled",
+                  max_len=settings.stream_max_points)
+        publish_status(client, session.get(Job, job_id), max_len=settings.stream_max_points)
+    return [job_id for job_id, _ in rows]
 
 
 def reap_expired(session: Session, client: redis.Redis | None, settings: Settings) -> tuple[list[str], list[str]]:
@@ -198,6 +220,7 @@ def reap_expired(session: Session, client: redis.Redis | None, settings: Setting
             add_event(session, client, job_id, text, level="error" if code else "info", type_=status,
                       max_len=settings.stream_max_points)
             publish_status(client, session.get(Job, job_id), max_len=settings.stream_max_points)
+    ended += _terminate_overdue_cancels(session, client, settings, moment)
     requeued = session.execute(
         update(Job).where(*expired).values(status="queued", worker=None, lease_expires_at=None).returning(Job.id)
     ).scalars().all()

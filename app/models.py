@@ -86,6 +86,8 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_requested_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    task_id: Mapped[str | None] = mapped_column(String(255), nullable=True)  # the Celery task running it
 
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     default_queue: str = Field("default", description="Celery queue jobs go to when none is chosen.")
     lease_seconds: float = Field(60.0, gt=0, description="A running job whose lease is this old is requeued.")
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often a worker renews its job's lease.")
+    cancel_grace_seconds: float = Field(
+        60.0, gt=0, description="A running job that has not stopped this long after a cancel is terminated."
+    )
     max_attempts: int = Field(3, ge=1, description="Runs a job gets (worker lost) before it is failed.")
     # A message not acked within this time is delivered again; the DB claim makes that harmless,
     # but a fine-tune that outlives it would be re-sent for nothing, so keep it above any run.

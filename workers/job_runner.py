@@ -23,6 +23,10 @@ from workers.job_reporter import JobReporter
 log = logging.getLogger(__name__)
 
 
+class _CancelledBeforeStart(Exception):
+    """A cancel arrived before training began."""
+
+
 class LeaseKeeper(threading.Thread):
     """Renews the attempt's lease until stopped; flags the reporter when the lease was lost."""
 
@@ -58,14 +62,14 @@ def _datasets(settings: Settings, job: Job, config: JobConfig, session):
     return train, None
 
 
-def run_job(job_id: str, worker: str) -> str:
+def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
     """Run one attempt of a job to its end; returns the status it ended with, or 'skipped'."""
     from workers.training import TrainingFailure, TrainingRun, train
 
     settings = get_settings()
     client = streams.get_redis()
     with new_session() as session:
-        claimed = jobs.claim(session, job_id, worker, settings)
+        claimed = jobs.claim(session, job_id, worker, settings, task_id=task_id)
         if claimed is None:
             log.info("job %s: nothing to claim (duplicate delivery, cancelled or finished)", job_id)
             return "skipped"
@@ -90,6 +94,8 @@ def run_job(job_id: str, worker: str) -> str:
                 output_dir=storage.path_for(settings, storage.job_dir_key(job_id)), resume_from=resume_from,
                 data_dir=settings.data_dir,
             )
+            if reporter.should_stop():  # cancelled between the claim and here: do not load the model
+                raise _CancelledBeforeStart()
             result = train(run, reporter)
             reporter.flush()
             values = {"step": result.global_step, "total_steps": result.total_steps,
@@ -100,6 +106,8 @@ def run_job(job_id: str, worker: str) -> str:
             else:
                 status = "succeeded"
                 values["adapter_key"] = storage.relative_key(settings, result.adapter_dir)
+        except _CancelledBeforeStart:
+            status = "cancelled"
         except TrainingFailure as exc:
             values = {"error_code": exc.code, "error_message": exc.reason,
                       "error_traceback": "".join(traceback.format_exception(exc))}

@@ -11,4 +11,4 @@ def train_job(self, job_id: str) -> str:
     """Claim and run one fine-tuning job; a duplicate delivery returns 'skipped'."""
     from workers.job_runner import run_job
 
-    return run_job(job_id, worker=self.request.hostname or "worker")
+    return run_job(job_id, worker=self.request.hostname or "worker", task_id=self.request.id)

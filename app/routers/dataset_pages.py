@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
+from sqlalchemy import select
 
 from app import files, forms, offloaded
 from app.dataset_previews import get_preview
@@ -15,10 +16,11 @@ from app.db import SessionDep
 from app.launch_context import launch_context
 from app.models import DataFile
 from app.routers.files_api import parse_column_mapping
-from app.settings import get_settings
+from app.settings import REPO_ROOT, get_settings
 from app.templating import templates
 
 router = APIRouter(include_in_schema=False)
+DEMO_DATASET = REPO_ROOT / "app" / "demo_data" / "demo_chat.jsonl"
 
 
 @router.post("/datasets", response_class=HTMLResponse)
@@ -41,6 +43,21 @@ async def upload_dataset(request: Request, session: SessionDep):
         except (ValueError, files.UploadTooLarge) as exc:
             context.update(upload_problems=[{"message": str(exc)}], upload_total=1, upload_name=upload.filename)
     context.update(launch_context(values, get_settings()))
+    return templates.TemplateResponse(request, "partials/data_card.html", context)
+
+
+@router.post("/datasets/demo", response_class=HTMLResponse)
+async def use_demo_dataset(request: Request, session: SessionDep):
+    """Select the demo dataset shipped with Tuneboard (stored once); answers the data card."""
+    values = forms.values_from_form(await request.form())
+    data = DEMO_DATASET.read_bytes()
+    record = session.scalars(select(DataFile).where(DataFile.filename == DEMO_DATASET.name,
+                                                    DataFile.bytes == len(data)).limit(1)).first()
+    if record is None:
+        record = files.store_upload(session, get_settings(), filename=DEMO_DATASET.name, data=data,
+                                    purpose="fine-tune", column_mapping=None)
+    values["training_file"] = record.id
+    context = {"values": values, "errors": {}, "result": None, **launch_context(values, get_settings())}
     return templates.TemplateResponse(request, "partials/data_card.html", context)
 
 

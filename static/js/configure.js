@@ -136,6 +136,11 @@
   });
 
   // A swapped-in page (new model) needs the same syncing as the first load.
-  document.addEventListener("htmx:afterSettle", () => { syncAlpha(); syncBoxes(); showTab(); });
+  document.addEventListener("htmx:afterSettle", (event) => {
+    syncAlpha(); syncBoxes(); showTab();
+    // A new data card (upload or demo dataset) changes the examples the advice and run plan use.
+    const swapped = event.detail.target || event.detail.elt;
+    if (swapped && swapped.id === "data-card" && byId("training_file")) fire(byId("training_file"));
+  });
   document.addEventListener("DOMContentLoaded", () => { syncAlpha(); syncBoxes(); });
 })();

@@ -94,3 +94,23 @@ def test_stream_resumes_after_the_last_seen_id(tuneboard_env):
     assert [e.data["step"] for e in streams.read_since(client, "job-x")] == [1, 2, 3, 4, 5]
     assert [e.data["step"] for e in streams.read_since(client, "job-x", ids[2])] == [4, 5]
     assert streams.read_since(client, "job-x", ids[-1]) == []
+
+
+@BOTH_DATABASES
+def test_running_job_that_ignores_a_cancel_is_terminated_after_the_grace_period(tuneboard_env):
+    settings = tuneboard_env.settings
+    client = streams.get_redis()
+    with new_session() as session:
+        job = _queued_job(session)
+        jobs.claim(session, job.id, "worker-a", settings, task_id="task-1")
+        jobs.cancel(session, client, job, settings)
+        assert jobs.reap_expired(session, client, settings) == ([], [])  # still within the grace period
+        session.execute(update(Job).where(Job.id == job.id)
+                        .values(cancel_requested_at=time.time() - settings.cancel_grace_seconds - 1))
+        session.commit()
+        assert jobs.reap_expired(session, client, settings) == ([], [job.id])
+        session.refresh(job)
+        assert job.status == "cancelled"
+        assert "worker process was terminated" in session.query(Event).filter_by(job_id=job.id).all()[-1].message
+        # The terminated attempt cannot overwrite the outcome if it wakes up.
+        assert not jobs.finish(session, job.id, "worker-a", 1, "succeeded")

@@ -14,7 +14,7 @@ import zipfile
 import pytest
 from fastapi.testclient import TestClient
 
-from app import queue
+from app import queue, streams
 from tests.jobs.helpers import (
     all_events,
     chat_records,
@@ -70,6 +70,10 @@ def test_job_trains_to_the_end_with_falling_loss_and_a_loadable_adapter(client, 
     types = [e["type"] for e in all_events(client, job["id"])]
     assert types[:2] == ["queued", "started"] and types[-1] == "succeeded"
     assert types.count("evaluation") == 3 and "checkpoint" in types
+
+    # History lives in the database: it survives Redis losing every stream.
+    streams.get_redis().flushdb()
+    assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 31))
 
     archive = client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter")
     assert archive.status_code == 200
