@@ -68,3 +68,27 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return error_response(exc.status_code, str(exc.detail), code=code,
                               type_="invalid_request_error" if exc.status_code < 500 else "server_error")
+
+
+def install_auth_handlers(app: FastAPI) -> None:
+    """Anonymous callers: 401 in the envelope on the API, a redirect to sign in on pages; 403 when refused."""
+    from fastapi.responses import HTMLResponse, RedirectResponse
+
+    from app.auth import Forbidden, NotAuthenticated, is_api_path, sign_in_url
+
+    @app.exception_handler(NotAuthenticated)
+    async def _anonymous(request: Request, exc: NotAuthenticated):
+        if is_api_path(request.url.path) or request.headers.get("HX-Request") == "true":
+            response = error_response(401, "Sign in, or send an API token as 'Authorization: Bearer tb_...' "
+                                      "(create one on your account page).", type_="invalid_request_error",
+                                      code="invalid_api_key")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        return RedirectResponse(sign_in_url(request), status_code=303)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden):
+        if is_api_path(request.url.path) or request.headers.get("HX-Request") == "true":
+            return error_response(403, exc.message, type_="invalid_request_error", code="forbidden")
+        return HTMLResponse(f"<!doctype html><title>Not allowed</title><p>{exc.message}</p>"
+                            '<p><a href="/">Back to Tuneboard</a></p>', status_code=403)

@@ -112,6 +112,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if not _wait_http(f"http://{host}:{port}/healthz", web):
             return _fail("the web server did not start; see the messages above.")
         print(f"Tuneboard is running at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+        if link := first_run_link(f"http://{host}:{port}"):
+            print(f"First start: sign in as the admin with this one-time link:\n    {link}", flush=True)
         return wait_for_interrupt(children)
     finally:
         children.stop_all()
@@ -123,6 +125,42 @@ def cmd_worker(args: argparse.Namespace) -> int:
     queues = args.queues.split(",") if args.queues else [settings.default_queue]
     command = worker_command(queues, args.name or "worker", args.concurrency)
     os.execv(sys.executable, command)
+    return 0
+
+
+def first_run_link(base_url: str) -> str | None:
+    """On an install with no users: create the admin and return a one-time sign-in URL for them."""
+    from app import accounts
+    from app.db import new_session
+
+    with new_session() as session:
+        created = accounts.ensure_first_admin(session)
+        if created is None:
+            return None
+        user, team = created
+        return f"{base_url}/login/link/{accounts.create_sign_in_link(session, user, team)}"
+
+
+def cmd_tokens_create(args: argparse.Namespace) -> int:
+    """Print a new API token for a user (creating the first admin on a fresh install)."""
+    from app import accounts
+    from app.db import new_session
+    from app.migrate import upgrade_database
+    from app.models import Team
+
+    upgrade_database()
+    with new_session() as session:
+        accounts.ensure_first_admin(session, args.user)
+        user = accounts.find_user(session, args.user)
+        if user is None:
+            return _fail(f"no user {args.user}; invite them from the Team page first")
+        teams = accounts.memberships(session, user)
+        team = next((t for t, _ in teams if args.team is None or t.name == args.team), None)
+        if team is None:
+            names = ", ".join(t.name for t, _ in teams) or "none"
+            return _fail(f"{args.user} is not in team {args.team!r} (their teams: {names})")
+        _, plaintext = accounts.create_api_token(session, user, session.get(Team, team.id), args.name)
+    print(plaintext)
     return 0
 
 
@@ -162,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("-n", "--name", help="worker name (default: worker)")
     worker.add_argument("-c", "--concurrency", type=int, default=1, help="jobs at once; keep 1 per GPU")
     worker.set_defaults(func=cmd_worker)
+    tokens = commands.add_parser("tokens", help="API tokens").add_subparsers(dest="tokens_command", required=True)
+    create = tokens.add_parser("create", help="print a new API token for a user")
+    create.add_argument("--user", required=True, help="the user's email (the first admin's on a fresh install)")
+    create.add_argument("--team", help="team name (default: the user's first team)")
+    create.add_argument("--name", default="cli", help="what the token is for")
+    create.set_defaults(func=cmd_tokens_create)
     migrate = commands.add_parser("migrate", help="upgrade the database schema")
     migrate.set_defaults(func=cmd_migrate)
     inventory = commands.add_parser("inventory", help="compute a model's module inventory (needs torch)")

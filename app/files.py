@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from app import storage
+from app.accounts import Principal
 from app.datasets import parse_dataset
 from app.models import DataFile, new_id
 from app.settings import Settings
@@ -14,8 +15,8 @@ class UploadTooLarge(ValueError):
     """The upload exceeds the configured size limit."""
 
 
-def store_upload(session: Session, settings: Settings, *, filename: str, data: bytes, purpose: str,
-                 column_mapping: dict[str, str] | None) -> DataFile:
+def store_upload(session: Session, settings: Settings, principal: Principal, *, filename: str, data: bytes,
+                 purpose: str, column_mapping: dict[str, str] | None) -> DataFile:
     """Validate a dataset (raises DatasetInvalid naming line and field), then keep it."""
     if len(data) > settings.max_upload_bytes:
         raise UploadTooLarge(f"the file is {len(data):,} bytes; the limit is {settings.max_upload_bytes:,} bytes")
@@ -25,7 +26,7 @@ def store_upload(session: Session, settings: Settings, *, filename: str, data: b
     storage.save_bytes(settings, key, data)
     record = DataFile(id=file_id, filename=filename, purpose=purpose, bytes=len(data), format=parsed.format,
                       examples=len(parsed.examples), summary=parsed.summary(), column_mapping=column_mapping,
-                      storage_key=key)
+                      storage_key=key, team_id=principal.team.id, created_by=principal.user.id)
     session.add(record)
     session.commit()
     return record

@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app import jobs, streams, worker_registry
+from app.accounts import Principal
+from app.auth import team_scoped
 from app.model_inventories import InventoryUnavailable, get_inventory
 from app.models import DataFile, Job
 from app.settings import Settings
@@ -46,21 +48,21 @@ def estimate_at_launch(config: JobConfig, examples: int, has_validation: bool, s
     return result.model_dump(mode="json")
 
 
-def _file(session: Session, file_id: str | None, param: str) -> DataFile | None:
+def _file(session: Session, principal: Principal, file_id: str | None, param: str) -> DataFile | None:
     if file_id is None:
         return None
-    record = session.get(DataFile, file_id)
+    record = team_scoped(session, DataFile, file_id, principal)
     if record is None:
         raise LaunchError(param, f"No file with id {file_id!r}.", status=404, code="file_not_found")
     return record
 
 
-def launch(session: Session, settings: Settings, config: JobConfig, *, training_file: str,
+def launch(session: Session, settings: Settings, principal: Principal, config: JobConfig, *, training_file: str,
            validation_file: str | None = None, suffix: str | None = None, metadata: dict[str, Any] | None = None,
            queue: str | None = None) -> Job:
     """Validate, estimate, store the job as queued and send it to its queue."""
-    train = _file(session, training_file, "training_file")
-    validation = _file(session, validation_file, "validation_file")
+    train = _file(session, principal, training_file, "training_file")
+    validation = _file(session, principal, validation_file, "validation_file")
     split = config.training.validation_split
     if split and validation is not None:
         raise LaunchError("training.validation_split", "give a validation file or a validation split, not both")
@@ -74,6 +76,7 @@ def launch(session: Session, settings: Settings, config: JobConfig, *, training_
     examples = train.examples - (int(train.examples * split / 100) if split else 0)
     has_validation = validation is not None or split > 0
     job = Job(model=config.model, queue=queue or settings.default_queue, config=config.model_dump(mode="json"),
+              team_id=principal.team.id, created_by=principal.user.id,
               estimate=estimate_at_launch(config, examples, has_validation, settings),
               training_file_id=train.id, validation_file_id=validation.id if validation else None,
               suffix=suffix, metadata_=metadata)

@@ -10,6 +10,8 @@ import redis
 from sqlalchemy import select
 
 from app import streams, worker_registry
+from app.accounts import Principal
+from app.auth import team_scoped
 from app.db import new_session
 from app.models import DataFile, Job
 from app.settings import Settings
@@ -19,14 +21,14 @@ log = logging.getLogger(__name__)
 RECENT_FILES = 100
 
 
-def apply_dataset_facts(values: dict) -> DataFile | None:
+def apply_dataset_facts(values: dict, principal: Principal) -> DataFile | None:
     """Fill the advice inputs (examples, validation) from the chosen files; returns the training file."""
     if not values.get("training_file"):
         return None
     with new_session() as session:
-        train = session.get(DataFile, values["training_file"])
+        train = team_scoped(session, DataFile, str(values["training_file"]), principal)
         has_validation_file = bool(values.get("validation_file")) and \
-            session.get(DataFile, values["validation_file"]) is not None
+            team_scoped(session, DataFile, str(values["validation_file"]), principal) is not None
     if train is None:
         return None
     split = _float(values.get("validation_split"))
@@ -42,21 +44,23 @@ def _float(text) -> float:
         return 0.0
 
 
-def _measured_tokens_per_second(session, model: str) -> float | None:
+def _measured_tokens_per_second(session, model: str, team_id: str) -> float | None:
     rates = session.scalars(
-        select(Job.final_metrics).where(Job.model == model, Job.status == "succeeded")
+        select(Job.final_metrics).where(Job.team_id == team_id, Job.model == model, Job.status == "succeeded")
         .order_by(Job.finished_at.desc()).limit(5)
     ).all()
     values = [r["tokens_per_second"] for r in rates if r and r.get("tokens_per_second")]
     return sum(values) / len(values) if values else None
 
 
-def launch_context(values: dict, settings: Settings) -> dict:
-    """Files to pick from, the run plan for the chosen data, and live queues."""
+def launch_context(values: dict, settings: Settings, principal: Principal) -> dict:
+    """The team's files to pick from, the run plan for the chosen data, and live queues."""
     with new_session() as session:
-        train = session.get(DataFile, values["training_file"]) if values.get("training_file") else None
-        files = session.scalars(select(DataFile).order_by(DataFile.created_at.desc()).limit(RECENT_FILES)).all()
-        tokens_per_second = _measured_tokens_per_second(session, str(values["model"]))
+        train = team_scoped(session, DataFile, str(values["training_file"]), principal) \
+            if values.get("training_file") else None
+        files = session.scalars(select(DataFile).where(DataFile.team_id == principal.team.id)
+                                .order_by(DataFile.created_at.desc()).limit(RECENT_FILES)).all()
+        tokens_per_second = _measured_tokens_per_second(session, str(values["model"]), principal.team.id)
     queues = _queues(settings)
     context: dict = {"files": files, "train_file": train, "plan": None, "queues": queues,
                      "qlora_available": any(w.qlora for q in queues for w in q["workers"])}

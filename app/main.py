@@ -4,14 +4,28 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from app.api_errors import install_error_handlers
+from app.api_errors import install_auth_handlers, install_error_handlers
+from app.auth import current_principal
 from app.lease_reaper import ReaperThread
 from app.migrate import upgrade_database
-from app.routers import dataset_pages, estimate_api, files_api, job_pages, job_stream, jobs_api, models_api, pages
+from app.routers import (
+    account_pages,
+    auth_pages,
+    dataset_pages,
+    estimate_api,
+    files_api,
+    job_pages,
+    job_stream,
+    jobs_api,
+    models_api,
+    pages,
+)
 from app.settings import get_settings
 
 
@@ -36,16 +50,17 @@ def create_app() -> FastAPI:
         title="Tuneboard",
         summary="Configure and launch LoRA fine-tunes with exact estimates.",
         version="0.1.0",
+        # The schema and its viewer are served below, behind sign-in like every other page.
+        docs_url=None, openapi_url=None,
     )
     install_error_handlers(app)
-    app.include_router(pages.router)
-    app.include_router(job_pages.router)
-    app.include_router(dataset_pages.router)
-    app.include_router(models_api.router)
-    app.include_router(estimate_api.router)
-    app.include_router(files_api.router)
-    app.include_router(jobs_api.router)
-    app.include_router(job_stream.router)
+    install_auth_handlers(app)
+    app.include_router(auth_pages.router)
+    signed_in = [Depends(current_principal)]
+    for module in (pages, job_pages, dataset_pages, account_pages, models_api, estimate_api, files_api, jobs_api,
+                   job_stream):
+        app.include_router(module.router, dependencies=signed_in)
+    _serve_schema(app, signed_in)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     # Front-end libraries come from the npm registry; serve them straight from node_modules.
     app.mount("/vendor", StaticFiles(directory=settings.node_modules_dir, check_dir=False), name="vendor")
@@ -55,6 +70,16 @@ def create_app() -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def _serve_schema(app: FastAPI, dependencies: list) -> None:
+    @app.get("/openapi.json", include_in_schema=False, dependencies=dependencies)
+    def openapi_schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=dependencies)
+    def api_docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Tuneboard API")
 
 
 app = create_app()

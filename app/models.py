@@ -57,6 +57,8 @@ class DataFile(Base):
     column_mapping: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     storage_key: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[float] = mapped_column(Float, default=now)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id"), index=True)
+    created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
 
 
 class Job(Base):
@@ -64,9 +66,12 @@ class Job(Base):
 
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_status_lease", "status", "lease_expires_at"),
-                      Index("ix_jobs_created", "created_at"))
+                      Index("ix_jobs_created", "created_at"),
+                      Index("ix_jobs_team_created", "team_id", "created_at"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("ftjob"))
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id"))
+    created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
     status: Mapped[str] = mapped_column(String(32), default="queued")
     model: Mapped[str] = mapped_column(String(512))
     queue: Mapped[str] = mapped_column(String(128))
@@ -162,3 +167,81 @@ class Checkpoint(Base):
     storage_key: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[float] = mapped_column(Float, default=now)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class User(Base):
+    """A person who signs in (browser) or whose tokens call the API."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("user"))
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Team(Base):
+    """A team: it owns jobs and files; its members see them and nobody else does."""
+
+    __tablename__ = "teams"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("team"))
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Membership(Base):
+    """A user's role in a team: admin (manages members) or member."""
+
+    __tablename__ = "memberships"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class ApiToken(Base):
+    """A personal API token acting for its user in one team; only its digest is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("tok"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    hint: Mapped[str] = mapped_column(String(16))  # the last characters, to tell tokens apart
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class BrowserSession(Base):
+    """A signed-in browser: the cookie holds the session token, the row its digest and CSRF token."""
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class SignInLink(Base):
+    """A one-time sign-in link (first run, invitations); only its digest is stored."""
+
+    __tablename__ = "sign_in_links"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)

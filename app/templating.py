@@ -42,6 +42,18 @@ def clock(value: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(value))
 
 
-templates = Jinja2Templates(directory=str(get_settings().templates_dir))
+def user_teams(request) -> dict:
+    """For the header's team switcher: the signed-in user's teams."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None or principal.via != "session":
+        return {"user_teams": []}
+    from app.accounts import memberships
+    from app.db import new_session
+
+    with new_session() as session:
+        return {"user_teams": [team for team, _role in memberships(session, principal.user)]}
+
+
+templates = Jinja2Templates(directory=str(get_settings().templates_dir), context_processors=[user_teams])
 templates.env.filters.update(thousands=thousands, human_bytes=human_bytes, compact=compact, datetime=datetime_utc,
                              clock=clock)

@@ -1,8 +1,9 @@
 """Fixtures that give a test a configured Tuneboard: data dir, database, Redis and worker processes.
 
-Loaded as a pytest plugin from conftest.py. A test asks for `tuneboard_env` (SQLite by default; mark
-it with `@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)` to run on
-both) and for `start_worker` to run real Celery workers.
+Loaded as a pytest plugin from conftest.py. A test asks for `tuneboard_env` (run once per database in
+TUNEBOARD_TEST_DATABASES, default SQLite and PostgreSQL; a test may pin its own with
+`@pytest.mark.parametrize("database_url", [...], indirect=True)`) and for `start_worker` to run real
+Celery workers.
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ from tests.services import (
 )
 
 _redis_db = itertools.cycle(range(1, 16))
+# Every test that touches the database runs once per database listed here (CI runs both).
+TEST_DATABASES = os.environ.get("TUNEBOARD_TEST_DATABASES", "sqlite,postgresql").split(",")
+
+
+def pytest_generate_tests(metafunc):
+    """Run database tests on each of TEST_DATABASES unless the test picks its databases itself."""
+    if "database_url" not in metafunc.fixturenames:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        if "database_url" in marker.args[0]:
+            return
+    metafunc.parametrize("database_url", TEST_DATABASES, indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -163,3 +176,59 @@ def browser(chromium_path):
         chromium = playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+@dataclass
+class Account:
+    """A user in a team, with an API token and a browser session, made straight in the database."""
+
+    email: str
+    team_name: str
+    user_id: str
+    team_id: str
+    token: str
+    session_cookie: str
+    csrf_token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def make_account(session_factory, email: str, team_name: str, role: str = "admin") -> Account:
+    """Create (or reuse) the user and team, make the user a member with `role`, and sign them in."""
+    from app import accounts
+    from app.models import Team
+
+    with session_factory() as session:
+        user = accounts.find_user(session, email) or accounts.create_user(session, email, password="correct horse 1")
+        team = session.query(Team).filter_by(name=team_name).one_or_none() or accounts.create_team(session, team_name)
+        accounts.set_membership(session, user, team, role)
+        _, token = accounts.create_api_token(session, user, team, "tests")
+        browser, cookie = accounts.start_session(session, user, team)
+        return Account(email, team_name, user.id, team.id, token, cookie, browser.csrf_token)
+
+
+@pytest.fixture
+def account(tuneboard_env) -> Account:
+    """The admin of team "Alpha" in this test's database."""
+    from app.db import new_session
+
+    return make_account(new_session, "alice@example.com", "Alpha")
+
+
+@pytest.fixture
+def make_user(tuneboard_env):
+    """make_user(email, team_name, role="member") -> Account, in this test's database."""
+    from app.db import new_session
+
+    return lambda email, team_name, role="member": make_account(new_session, email, team_name, role)
+
+
+def signed_in_context(browser, base_url: str, account: Account, **options):
+    """A Chromium context whose cookie jar holds the account's session."""
+    from app.auth import SESSION_COOKIE
+
+    context = browser.new_context(base_url=base_url, **options)
+    context.add_cookies([{"name": SESSION_COOKIE, "value": account.session_cookie, "url": base_url}])
+    return context

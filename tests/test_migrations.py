@@ -10,10 +10,7 @@ from sqlalchemy import create_engine, inspect
 
 from app.migrate import alembic_config
 
-BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
-
-@BOTH_DATABASES
 def test_upgrade_from_empty_matches_the_models(database_url):
     config = alembic_config(database_url)
     command.upgrade(config, "head")
@@ -25,7 +22,6 @@ def test_upgrade_from_empty_matches_the_models(database_url):
         pytest.fail(f"models and migrations differ: {exc}")
 
 
-@BOTH_DATABASES
 def test_downgrade_to_base_and_upgrade_again(database_url):
     config = alembic_config(database_url)
     command.upgrade(config, "head")
@@ -33,3 +29,24 @@ def test_downgrade_to_base_and_upgrade_again(database_url):
     assert set(inspect(create_engine(database_url)).get_table_names()) <= {"alembic_version"}
     command.upgrade(config, "head")
     assert "jobs" in inspect(create_engine(database_url)).get_table_names()
+
+
+def test_files_and_jobs_from_before_teams_move_to_a_default_team(database_url):
+    from sqlalchemy import text
+
+    config = alembic_config(database_url)
+    command.upgrade(config, "3ade3bfaa90e")  # the last revision without teams
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO files (id, filename, purpose, bytes, format, examples, summary, "
+                                "storage_key, created_at) VALUES ('file-old', 'a.jsonl', 'fine-tune', 1, 'chat', 1, "
+                                "'{}', 'datasets/a', 1)"))
+        connection.execute(text("INSERT INTO jobs (id, status, model, queue, config, training_file_id, created_at, "
+                                "attempts, max_attempts, cancel_requested, step) VALUES ('ftjob-old', 'succeeded', "
+                                "'m', 'q', '{}', 'file-old', 1, 1, 3, false, 5)"))
+    command.upgrade(config, "head")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT team_id FROM jobs")).scalar_one() == "team-default"
+        assert connection.execute(text("SELECT team_id FROM files")).scalar_one() == "team-default"
+        assert connection.execute(text("SELECT name FROM teams")).scalar_one() == "Default"
+    engine.dispose()

@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
 from app import files, forms, offloaded
+from app.auth import PrincipalDep, team_scoped
 from app.dataset_previews import get_preview
 from app.datasets import DatasetInvalid
 from app.db import SessionDep
@@ -24,7 +25,7 @@ DEMO_DATASET = REPO_ROOT / "app" / "demo_data" / "demo_chat.jsonl"
 
 
 @router.post("/datasets", response_class=HTMLResponse)
-async def upload_dataset(request: Request, session: SessionDep):
+async def upload_dataset(request: Request, session: SessionDep, principal: PrincipalDep):
     """Store an uploaded file and select it, or show its problems; answers the data card."""
     form = await request.form()
     values = forms.values_from_form(form)
@@ -35,40 +36,43 @@ async def upload_dataset(request: Request, session: SessionDep):
     else:
         try:
             mapping = parse_column_mapping(values["column_mapping"])
-            record = files.store_upload(session, get_settings(), filename=upload.filename, data=await upload.read(),
+            record = files.store_upload(session, get_settings(), principal, filename=upload.filename,
+                                        data=await upload.read(),
                                         purpose="fine-tune", column_mapping=mapping)
             values["training_file"] = record.id
         except DatasetInvalid as exc:
             context.update(upload_problems=exc.problems, upload_total=exc.total, upload_name=upload.filename)
         except (ValueError, files.UploadTooLarge) as exc:
             context.update(upload_problems=[{"message": str(exc)}], upload_total=1, upload_name=upload.filename)
-    context.update(launch_context(values, get_settings()))
+    context.update(launch_context(values, get_settings(), principal))
     return templates.TemplateResponse(request, "partials/data_card.html", context)
 
 
 @router.post("/datasets/demo", response_class=HTMLResponse)
-async def use_demo_dataset(request: Request, session: SessionDep):
+async def use_demo_dataset(request: Request, session: SessionDep, principal: PrincipalDep):
     """Select the demo dataset shipped with Tuneboard (stored once); answers the data card."""
     values = forms.values_from_form(await request.form())
     data = DEMO_DATASET.read_bytes()
-    record = session.scalars(select(DataFile).where(DataFile.filename == DEMO_DATASET.name,
+    record = session.scalars(select(DataFile).where(DataFile.team_id == principal.team.id,
+                                                    DataFile.filename == DEMO_DATASET.name,
                                                     DataFile.bytes == len(data)).limit(1)).first()
     if record is None:
-        record = files.store_upload(session, get_settings(), filename=DEMO_DATASET.name, data=data,
+        record = files.store_upload(session, get_settings(), principal, filename=DEMO_DATASET.name, data=data,
                                     purpose="fine-tune", column_mapping=None)
     values["training_file"] = record.id
-    context = {"values": values, "errors": {}, "result": None, **launch_context(values, get_settings())}
+    context = {"values": values, "errors": {}, "result": None, **launch_context(values, get_settings(), principal)}
     return templates.TemplateResponse(request, "partials/data_card.html", context)
 
 
 @router.get("/datasets/{file_id}/preview", response_class=HTMLResponse)
-def preview_dataset(request: Request, file_id: str, session: SessionDep, model: str, sequence_length: int = 1024,
-                    loss_on: str = "assistant"):
+def preview_dataset(request: Request, file_id: str, session: SessionDep, principal: PrincipalDep, model: str,
+                    sequence_length: int = 1024, loss_on: str = "assistant"):
     """The preview fragment; while the worker side computes it, a fragment that polls again."""
-    data_file = session.get(DataFile, file_id)
+    data_file = team_scoped(session, DataFile, file_id, principal)
     context: dict = {"file": data_file, "model": model, "sequence_length": sequence_length, "loss_on": loss_on}
     if data_file is None:
         context["failure"] = f"No file with id {file_id!r}."
+        return templates.TemplateResponse(request, "partials/dataset_preview.html", context, status_code=404)
     else:
         try:
             preview = get_preview(get_settings(), data_file, model, loss_on)

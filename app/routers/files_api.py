@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from app import files, storage
 from app.api_errors import ErrorEnvelope, error_response
+from app.auth import PrincipalDep, team_scoped
 from app.datasets import DatasetInvalid
 from app.db import SessionDep
 from app.models import DataFile, Job
@@ -40,6 +41,7 @@ def parse_column_mapping(raw: str | None) -> dict[str, str] | None:
 @router.post("", summary="Upload a dataset", responses=ERRORS)
 async def upload_file(
     session: SessionDep,
+    principal: PrincipalDep,
     file: Annotated[UploadFile, File(description="JSONL (chat, prompt/completion, Alpaca, text), TXT or CSV")],
     purpose: Annotated[str, Form()] = "fine-tune",
     column_mapping: Annotated[str | None, Form(description='CSV only, e.g. {"prompt": "question"}')] = None,
@@ -54,7 +56,7 @@ async def upload_file(
         return error_response(400, str(exc), param="column_mapping", code="invalid_column_mapping")
     data = await file.read()
     try:
-        record = files.store_upload(session, get_settings(), filename=file.filename or "upload", data=data,
+        record = files.store_upload(session, get_settings(), principal, filename=file.filename or "upload", data=data,
                                     purpose=purpose, column_mapping=mapping)
     except DatasetInvalid as exc:
         response = error_response(400, str(exc), param="file", code="invalid_file")
@@ -67,13 +69,15 @@ async def upload_file(
 
 
 @router.get("", summary="List files")
-def list_files(session: SessionDep, purpose: str | None = None, limit: int = 100, after: str | None = None):
-    """Files, newest first, with cursor pagination."""
-    query = select(DataFile).order_by(DataFile.created_at.desc(), DataFile.id.desc())
+def list_files(session: SessionDep, principal: PrincipalDep, purpose: str | None = None, limit: int = 100,
+               after: str | None = None):
+    """The team's files, newest first, with cursor pagination."""
+    query = select(DataFile).where(DataFile.team_id == principal.team.id) \
+        .order_by(DataFile.created_at.desc(), DataFile.id.desc())
     if purpose:
         query = query.where(DataFile.purpose == purpose)
     if after:
-        anchor = session.get(DataFile, after)
+        anchor = team_scoped(session, DataFile, after, principal)
         if anchor is not None:
             query = query.where((DataFile.created_at < anchor.created_at) |
                                 ((DataFile.created_at == anchor.created_at) & (DataFile.id < anchor.id)))
@@ -84,25 +88,25 @@ def list_files(session: SessionDep, purpose: str | None = None, limit: int = 100
 
 
 @router.get("/{file_id}", summary="Retrieve a file", responses=ERRORS)
-def retrieve_file(file_id: str, session: SessionDep):
+def retrieve_file(file_id: str, session: SessionDep, principal: PrincipalDep):
     """One file's metadata and dataset summary."""
-    record = session.get(DataFile, file_id)
+    record = team_scoped(session, DataFile, file_id, principal)
     return files.file_object(record) if record else _not_found(file_id)
 
 
 @router.get("/{file_id}/content", summary="Download a file's content", responses=ERRORS)
-def file_content(file_id: str, session: SessionDep):
+def file_content(file_id: str, session: SessionDep, principal: PrincipalDep):
     """The bytes as uploaded."""
-    record = session.get(DataFile, file_id)
+    record = team_scoped(session, DataFile, file_id, principal)
     if record is None:
         return _not_found(file_id)
     return Response(storage.read_bytes(get_settings(), record.storage_key), media_type="application/octet-stream")
 
 
 @router.delete("/{file_id}", summary="Delete a file", responses=ERRORS)
-def delete_file(file_id: str, session: SessionDep):
+def delete_file(file_id: str, session: SessionDep, principal: PrincipalDep):
     """Delete a file that no job uses."""
-    record = session.get(DataFile, file_id)
+    record = team_scoped(session, DataFile, file_id, principal)
     if record is None:
         return _not_found(file_id)
     used = session.scalars(select(Job.id).where((Job.training_file_id == file_id) |

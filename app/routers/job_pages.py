@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 
+from app.auth import PrincipalDep, team_scoped
 from app.db import SessionDep
 from app.models import Checkpoint, DataFile, Event, Job
 from app.templating import templates
@@ -20,16 +21,17 @@ EVENTS_SHOWN = 500
 
 
 @router.get("/jobs", response_class=HTMLResponse)
-def jobs_page(request: Request, session: SessionDep):
-    """Every job, newest first."""
-    rows = session.scalars(select(Job).order_by(Job.created_at.desc()).limit(200)).all()
+def jobs_page(request: Request, session: SessionDep, principal: PrincipalDep):
+    """The team's jobs, newest first."""
+    rows = session.scalars(select(Job).where(Job.team_id == principal.team.id)
+                           .order_by(Job.created_at.desc()).limit(200)).all()
     return templates.TemplateResponse(request, "jobs.html", {"jobs": rows})
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job_id: str, session: SessionDep):
+def job_page(request: Request, job_id: str, session: SessionDep, principal: PrincipalDep):
     """A job's live page; its summary alone for HTMX."""
-    job = session.get(Job, job_id)
+    job = team_scoped(session, Job, job_id, principal)
     if job is None:
         return templates.TemplateResponse(request, "not_found.html", {"what": f"job {job_id}"}, status_code=404)
     events = list(reversed(session.scalars(

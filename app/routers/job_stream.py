@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import streams
 from app.api_errors import ErrorEnvelope, error_response
+from app.auth import PrincipalDep
 from app.db import new_session
 from app.models import TERMINAL_STATUSES, Job
 from app.settings import get_settings
@@ -39,13 +40,14 @@ def _async_redis() -> aioredis.Redis:
     return client
 
 
-def _job_status(job_id: str) -> str | None:
+def _job_status(job_id: str, team_id: str) -> str | None:
     with new_session() as session:
         job = session.get(Job, job_id)
-        return job.status if job else None
+        return job.status if job is not None and job.team_id == team_id else None
 
 
-async def _updates(request: Request, job_id: str, last_id: str, finished: bool) -> AsyncIterator[ServerSentEvent]:
+async def _updates(request: Request, job_id: str, team_id: str, last_id: str,
+                   finished: bool) -> AsyncIterator[ServerSentEvent]:
     client = _async_redis()
     key = streams.stream_key(job_id)
     while True:
@@ -61,7 +63,7 @@ async def _updates(request: Request, job_id: str, last_id: str, finished: bool) 
             if await request.is_disconnected():
                 return
             # Nothing for a while: the job may have ended while its stream was flushed.
-            finished = await run_in_threadpool(_job_status, job_id) in TERMINAL_STATUSES
+            finished = await run_in_threadpool(_job_status, job_id, team_id) in TERMINAL_STATUSES
             continue
         for entry in streams.decode(batch[0][1]):
             last_id = entry.id
@@ -78,11 +80,11 @@ def _json(data: dict) -> str:
             responses={404: {"model": ErrorEnvelope},
                        200: {"content": {"text/event-stream": {}},
                              "description": "Events `metric`, `event`, `status`, `rewind`, then `end`."}})
-async def stream_job(request: Request, job_id: str,
+async def stream_job(request: Request, job_id: str, principal: PrincipalDep,
                      last_event_id: str | None = Header(None, alias="Last-Event-ID"),
                      after: str | None = Query(None, description="Resume after this stream id.")):
     """Every update after Last-Event-ID (or `after`), then live ones until the job ends."""
-    status = await run_in_threadpool(_job_status, job_id)
+    status = await run_in_threadpool(_job_status, job_id, principal.team.id)
     if status is None:
         return error_response(404, f"No fine-tuning job with id {job_id!r}.", param="fine_tuning_job_id",
                               code="job_not_found")
@@ -90,5 +92,5 @@ async def stream_job(request: Request, job_id: str,
     if not _STREAM_ID.match(start):
         return error_response(400, f"Last-Event-ID {start!r} is not a stream id like 1712345678901-0",
                               param="Last-Event-ID", code="invalid_cursor")
-    return EventSourceResponse(_updates(request, job_id, start, status in TERMINAL_STATUSES), ping=10,
-                               headers={"X-Accel-Buffering": "no"})
+    updates = _updates(request, job_id, principal.team.id, start, status in TERMINAL_STATUSES)
+    return EventSourceResponse(updates, ping=10, headers={"X-Accel-Buffering": "no"})

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from app import jobs, storage, streams
 from app.api_errors import ErrorEnvelope, error_response, validation_param
+from app.auth import PrincipalDep, team_scoped
 from app.db import SessionDep
 from app.job_requests import CreateJobRequest
 from app.job_views import checkpoint_object, event_object, job_object, metric_point
@@ -38,7 +39,7 @@ def _page(items: list, limit: int, render) -> dict:
 
 
 @router.post("", summary="Create a fine-tuning job", responses=ERRORS)
-def create_job(body: CreateJobRequest, session: SessionDep):
+def create_job(body: CreateJobRequest, session: SessionDep, principal: PrincipalDep):
     """Validate the files and settings, record the estimate at launch, and queue the job."""
     try:
         config = body.to_job_config()
@@ -48,7 +49,7 @@ def create_job(body: CreateJobRequest, session: SessionDep):
         return error_response(422, f"{param}: {first['msg'].removeprefix('Value error, ')}", param=param,
                               code="invalid_value")
     try:
-        job = launch(session, get_settings(), config, training_file=body.training_file,
+        job = launch(session, get_settings(), principal, config, training_file=body.training_file,
                      validation_file=body.validation_file, suffix=body.suffix, metadata=body.metadata,
                      queue=body.queue)
     except LaunchError as exc:
@@ -57,14 +58,14 @@ def create_job(body: CreateJobRequest, session: SessionDep):
 
 
 @router.get("", summary="List fine-tuning jobs")
-def list_jobs(session: SessionDep, after: str | None = None, limit: int = Query(20, ge=1, le=1000),
-              status: str | None = None):
-    """Jobs, newest first; `after` is the id of the last job of the previous page."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
+def list_jobs(session: SessionDep, principal: PrincipalDep, after: str | None = None,
+              limit: int = Query(20, ge=1, le=1000), status: str | None = None):
+    """The team's jobs, newest first; `after` is the id of the last job of the previous page."""
+    query = select(Job).where(Job.team_id == principal.team.id).order_by(Job.created_at.desc(), Job.id.desc())
     if status:
         query = query.where(Job.status == status)
     if after:
-        anchor = session.get(Job, after)
+        anchor = team_scoped(session, Job, after, principal)
         if anchor is None:
             return error_response(400, f"after: no job with id {after!r}", param="after", code="invalid_cursor")
         query = query.where((Job.created_at < anchor.created_at) |
@@ -73,16 +74,16 @@ def list_jobs(session: SessionDep, after: str | None = None, limit: int = Query(
 
 
 @router.get("/{job_id}", summary="Retrieve a fine-tuning job", responses=ERRORS)
-def retrieve_job(job_id: str, session: SessionDep):
+def retrieve_job(job_id: str, session: SessionDep, principal: PrincipalDep):
     """The job with its status, progress, estimate and result."""
-    job = session.get(Job, job_id)
+    job = team_scoped(session, Job, job_id, principal)
     return job_object(job) if job else _not_found(job_id)
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a fine-tuning job", responses=ERRORS)
-def cancel_job(job_id: str, session: SessionDep):
+def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep):
     """Cancel a queued job at once, or stop a running one at its next step (its checkpoint is kept)."""
-    job = session.get(Job, job_id)
+    job = team_scoped(session, Job, job_id, principal)
     if job is None:
         return _not_found(job_id)
     if job.is_finished:
@@ -92,10 +93,10 @@ def cancel_job(job_id: str, session: SessionDep):
 
 
 @router.get("/{job_id}/events", summary="List a job's events", responses=ERRORS)
-def list_events(job_id: str, session: SessionDep, after: str | None = None,
+def list_events(job_id: str, session: SessionDep, principal: PrincipalDep, after: str | None = None,
                 limit: int = Query(20, ge=1, le=1000)):
     """Events newest first, as OpenAI lists them; `after` is an event id."""
-    if session.get(Job, job_id) is None:
+    if team_scoped(session, Job, job_id, principal) is None:
         return _not_found(job_id)
     query = select(Event).where(Event.job_id == job_id).order_by(Event.id.desc())
     if after:
@@ -104,10 +105,10 @@ def list_events(job_id: str, session: SessionDep, after: str | None = None,
 
 
 @router.get("/{job_id}/checkpoints", summary="List a job's checkpoints", responses=ERRORS)
-def list_checkpoints(job_id: str, session: SessionDep, after: str | None = None,
+def list_checkpoints(job_id: str, session: SessionDep, principal: PrincipalDep, after: str | None = None,
                      limit: int = Query(10, ge=1, le=1000)):
     """Checkpoints newest first."""
-    job = session.get(Job, job_id)
+    job = team_scoped(session, Job, job_id, principal)
     if job is None:
         return _not_found(job_id)
     query = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc())
@@ -117,9 +118,10 @@ def list_checkpoints(job_id: str, session: SessionDep, after: str | None = None,
 
 
 @router.get("/{job_id}/metrics", summary="A job's logged steps (Tuneboard extension)", responses=ERRORS)
-def list_metrics(job_id: str, session: SessionDep, after_step: int = -1, limit: int = Query(10_000, ge=1, le=100_000)):
+def list_metrics(job_id: str, session: SessionDep, principal: PrincipalDep, after_step: int = -1,
+                 limit: int = Query(10_000, ge=1, le=100_000)):
     """Every logged step after `after_step`, oldest first, from the database."""
-    if session.get(Job, job_id) is None:
+    if team_scoped(session, Job, job_id, principal) is None:
         return _not_found(job_id)
     rows = session.scalars(select(Metric).where(Metric.job_id == job_id, Metric.step > after_step)
                            .order_by(Metric.step).limit(limit + 1)).all()
@@ -127,9 +129,9 @@ def list_metrics(job_id: str, session: SessionDep, after_step: int = -1, limit: 
 
 
 @router.get("/{job_id}/adapter", summary="Download the trained adapter (Tuneboard extension)", responses=ERRORS)
-def download_adapter(job_id: str, session: SessionDep, file: AdapterFile | None = None):
+def download_adapter(job_id: str, session: SessionDep, principal: PrincipalDep, file: AdapterFile | None = None):
     """A zip of adapter_model.safetensors and adapter_config.json, or one of them with `file`."""
-    job = session.get(Job, job_id)
+    job = team_scoped(session, Job, job_id, principal)
     if job is None:
         return _not_found(job_id)
     if job.adapter_key is None:

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from app import forms
+from app.accounts import Principal
+from app.auth import PrincipalDep
 from app.db import SessionDep
 from app.launch import LaunchError, launch
 from app.launch_context import apply_dataset_facts, launch_context
@@ -43,7 +45,7 @@ def _targets_for_new_model(old_targets: list[str], drawn_for: str | None, preset
     return shared or list(next(p for p in presets if p.key == "attention-mlp").targets)
 
 
-def _context(state: forms.FormState, settings: Settings, *, model_changed: bool = False,
+def _context(state: forms.FormState, settings: Settings, principal: Principal, *, model_changed: bool = False,
              drawn_for: str | None = None) -> dict:
     """Everything the page needs: model picture, presets, estimate or the reason there is none.
 
@@ -52,7 +54,7 @@ def _context(state: forms.FormState, settings: Settings, *, model_changed: bool 
     values = state.values
     context: dict = {"values": values, "errors": state.errors, "catalog": catalog.entries(), "result": None,
                      "diagram": None, "presets": [], "pending": None, "unavailable": None, "drawn_for": drawn_for,
-                     **launch_context(values, settings)}
+                     **launch_context(values, settings, principal)}
     try:
         inventory = get_inventory(str(values["model"]), settings)
     except InventoryUnavailable as exc:
@@ -83,37 +85,37 @@ def _render(request: Request, template: str, context: dict, status_code: int = 2
     return templates.TemplateResponse(request, template, context, status_code=status_code)
 
 
-def _parse(form) -> forms.FormState:
+def _parse(form, principal: Principal) -> forms.FormState:
     values = forms.values_from_form(form)
-    apply_dataset_facts(values)
+    apply_dataset_facts(values, principal)
     return forms.parse(values)
 
 
 @router.get("/", response_class=HTMLResponse)
-def configure_page(request: Request, settings: SettingsDep, model: str = forms.DEFAULT_MODEL):
+def configure_page(request: Request, settings: SettingsDep, principal: PrincipalDep, model: str = forms.DEFAULT_MODEL):
     """The configuration page with the Balanced pattern on the chosen model."""
     state = forms.parse(forms.default_values(model))
-    context = _context(state, settings, model_changed=True)
+    context = _context(state, settings, principal, model_changed=True)
     return _render(request, "configure_main.html" if _is_htmx(request) else "configure.html", context)
 
 
 @router.post("/configure", response_class=HTMLResponse)
-async def configure_post(request: Request, settings: SettingsDep):
+async def configure_post(request: Request, settings: SettingsDep, principal: PrincipalDep):
     """Re-render the page's main area for a changed model (picture, presets and estimate together)."""
     form = await request.form()
-    state = _parse(form)
+    state = _parse(form, principal)
     if form.get("retry") == "1":
         forget_failure(str(state.values["model"]), settings)
-    context = _context(state, settings, model_changed=form.get("model_changed") == "1",
+    context = _context(state, settings, principal, model_changed=form.get("model_changed") == "1",
                        drawn_for=form.get("drawn_for") or None)
     return _render(request, "configure_main.html" if _is_htmx(request) else "configure.html", context)
 
 
 @router.post("/estimate", response_class=HTMLResponse)
-async def estimate_fragment(request: Request, settings: SettingsDep):
+async def estimate_fragment(request: Request, settings: SettingsDep, principal: PrincipalDep):
     """The estimate panel for the posted form; without HTMX, the whole page with the panel filled in."""
     form = await request.form()
-    context = _context(_parse(form), settings)
+    context = _context(_parse(form, principal), settings, principal)
     if _is_htmx(request):
         # Errors and advice sit beside their fields, outside the panel: refresh them out of band.
         return _render(request, "partials/estimate.html", {**context, "oob": True})
@@ -121,22 +123,22 @@ async def estimate_fragment(request: Request, settings: SettingsDep):
 
 
 @router.post("/launch", response_class=HTMLResponse)
-async def launch_job(request: Request, settings: SettingsDep, session: SessionDep):
+async def launch_job(request: Request, settings: SettingsDep, session: SessionDep, principal: PrincipalDep):
     """Launch the configured job and open its page; a problem re-renders the page with it beside its field."""
     form = await request.form()
-    state = _parse(form)
+    state = _parse(form, principal)
     config = job_config(state)
     if config is not None:
         values = state.values
         try:
-            job = launch(session, settings, config, training_file=str(values["training_file"]),
+            job = launch(session, settings, principal, config, training_file=str(values["training_file"]),
                          validation_file=str(values["validation_file"]) or None, suffix=str(values["suffix"]) or None,
                          queue=str(values["queue"]) or None)
             return RedirectResponse(f"/jobs/{job.id}", status_code=303)
         except LaunchError as exc:
             name = {"load_in_4bit": "precision"}.get(exc.param.split(".")[-1], exc.param.split(".")[-1])
             state.errors[name if name in values else "launch"] = exc.message
-    return _render(request, "configure.html", _context(state, settings), status_code=422)
+    return _render(request, "configure.html", _context(state, settings, principal), status_code=422)
 
 
 @router.get("/models/search", response_class=HTMLResponse)

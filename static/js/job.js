@@ -154,7 +154,8 @@
     if (!button) return;
     button.disabled = true;
     button.textContent = "Cancelling…";
-    const response = await fetch(`${api}/cancel`, { method: "POST" });
+    const csrf = document.querySelector("meta[name=csrf-token]");
+    const response = await fetch(`${api}/cancel`, { method: "POST", headers: csrf ? { "X-CSRF-Token": csrf.content } : {} });
     if (!response.ok) {
       const body = await response.json().catch(() => ({}));
       button.textContent = (body.error && body.error.message) || "Cancel failed";

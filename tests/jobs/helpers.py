@@ -29,7 +29,8 @@ def chat_records(count: int = 24) -> list[dict]:
 
 def upload(client: TestClient, records: list[dict], name: str = "train.jsonl") -> dict:
     """Upload records as JSONL; returns the file object."""
-    response = client.post("/v1/files", files={"file": (name, io.BytesIO(json_lines(records)))}, data={"purpose": "fine-tune"})
+    response = client.post("/v1/files", files={"file": (name, io.BytesIO(json_lines(records)))},
+                           data={"purpose": "fine-tune"})
     assert response.status_code == 200, response.text
     return response.json()
 

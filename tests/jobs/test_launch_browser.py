@@ -8,10 +8,12 @@ import re
 import httpx
 import pytest
 
+from tests.service_fixtures import signed_in_context
+
 
 @pytest.mark.browser
-def test_demo_dataset_then_launch_opens_the_queued_job(browser, live_server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000}, base_url=live_server.url)
+def test_demo_dataset_then_launch_opens_the_queued_job(browser, live_server, account):
+    context = signed_in_context(browser, live_server.url, account, viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(str(error)))
@@ -30,7 +32,7 @@ def test_demo_dataset_then_launch_opens_the_queued_job(browser, live_server):
     assert page.locator("#job-status").inner_text() == "queued"
     assert page.locator(".job-title h1").inner_text() == "from-the-page"
     job_id = page.url.rsplit("/", 1)[-1]
-    job = httpx.get(f"{live_server.url}/v1/fine_tuning/jobs/{job_id}").json()
+    job = httpx.get(f"{live_server.url}/v1/fine_tuning/jobs/{job_id}", headers=account.headers).json()
     assert job["training"]["max_steps"] == 25 and job["lora"]["r"] == 16
     assert job["estimate"]["trainable_params"] == 4_884_480
     assert not problems, problems

@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import time
 
-import pytest
 from sqlalchemy import update
 
 from app import jobs, streams
 from app.db import new_session
-from app.models import DataFile, Event, Job
-
-BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+from app.models import DataFile, Event, Job, Team
 
 
 def _queued_job(session, **values) -> Job:
-    data_file = DataFile(filename="train.jsonl", bytes=1, format="chat", examples=1, storage_key="datasets/x")
+    team = session.query(Team).first() or Team(name="Lifecycle")
+    session.add(team)
+    session.flush()
+    data_file = DataFile(filename="train.jsonl", bytes=1, format="chat", examples=1, storage_key="datasets/x",
+                         team_id=team.id)
     session.add(data_file)
     session.flush()
     job = Job(model="tiny", queue="q", config={"training": {}}, training_file_id=data_file.id, status="queued",
+              team_id=team.id,
               max_attempts=values.pop("max_attempts", 2), **values)
     session.add(job)
     session.commit()
     return job
 
 
-@BOTH_DATABASES
 def test_only_one_of_two_claims_wins(tuneboard_env):
     with new_session() as session:
         job = _queued_job(session)
@@ -35,7 +36,6 @@ def test_only_one_of_two_claims_wins(tuneboard_env):
     assert second is None
 
 
-@BOTH_DATABASES
 def test_expired_lease_is_requeued_then_failed_after_max_attempts(tuneboard_env):
     settings = tuneboard_env.settings
     with new_session() as session:
@@ -57,7 +57,6 @@ def test_expired_lease_is_requeued_then_failed_after_max_attempts(tuneboard_env)
         assert not jobs.finish(session, job.id, "worker-1", 1, "succeeded")
 
 
-@BOTH_DATABASES
 def test_renewed_lease_is_not_reaped_and_a_stale_attempt_cannot_renew(tuneboard_env):
     settings = tuneboard_env.settings
     with new_session() as session:
@@ -96,7 +95,6 @@ def test_stream_resumes_after_the_last_seen_id(tuneboard_env):
     assert streams.read_since(client, "job-x", ids[-1]) == []
 
 
-@BOTH_DATABASES
 def test_running_job_that_ignores_a_cancel_is_terminated_after_the_grace_period(tuneboard_env):
     settings = tuneboard_env.settings
     client = streams.get_redis()

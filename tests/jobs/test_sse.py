@@ -11,12 +11,14 @@ from app.db import new_session
 from app.models import DataFile, Job
 
 
-def _job(status: str = "running") -> str:
+def _job(account, status: str = "running") -> str:
     with new_session() as session:
-        data_file = DataFile(filename="t.jsonl", bytes=1, format="chat", examples=1, storage_key="datasets/t")
+        data_file = DataFile(filename="t.jsonl", bytes=1, format="chat", examples=1, storage_key="datasets/t",
+                             team_id=account.team_id)
         session.add(data_file)
         session.flush()
-        job = Job(model="tiny", queue="q", config={}, training_file_id=data_file.id, status=status)
+        job = Job(model="tiny", queue="q", config={}, training_file_id=data_file.id, status=status,
+                  team_id=account.team_id)
         session.add(job)
         session.commit()
         return job.id
@@ -38,21 +40,22 @@ def _events(lines, wanted: int):
     return events
 
 
-def test_reconnect_with_last_event_id_resumes_without_gaps_or_duplicates(live_server):
-    job_id = _job()
+def test_reconnect_with_last_event_id_resumes_without_gaps_or_duplicates(live_server, account):
+    job_id = _job(account)
     client = streams.get_redis()
     for step in range(1, 6):
         streams.publish(client, job_id, "metric", {"step": step, "loss": 1 / step}, max_len=1000)
 
     url = f"{live_server.url}/v1/fine_tuning/jobs/{job_id}/stream"
-    with httpx.stream("GET", url, timeout=10) as response:
+    with httpx.stream("GET", url, headers=account.headers, timeout=10) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         first = _events(response.iter_lines(), 3)
     # While the browser is away, training goes on.
     for step in range(6, 11):
         streams.publish(client, job_id, "metric", {"step": step, "loss": 1 / step}, max_len=1000)
 
-    with httpx.stream("GET", url, headers={"Last-Event-ID": first[-1]["id"]}, timeout=10) as response:
+    with httpx.stream("GET", url, headers={"Last-Event-ID": first[-1]["id"], **account.headers},
+                      timeout=10) as response:
         lines = response.iter_lines()
         rest = _events(lines, 7)
         with new_session() as session:
@@ -68,21 +71,23 @@ def test_reconnect_with_last_event_id_resumes_without_gaps_or_duplicates(live_se
     assert json.loads(tail[0]["data"])["status"] == "succeeded"
 
 
-def test_finished_job_replays_its_stream_then_ends(live_server):
-    job_id = _job(status="succeeded")
+def test_finished_job_replays_its_stream_then_ends(live_server, account):
+    job_id = _job(account, status="succeeded")
     client = streams.get_redis()
     streams.publish(client, job_id, "metric", {"step": 1, "loss": 2.0}, max_len=1000)
-    with httpx.stream("GET", f"{live_server.url}/v1/fine_tuning/jobs/{job_id}/stream", timeout=10) as response:
+    with httpx.stream("GET", f"{live_server.url}/v1/fine_tuning/jobs/{job_id}/stream", headers=account.headers,
+                      timeout=10) as response:
         events = _events(response.iter_lines(), 10)
     assert [e["event"] for e in events] == ["metric", "end"]
 
 
-def test_stream_of_unknown_job_is_404_and_bad_cursor_is_400(live_server):
-    response = httpx.get(f"{live_server.url}/v1/fine_tuning/jobs/ftjob-nope/stream", timeout=10)
+def test_stream_of_unknown_job_is_404_and_bad_cursor_is_400(live_server, account):
+    response = httpx.get(f"{live_server.url}/v1/fine_tuning/jobs/ftjob-nope/stream", headers=account.headers,
+                         timeout=10)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "job_not_found"
-    job_id = _job()
+    job_id = _job(account)
     response = httpx.get(f"{live_server.url}/v1/fine_tuning/jobs/{job_id}/stream",
-                         headers={"Last-Event-ID": "yesterday"}, timeout=10)
+                         headers={"Last-Event-ID": "yesterday", **account.headers}, timeout=10)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "Last-Event-ID"

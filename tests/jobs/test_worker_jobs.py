@@ -36,10 +36,10 @@ def _training(**overrides) -> dict:
 
 
 @pytest.fixture
-def client(tuneboard_env):
+def client(tuneboard_env, account):
     from app.main import app
 
-    with TestClient(app) as test_client:
+    with TestClient(app, headers=account.headers) as test_client:
         yield test_client
 
 
@@ -49,7 +49,6 @@ def model_dir(tiny_model_dir, tuneboard_env) -> str:
     return str(tiny_model_dir)
 
 
-@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_job_trains_to_the_end_with_falling_loss_and_a_loadable_adapter(client, start_worker, model_dir, tmp_path):
     start_worker()
     train = upload(client, chat_records(32))

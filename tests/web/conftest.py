@@ -14,7 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.settings import REPO_ROOT, Settings, get_settings
+from tests.service_fixtures import make_account, signed_in_context
 from tests.services import free_port
+
+LIVE_ACCOUNTS: dict = {}
 
 
 def wait_until(check, timeout: float = 120.0, interval: float = 0.3):
@@ -35,13 +38,13 @@ def settings(tuneboard_env) -> Settings:
 
 
 @pytest.fixture
-def client(settings):
-    """The web app in-process, using `settings`."""
+def client(settings, account):
+    """The web app in-process, using `settings`, signed in with an API token."""
     from app.main import create_app
 
     app = create_app()
     app.dependency_overrides[get_settings] = lambda: settings
-    with TestClient(app) as test_client:
+    with TestClient(app, headers=account.headers) as test_client:
         yield test_client
 
 
@@ -86,6 +89,14 @@ def live_server(tmp_path_factory) -> str:
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"uvicorn did not come up:\n{log_path.read_text()[-4000:]}")
             time.sleep(0.2)
+        # The server migrated its database on start; sign a user in there for the browser tests.
+        from sqlalchemy.orm import sessionmaker
+
+        from app.db import engine_for
+
+        engine = engine_for(f"sqlite:///{(data_dir / 'tuneboard.db').resolve()}")
+        LIVE_ACCOUNTS[base_url] = make_account(sessionmaker(bind=engine, expire_on_commit=False),
+                                               "browser@example.com", "Browsers")
         yield base_url
     finally:
         process.terminate()
@@ -95,7 +106,8 @@ def live_server(tmp_path_factory) -> str:
 @pytest.fixture
 def page(browser, live_server):
     """A fresh 1400px-wide tab on the live server; `page.problems` collects console errors and page errors."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900}, base_url=live_server)
+    context = signed_in_context(browser, live_server, LIVE_ACCOUNTS[live_server],
+                                viewport={"width": 1400, "height": 900})
     context.set_default_timeout(15_000)
     tab = context.new_page()
     problems: list[str] = []
