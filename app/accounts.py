@@ -199,9 +199,13 @@ def principal_for_session(session: Session, cookie: str) -> Principal | None:
     return Principal(user, team, role, "session", browser.csrf_token)
 
 
+def _browser_session(session: Session, cookie: str) -> BrowserSession | None:
+    return session.scalars(select(BrowserSession).where(BrowserSession.digest == credentials.digest(cookie))).first()
+
+
 def end_session(session: Session, cookie: str) -> None:
     """Sign a browser out."""
-    browser = session.scalars(select(BrowserSession).where(BrowserSession.digest == credentials.digest(cookie))).first()
+    browser = _browser_session(session, cookie)
     if browser is not None:
         session.delete(browser)
         session.commit()
@@ -209,7 +213,7 @@ def end_session(session: Session, cookie: str) -> None:
 
 def switch_team(session: Session, cookie: str, team_id: str) -> bool:
     """Move a browser session to another of the user's teams."""
-    browser = session.scalars(select(BrowserSession).where(BrowserSession.digest == credentials.digest(cookie))).first()
+    browser = _browser_session(session, cookie)
     if browser is None or role_in(session, session.get(User, browser.user_id), team_id) is None:
         return False
     browser.team_id = team_id
