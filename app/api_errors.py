@@ -6,7 +6,7 @@ import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -38,9 +38,10 @@ def validation_param(loc: tuple, message: str = "") -> str:
     A model-level check (e.g. LoraSettings refusing layers_to_transform with a regex target) is located at
     the model; when its message names a field in backticks, the path is completed with that field.
     """
-    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
-    # pydantic names union branches (e.g. 'list[str]') in the location; they are not fields.
-    parts = [p for p in parts if "[" not in p and p not in ("str", "int", "float", "bool")]
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # pydantic names union branches (e.g. 'list[str]', 'constrained-int') in the location; they are not fields.
+    parts = [p for p in parts if "[" not in p and p not in ("str", "int", "float", "bool")
+             and not p.startswith(("constrained-", "function-"))]
     named = _BACKTICKED.findall(message)
     if named and not set(named) & set(parts):
         parts.append(named[0])
@@ -50,13 +51,27 @@ def validation_param(loc: tuple, message: str = "") -> str:
 def describe_validation_error(exc: RequestValidationError) -> tuple[str, str]:
     """The first validation problem as (param, message), e.g. ('lora.r', 'lora.r: must be >= 1')."""
     first = exc.errors()[0]
+    if first.get("type") == "json_invalid":
+        # Its location is a character offset, not a field.
+        return "", f"The request body is not valid JSON: {first.get('ctx', {}).get('error', 'parse error')}"
     param = validation_param(tuple(first.get("loc", ())), first.get("msg", ""))
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
     return param, f"{param}: {message}" if param else message
 
 
+def _http_message(request: Request, exc: StarletteHTTPException) -> str:
+    """Starlette's bare 'Not Found' / 'Method Not Allowed', said with the method and path at fault."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        return f"No API endpoint answers {where}; /docs describes the API."
+    if exc.status_code == 405 and exc.detail == "Method Not Allowed":
+        return f"{where} is not allowed; allowed: {(exc.headers or {}).get('Allow', 'none')}."
+    return str(exc.detail)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer API errors with the envelope; pages keep FastAPI's defaults."""
+    """Answer API errors with the envelope (a crash on a page stays a plain 500)."""
+    from app.auth import is_api_path
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -66,8 +81,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return error_response(exc.status_code, str(exc.detail), code=code,
-                              type_="invalid_request_error" if exc.status_code < 500 else "server_error")
+        response = error_response(exc.status_code, _http_message(request, exc), code=code,
+                                  type_="invalid_request_error" if exc.status_code < 500 else "server_error")
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # Starlette still logs the traceback; an OpenAI client expects the envelope even for a crash.
+        if not is_api_path(request.url.path):
+            return PlainTextResponse("Internal Server Error", status_code=500)
+        return error_response(500, "The server failed to answer this request; the error is logged.",
+                              type_="server_error", code="internal_error")
 
 
 def install_auth_handlers(app: FastAPI) -> None:

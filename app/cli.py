@@ -1,6 +1,7 @@
 """The `tuneboard` command: `up` runs everything on this machine, `worker` joins a GPU host to the queue,
-`migrate` upgrades the database, `inventory` computes a model's module inventory. Must not import torch
-or `workers` (worker processes are started as `celery -A workers`).
+`migrate` upgrades the database, `inventory` computes a model's module inventory; `submit` and `jobs` are
+the terminal client (app/client/, REST only). Must not import torch or `workers` (worker processes are
+started as `celery -A workers`).
 """
 
 from __future__ import annotations
@@ -187,6 +188,35 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     return result.returncode
 
 
+JOB_STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Create a job from a YAML job file over the REST API and follow it to its end."""
+    from app.client.submit import run_submit
+
+    return run_submit(args)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """List the team's jobs over the REST API."""
+    from app.client.jobs_list import run_jobs
+
+    return run_jobs(args)
+
+
+def _page_size(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError("must be between 1 and 1000")
+    return value
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="the Tuneboard server (default: $TUNEBOARD_URL, else http://127.0.0.1:8000)")
+    parser.add_argument("--token", help="API token (default: $TUNEBOARD_TOKEN)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tuneboard` console script."""
     parser = argparse.ArgumentParser(prog="tuneboard", description="Self-hosted LoRA fine-tuning dashboard.")
@@ -211,6 +241,20 @@ def main(argv: list[str] | None = None) -> int:
     inventory = commands.add_parser("inventory", help="compute a model's module inventory (needs torch)")
     inventory.add_argument("model", help="Hugging Face id or local directory with config.json")
     inventory.set_defaults(func=cmd_inventory)
+    submit = commands.add_parser("submit", help="create a job from a YAML file and follow its progress",
+                                 description="Create a fine-tuning job from a YAML job file (see docs/cli.md) "
+                                 "and follow it with a live progress line. Exit status: 0 succeeded, 1 failed or "
+                                 "cancelled, 2 job file or API error, 130 interrupted (the job keeps running).")
+    submit.add_argument("config", help="the job file (model, training_file, lora, training, ...)")
+    submit.add_argument("--follow", action=argparse.BooleanOptionalAction, default=True,
+                        help="follow the job to its end (default) or return once it is created")
+    _add_server_options(submit)
+    submit.set_defaults(func=cmd_submit)
+    jobs = commands.add_parser("jobs", help="list fine-tuning jobs, newest first")
+    jobs.add_argument("--status", choices=JOB_STATUSES, help="only jobs with this status")
+    jobs.add_argument("--limit", type=_page_size, default=20, help="how many jobs (1-1000, default 20)")
+    _add_server_options(jobs)
+    jobs.set_defaults(func=cmd_jobs)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -172,3 +172,83 @@ def parse(values: dict[str, object]) -> FormState:
         return state
     state.request = None if state.errors else request
     return state
+
+
+# The inverse of parse() and launch_form.training_payload(): a stored job's config as form field values, so
+# "Clone" opens the configuration page filled in. The LoRA and training settings below round-trip exactly.
+_TRAINING_FIELDS = ("learning_rate", "num_epochs", "max_steps", "gradient_accumulation_steps", "warmup_ratio",
+                    "lr_scheduler", "weight_decay", "seed", "eval_steps", "save_steps", "loss_on",
+                    "validation_split", "sequence_length", "batch_size")
+
+
+def _text(value: object) -> str:
+    """A setting as a text field holds it: '' for none, 3 rather than 3.0, 0.0002 as Python writes it."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _layers_text(layers: list[int] | int | None) -> str:
+    """[0, 1, 2, 3, 7] -> '0-3, 7', the form's range notation."""
+    if layers is None:
+        return ""
+    numbers = sorted({layers} if isinstance(layers, int) else set(layers))
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _target_values(targets: list[str] | str | None) -> dict[str, object]:
+    if targets is None:
+        return {"target_mode": "default", "target_modules": [], "target_regex": ""}
+    if isinstance(targets, str):
+        if targets.lower() == "all-linear":
+            return {"target_mode": "all-linear", "target_modules": [], "target_regex": ""}
+        return {"target_mode": "regex", "target_modules": [], "target_regex": targets}
+    return {"target_mode": "modules", "target_modules": list(targets), "target_regex": ""}
+
+
+def values_from_job_config(config: dict) -> dict[str, object]:
+    """Form values that describe a stored JobConfig dump (model, LoRA, training knobs); data files left empty."""
+    lora, training = config.get("lora") or {}, config.get("training") or {}
+    values = default_values(str(config.get("model") or DEFAULT_MODEL))
+    r, alpha = lora.get("r", 8), lora.get("lora_alpha", 8)
+    exclude, layers_pattern = lora.get("exclude_modules"), lora.get("layers_pattern")
+    values.update(_target_values(lora.get("target_modules")))
+    values.update({
+        "r": _text(r), "lora_alpha": _text(alpha), "alpha_locked": alpha == r,
+        "lora_dropout": _text(lora.get("lora_dropout", 0.0)), "bias": lora.get("bias", "none"),
+        "use_rslora": bool(lora.get("use_rslora")), "use_dora": bool(lora.get("use_dora")),
+        "modules_to_save": list(lora.get("modules_to_save") or []),
+        "exclude_modules": exclude if isinstance(exclude, str) else ", ".join(exclude or []),
+        "layers_to_transform": _layers_text(lora.get("layers_to_transform")),
+        "layers_pattern": layers_pattern if isinstance(layers_pattern, str) else ", ".join(layers_pattern or []),
+        "rank_pattern": "\n".join(f"{key} = {rank}" for key, rank in (lora.get("rank_pattern") or {}).items()),
+        "precision": "4bit" if training.get("load_in_4bit") else training.get("precision", "bf16"),
+        "gradient_checkpointing": bool(training.get("gradient_checkpointing")),
+    })
+    values.update({key: _text(training[key]) for key in _TRAINING_FIELDS if key in training})
+    return values
+
+
+def clone_gaps(config: dict) -> list[str]:
+    """Settings of a stored config that the form cannot express, so a clone of it leaves them out."""
+    lora, training = config.get("lora") or {}, config.get("training") or {}
+    gaps = []
+    if lora.get("alpha_pattern"):
+        gaps.append("alpha_pattern")
+    if isinstance(lora.get("exclude_modules"), str):
+        gaps.append("exclude_modules as a regular expression (it becomes a module name)")
+    if isinstance(lora.get("layers_pattern"), list) and len(lora["layers_pattern"]) > 1:
+        gaps.append("several layers_pattern names")
+    if training.get("logging_steps", 1) != 1:
+        gaps.append(f"logging_steps = {training['logging_steps']}")
+    if training.get("load_in_4bit") and training.get("precision", "bf16") != "bf16":
+        gaps.append(f"4-bit compute in {training['precision']} (the form computes 4-bit in bf16)")
+    return gaps

@@ -7,23 +7,29 @@ learning_rate; an explicit `training.learning_rate` wins. Must not import torch 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.training.job_config import JobConfig, TrainingSettings
 from app.training.lora_settings import LoraSettings
 
 BASE_LEARNING_RATE = 2e-4
 Auto = Literal["auto"]
+# OpenAI's limits on metadata: 16 pairs, keys up to 64 characters, values up to 512.
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 
 
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n_epochs: int | Auto | None = Field(None, description="Passes over the training file.")
-    batch_size: int | Auto | None = None
-    learning_rate_multiplier: float | Auto | None = Field(
+    # Bounds checked here so an error names the field the caller sent, not the training setting it maps to.
+    n_epochs: Annotated[int, Field(ge=1, le=1000)] | Auto | None = Field(
+        None, description="Passes over the training file."
+    )
+    batch_size: Annotated[int, Field(ge=1, le=4096)] | Auto | None = Field(None, description="Micro-batch size.")
+    learning_rate_multiplier: Annotated[float, Field(gt=0)] | Auto | None = Field(
         None, description=f"Multiplies Tuneboard's base learning rate of {BASE_LEARNING_RATE}."
     )
 
@@ -51,7 +57,9 @@ class CreateJobRequest(BaseModel):
     validation_file: str | None = None
     suffix: str | None = Field(None, max_length=64)
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(
+        None, max_length=16, description="Up to 16 string pairs, echoed back and filterable in the list."
+    )
     hyperparameters: Hyperparameters | None = Field(None, description="Deprecated by OpenAI; use method.")
     method: Method | None = None
     integrations: list[Any] | None = Field(None, max_length=0, description="Not supported; leave empty.")

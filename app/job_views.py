@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from app.job_requests import BASE_LEARNING_RATE
 from app.jobs import event_payload, job_error
 from app.models import Checkpoint, Event, Job, Metric
@@ -15,7 +18,11 @@ from app.models import Checkpoint, Event, Job, Metric
 def _hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
     training = config.get("training", {})
     multiplier = training.get("learning_rate", BASE_LEARNING_RATE) / BASE_LEARNING_RATE
-    return {"n_epochs": training.get("num_epochs"), "batch_size": training.get("batch_size"),
+    epochs = training.get("num_epochs")
+    # OpenAI's n_epochs is an integer; TrainingSettings keeps a float to allow fractional epochs.
+    if isinstance(epochs, float) and epochs.is_integer():
+        epochs = int(epochs)
+    return {"n_epochs": epochs, "batch_size": training.get("batch_size"),
             "learning_rate_multiplier": round(multiplier, 6)}
 
 
@@ -65,8 +72,22 @@ def event_object(event: Event) -> dict[str, Any]:
     return {"object": "fine_tuning.job.event", **event_payload(event)}
 
 
-def checkpoint_object(checkpoint: Checkpoint, job: Job) -> dict[str, Any]:
-    """The fine_tuning.job.checkpoint object."""
+def checkpoint_steps_metrics(session: Session, job_id: str, steps: list[int]) -> dict[int, dict[str, Any]]:
+    """OpenAI's checkpoint metrics (step, train_loss, full_valid_loss) from the steps logged at these steps."""
+    if not steps:
+        return {}
+    rows = session.execute(select(Metric.step, Metric.loss, Metric.eval_loss)
+                           .where(Metric.job_id == job_id, Metric.step.in_(steps))).all()
+    logged = {}
+    for step, loss, eval_loss in rows:
+        # Tuneboard evaluates on the whole validation set, which OpenAI calls full_valid_loss.
+        named = {"step": step, "train_loss": loss, "full_valid_loss": eval_loss}
+        logged[step] = {key: value for key, value in named.items() if value is not None}
+    return logged
+
+
+def checkpoint_object(checkpoint: Checkpoint, job: Job, logged: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fine_tuning.job.checkpoint object; `logged` are the metrics of its step when it stored none."""
     return {
         "object": "fine_tuning.job.checkpoint",
         "id": f"ftckpt-{checkpoint.id}",
@@ -74,7 +95,7 @@ def checkpoint_object(checkpoint: Checkpoint, job: Job) -> dict[str, Any]:
         "fine_tuned_model_checkpoint": f"{job.model}:ft-{job.suffix or job.id}:ckpt-step-{checkpoint.step}",
         "fine_tuning_job_id": job.id,
         "step_number": checkpoint.step,
-        "metrics": checkpoint.metrics or {},
+        "metrics": checkpoint.metrics or logged or {"step": checkpoint.step},
     }
 
 

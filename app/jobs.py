@@ -38,10 +38,17 @@ def add_event(session: Session, client: redis.Redis | None, job_id: str, message
     return event
 
 
+# OpenAI's event levels and types; Tuneboard's finer kind of event (queued, started, checkpoint...) is
+# data.kind, so strict OpenAI clients validate the object and Tuneboard's pages still tell events apart.
+_OPENAI_LEVELS = {"warning": "warn"}
+
+
 def event_payload(event: Event) -> dict[str, Any]:
-    """An event as the stream and the events API show it."""
-    return {"id": f"ftevent-{event.id}", "created_at": int(event.created_at), "level": event.level,
-            "message": event.message, "type": event.type, "data": event.data}
+    """An event as the stream and the events API show it, in OpenAI's shape."""
+    return {"id": f"ftevent-{event.id}", "created_at": int(event.created_at),
+            "level": _OPENAI_LEVELS.get(event.level, event.level), "message": event.message,
+            "type": "metrics" if event.type == "evaluation" else "message",
+            "data": {**(event.data or {}), "kind": event.type}}
 
 
 def publish_status(client: redis.Redis | None, job: Job, *, max_len: int = 200_000) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
@@ -17,9 +18,11 @@ from app.migrate import upgrade_database
 from app.routers import (
     account_pages,
     auth_pages,
+    compare_pages,
     dataset_pages,
     estimate_api,
     files_api,
+    history_pages,
     job_pages,
     job_stream,
     jobs_api,
@@ -27,6 +30,8 @@ from app.routers import (
     pages,
 )
 from app.settings import get_settings
+from app.training import catalog
+from app.training.inventory import load_inventory
 
 
 @asynccontextmanager
@@ -36,10 +41,20 @@ async def lifespan(_app: FastAPI):
     settings = get_settings()
     if settings.migrate_on_start:
         await run_in_threadpool(upgrade_database)
+    await run_in_threadpool(_settle_long_lived_objects)
     reaper = ReaperThread()
     reaper.start()
     yield
     reaper.stopped.set()
+
+
+def _settle_long_lived_objects() -> None:
+    # The catalog's inventories live as long as the process. Loaded and frozen out of the collector's view,
+    # they no longer make every full collection (which lands on ~2% of estimates) walk ~50k objects.
+    for entry in catalog.entries():
+        load_inventory(catalog.inventory_path(entry.id))
+    gc.collect()
+    gc.freeze()
 
 
 def create_app() -> FastAPI:
@@ -57,8 +72,8 @@ def create_app() -> FastAPI:
     install_auth_handlers(app)
     app.include_router(auth_pages.router)
     signed_in = [Depends(current_principal)]
-    for module in (pages, job_pages, dataset_pages, account_pages, models_api, estimate_api, files_api, jobs_api,
-                   job_stream):
+    for module in (pages, history_pages, job_pages, compare_pages, dataset_pages, account_pages, models_api,
+                   estimate_api, files_api, jobs_api, job_stream):
         app.include_router(module.router, dependencies=signed_in)
     _serve_schema(app, signed_in)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")

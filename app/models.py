@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -65,9 +66,14 @@ class Job(Base):
     """A fine-tuning job: its config, where it runs, how far it got and how it ended."""
 
     __tablename__ = "jobs"
+    # The history walks the ix_jobs_team_* index of its filter, newest (or oldest) first, and stops after a page:
+    # with `id` as the tie-break inside the index, ORDER BY created_at, id LIMIT n needs no sort.
     __table_args__ = (Index("ix_jobs_status_lease", "status", "lease_expires_at"),
                       Index("ix_jobs_created", "created_at"),
-                      Index("ix_jobs_team_created", "team_id", "created_at"))
+                      Index("ix_jobs_team_created", "team_id", "created_at", "id"),
+                      Index("ix_jobs_team_status_created", "team_id", "status", "created_at", "id"),
+                      Index("ix_jobs_team_model_created", "team_id", "model", "created_at", "id"),
+                      Index("ix_jobs_team_user_created", "team_id", "created_by", "created_at", "id"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("ftjob"))
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id"))
@@ -81,6 +87,9 @@ class Job(Base):
     validation_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"), nullable=True)
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+    # What the team writes about a run afterwards (the history searches both).
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")
+    tags: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
 
     created_at: Mapped[float] = mapped_column(Float, default=now)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)

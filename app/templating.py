@@ -42,6 +42,32 @@ def clock(value: float) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(value))
 
 
+def day_time(value: float) -> str:
+    """Unix seconds as '2026-11-25 14:03' (UTC), for tables whose header says UTC."""
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(value))
+
+
+def iso(value: float) -> str:
+    """Unix seconds as an ISO 8601 UTC timestamp, for <time datetime>."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+
+
+def duration(seconds: float) -> str:
+    """A run's length: '42s', '3m 05s', '2h 07m'."""
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def wants_fragment(request) -> bool:
+    """Whether htmx asked for a page's fragment: HX-Request, except when htmx restores history (a whole page)."""
+    headers = request.headers
+    return headers.get("HX-Request") == "true" and headers.get("HX-History-Restore-Request") != "true"
+
+
 def user_teams(request) -> dict:
     """For the header's team switcher: the signed-in user's teams."""
     principal = getattr(request.state, "principal", None)
@@ -56,4 +82,4 @@ def user_teams(request) -> dict:
 
 templates = Jinja2Templates(directory=str(get_settings().templates_dir), context_processors=[user_teams])
 templates.env.filters.update(thousands=thousands, human_bytes=human_bytes, compact=compact, datetime=datetime_utc,
-                             clock=clock)
+                             clock=clock, day_time=day_time, iso=iso, duration=duration)

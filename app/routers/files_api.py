@@ -1,15 +1,21 @@
-"""REST: `/v1/files`, OpenAI-compatible upload, list, retrieve, content and delete of training data."""
+"""REST: `/v1/files`, OpenAI-compatible upload, list, retrieve, content and delete of training data.
+
+Uploading honours an Idempotency-Key; the list pages with OpenAI's `after` cursor and `order`.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from app import files, storage
+from app import files, idempotency, storage
+from app.accounts import Principal
 from app.api_errors import ErrorEnvelope, error_response
 from app.auth import PrincipalDep, team_scoped
 from app.datasets import DatasetInvalid
@@ -19,6 +25,7 @@ from app.settings import get_settings
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 ERRORS = {400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}}
+UPLOAD_ERRORS = {**ERRORS, 409: {"model": ErrorEnvelope}, 413: {"model": ErrorEnvelope}}
 
 
 def _not_found(file_id: str):
@@ -38,25 +45,11 @@ def parse_column_mapping(raw: str | None) -> dict[str, str] | None:
     return value
 
 
-@router.post("", summary="Upload a dataset", responses=ERRORS)
-async def upload_file(
-    session: SessionDep,
-    principal: PrincipalDep,
-    file: Annotated[UploadFile, File(description="JSONL (chat, prompt/completion, Alpaca, text), TXT or CSV")],
-    purpose: Annotated[str, Form()] = "fine-tune",
-    column_mapping: Annotated[str | None, Form(description='CSV only, e.g. {"prompt": "question"}')] = None,
-):
-    """Validate and store a training or validation file; errors name the line and the field."""
-    if purpose != "fine-tune":
-        return error_response(400, f"purpose must be 'fine-tune', not {purpose!r}", param="purpose",
-                              code="invalid_purpose")
+def _store(session: Session, principal: Principal, filename: str, data: bytes, purpose: str,
+           mapping: dict[str, str] | None):
+    """Validate and keep the upload; the file object, or an error response naming line and field."""
     try:
-        mapping = parse_column_mapping(column_mapping)
-    except ValueError as exc:
-        return error_response(400, str(exc), param="column_mapping", code="invalid_column_mapping")
-    data = await file.read()
-    try:
-        record = files.store_upload(session, get_settings(), principal, filename=file.filename or "upload", data=data,
+        record = files.store_upload(session, get_settings(), principal, filename=filename, data=data,
                                     purpose=purpose, column_mapping=mapping)
     except DatasetInvalid as exc:
         response = error_response(400, str(exc), param="file", code="invalid_file")
@@ -68,20 +61,67 @@ async def upload_file(
     return files.file_object(record)
 
 
-@router.get("", summary="List files")
-def list_files(session: SessionDep, principal: PrincipalDep, purpose: str | None = None, limit: int = 100,
-               after: str | None = None):
-    """The team's files, newest first, with cursor pagination."""
+@router.post("", summary="Upload a dataset", responses=UPLOAD_ERRORS)
+async def upload_file(
+    session: SessionDep,
+    principal: PrincipalDep,
+    file: Annotated[UploadFile, File(description="JSONL (chat, prompt/completion, Alpaca, text), TXT or CSV")],
+    purpose: Annotated[str, Form()] = "fine-tune",
+    column_mapping: Annotated[str | None, Form(description='CSV only, e.g. {"prompt": "question"}')] = None,
+    idempotency_key: idempotency.IdempotencyKey = None,
+):
+    """Validate and store a training or validation file; errors name the line and the field."""
+    if purpose != "fine-tune":
+        return error_response(400, f"purpose must be 'fine-tune', not {purpose!r}", param="purpose",
+                              code="invalid_purpose")
+    try:
+        mapping = parse_column_mapping(column_mapping)
+    except ValueError as exc:
+        return error_response(400, str(exc), param="column_mapping", code="invalid_column_mapping")
+    data = await file.read()
+    filename = file.filename or "upload"
+
+    def replay(file_id: str):
+        record = team_scoped(session, DataFile, file_id, principal)
+        return files.file_object(record) if record else None
+
+    request = {"sha256": hashlib.sha256(data).hexdigest(), "filename": filename, "purpose": purpose,
+               "column_mapping": mapping}
+    return idempotency.run_once(principal.team.id, "files", idempotency_key, idempotency.fingerprint(request),
+                                create=lambda: _store(session, principal, filename, data, purpose, mapping),
+                                replay=replay)
+
+
+def _after(anchor: DataFile, newest_first: bool):
+    """The files that follow `anchor` in the list's order (created_at, then id, breaks ties)."""
+    created, file_id = DataFile.created_at, DataFile.id
+    if newest_first:
+        return (created < anchor.created_at) | ((created == anchor.created_at) & (file_id < anchor.id))
+    return (created > anchor.created_at) | ((created == anchor.created_at) & (file_id > anchor.id))
+
+
+@router.get("", summary="List files", responses=ERRORS)
+def list_files(
+    session: SessionDep,
+    principal: PrincipalDep,
+    purpose: Annotated[str | None, Query(description="Only files with this purpose.")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Files per page.")] = 100,
+    order: Annotated[Literal["asc", "desc"], Query(description="By creation time.")] = "desc",
+    after: Annotated[str | None, Query(description="Id of the last file of the previous page.")] = None,
+):
+    """The team's files, newest first (oldest first with order=asc), with cursor pagination."""
+    direction = "desc" if order == "desc" else "asc"
     query = select(DataFile).where(DataFile.team_id == principal.team.id) \
-        .order_by(DataFile.created_at.desc(), DataFile.id.desc())
+        .order_by(getattr(DataFile.created_at, direction)(), getattr(DataFile.id, direction)())
     if purpose:
         query = query.where(DataFile.purpose == purpose)
     if after:
         anchor = team_scoped(session, DataFile, after, principal)
-        if anchor is not None:
-            query = query.where((DataFile.created_at < anchor.created_at) |
-                                ((DataFile.created_at == anchor.created_at) & (DataFile.id < anchor.id)))
-    rows = session.scalars(query.limit(max(1, min(limit, 10_000)) + 1)).all()
+        if anchor is None:
+            return error_response(400, f"after: {after!r} is not an id from this list.", param="after",
+                                  code="invalid_cursor")
+        query = query.where(_after(anchor, newest_first=order == "desc"))
+    rows = session.scalars(query.limit(limit + 1)).all()
     page = rows[:limit]
     return {"object": "list", "data": [files.file_object(r) for r in page], "has_more": len(rows) > limit,
             "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None}

@@ -1,29 +1,53 @@
 """REST: `/v1/fine_tuning/jobs`, OpenAI-compatible create, list, retrieve, cancel, events and checkpoints,
-plus Tuneboard's per-job metrics and adapter download."""
+plus Tuneboard's per-job metrics (downsampled on request) and adapter download.
+
+Lists follow OpenAI's cursor pagination: newest first, `after` is the id of the last object of the
+previous page, `has_more` says whether another page follows. Creating honours an Idempotency-Key.
+"""
 
 from __future__ import annotations
 
 import io
+import re
 import zipfile
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import Text, cast, or_, select
+from sqlalchemy.orm import Session
 
-from app import jobs, storage, streams
+from app import idempotency, jobs, metric_downsampling, storage, streams
+from app.accounts import Principal
 from app.api_errors import ErrorEnvelope, error_response, validation_param
 from app.auth import PrincipalDep, team_scoped
 from app.db import SessionDep
 from app.job_requests import CreateJobRequest
-from app.job_views import checkpoint_object, event_object, job_object, metric_point
+from app.job_views import checkpoint_object, checkpoint_steps_metrics, event_object, job_object, metric_point
 from app.launch import LaunchError, launch
 from app.models import Checkpoint, Event, Job, Metric
 from app.settings import get_settings
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 ERRORS = {400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}, 422: {"model": ErrorEnvelope}}
+CREATE_ERRORS = {**ERRORS, 409: {"model": ErrorEnvelope}}
+JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+_METADATA_PARAM = re.compile(r"^metadata\[(.*)\]$")
+METADATA_FILTER_DOC = {
+    "name": "metadata", "in": "query", "required": False, "style": "deepObject", "explode": True,
+    "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+    "description": "Only jobs whose metadata has these values, sent as `metadata[k]=v` (repeat for several "
+                   "keys; all must match). `metadata[k]=` matches an empty value; the literal `metadata=null` "
+                   "selects jobs created without metadata.",
+}
+MAX_POINTS_DOC = (
+    "Downsample to at most this many points per series, in one answer (has_more is false): the steps are cut "
+    "into max_points/4 equal ranges and each range keeps the first, last, lowest and highest point of every "
+    "series (loss, eval_loss, learning_rate, grad_norm, tokens_per_second), so spikes, dips and both ends "
+    "survive. On a returned step a series' value is null where that series' point was not kept. Without "
+    "max_points every step is returned, `limit` per page."
+)
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 AdapterFile = Literal["adapter_model.safetensors", "adapter_config.json"]
 
@@ -33,14 +57,18 @@ def _not_found(job_id: str):
                           code="job_not_found")
 
 
+def _invalid_cursor(after: str):
+    return error_response(400, f"after: {after!r} is not an id from this list.", param="after",
+                          code="invalid_cursor")
+
+
 def _page(items: list, limit: int, render) -> dict:
     page = items[:limit]
     return {"object": "list", "data": [render(i) for i in page], "has_more": len(items) > limit}
 
 
-@router.post("", summary="Create a fine-tuning job", responses=ERRORS)
-def create_job(body: CreateJobRequest, session: SessionDep, principal: PrincipalDep):
-    """Validate the files and settings, record the estimate at launch, and queue the job."""
+def _create(session: Session, principal: Principal, body: CreateJobRequest):
+    """Validate the request and launch the job; the job object, or an error response."""
     try:
         config = body.to_job_config()
     except ValidationError as exc:
@@ -57,19 +85,56 @@ def create_job(body: CreateJobRequest, session: SessionDep, principal: Principal
     return job_object(job)
 
 
-@router.get("", summary="List fine-tuning jobs")
-def list_jobs(session: SessionDep, principal: PrincipalDep, after: str | None = None,
-              limit: int = Query(20, ge=1, le=1000), status: str | None = None):
-    """The team's jobs, newest first; `after` is the id of the last job of the previous page."""
-    query = select(Job).where(Job.team_id == principal.team.id).order_by(Job.created_at.desc(), Job.id.desc())
+@router.post("", summary="Create a fine-tuning job", responses=CREATE_ERRORS)
+def create_job(body: CreateJobRequest, session: SessionDep, principal: PrincipalDep,
+               idempotency_key: idempotency.IdempotencyKey = None):
+    """Validate the files and settings, record the estimate at launch, and queue the job."""
+    def replay(job_id: str):
+        job = team_scoped(session, Job, job_id, principal)
+        return job_object(job) if job else None
+
+    return idempotency.run_once(principal.team.id, "fine_tuning.jobs", idempotency_key,
+                                idempotency.fingerprint(body.model_dump(mode="json")),
+                                create=lambda: _create(session, principal, body), replay=replay)
+
+
+def metadata_conditions(request: Request) -> list:
+    """SQL conditions for the `metadata[k]=v` query parameters, or for the literal `metadata=null`."""
+    if request.query_params.get("metadata") == "null":
+        # A job launched without metadata holds SQL NULL or JSON null, depending on how it was written.
+        return [or_(Job.metadata_.is_(None), cast(Job.metadata_, Text) == "null")]
+    filters = [(match.group(1), value) for name, value in request.query_params.multi_items()
+               if (match := _METADATA_PARAM.match(name))]
+    if any('"' in key or "\\" in key for key, _ in filters):
+        # SQLite's JSON paths cannot quote these characters; refuse rather than match wrongly.
+        raise ValueError("metadata filter keys cannot contain '\"' or '\\'.")
+    return [Job.metadata_[key].as_string() == value for key, value in filters]
+
+
+@router.get("", summary="List fine-tuning jobs", responses=ERRORS, openapi_extra={"parameters": [METADATA_FILTER_DOC]})
+def list_jobs(
+    request: Request,
+    session: SessionDep,
+    principal: PrincipalDep,
+    after: Annotated[str | None, Query(description="Id of the last job of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Jobs per page.")] = 20,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status (Tuneboard extension).")] = None,
+):
+    """The team's jobs, newest first, filtered by status and metadata; `after` is the last id of the previous page."""
+    try:
+        conditions = metadata_conditions(request)
+    except ValueError as exc:
+        return error_response(400, str(exc), param="metadata", code="invalid_value")
     if status:
-        query = query.where(Job.status == status)
+        conditions.append(Job.status == status)
     if after:
         anchor = team_scoped(session, Job, after, principal)
         if anchor is None:
-            return error_response(400, f"after: no job with id {after!r}", param="after", code="invalid_cursor")
-        query = query.where((Job.created_at < anchor.created_at) |
-                            ((Job.created_at == anchor.created_at) & (Job.id < anchor.id)))
+            return _invalid_cursor(after)
+        conditions.append((Job.created_at < anchor.created_at) |
+                          ((Job.created_at == anchor.created_at) & (Job.id < anchor.id)))
+    query = select(Job).where(Job.team_id == principal.team.id, *conditions) \
+        .order_by(Job.created_at.desc(), Job.id.desc())
     return _page(session.scalars(query.limit(limit + 1)).all(), limit, job_object)
 
 
@@ -92,40 +157,86 @@ def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep):
     return job_object(jobs.cancel(session, streams.get_redis(), job, get_settings()))
 
 
+def _numeric_cursor(after: str, prefix: str) -> int | None:
+    number = after.removeprefix(prefix)
+    return int(number) if number.isdigit() else None
+
+
 @router.get("/{job_id}/events", summary="List a job's events", responses=ERRORS)
-def list_events(job_id: str, session: SessionDep, principal: PrincipalDep, after: str | None = None,
-                limit: int = Query(20, ge=1, le=1000)):
+def list_events(
+    job_id: str,
+    session: SessionDep,
+    principal: PrincipalDep,
+    after: Annotated[str | None, Query(description="Id of the last event of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Events per page.")] = 20,
+):
     """Events newest first, as OpenAI lists them; `after` is an event id."""
     if team_scoped(session, Job, job_id, principal) is None:
         return _not_found(job_id)
     query = select(Event).where(Event.job_id == job_id).order_by(Event.id.desc())
     if after:
-        query = query.where(Event.id < int(after.removeprefix("ftevent-")))
+        anchor = _numeric_cursor(after, "ftevent-")
+        if anchor is None:
+            return _invalid_cursor(after)
+        query = query.where(Event.id < anchor)
     return _page(session.scalars(query.limit(limit + 1)).all(), limit, event_object)
 
 
 @router.get("/{job_id}/checkpoints", summary="List a job's checkpoints", responses=ERRORS)
-def list_checkpoints(job_id: str, session: SessionDep, principal: PrincipalDep, after: str | None = None,
-                     limit: int = Query(10, ge=1, le=1000)):
-    """Checkpoints newest first."""
+def list_checkpoints(
+    job_id: str,
+    session: SessionDep,
+    principal: PrincipalDep,
+    after: Annotated[str | None, Query(description="Id of the last checkpoint of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Checkpoints per page.")] = 10,
+):
+    """Checkpoints newest (highest step) first, with the training metrics logged at their step."""
     job = team_scoped(session, Job, job_id, principal)
     if job is None:
         return _not_found(job_id)
     query = select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc())
     if after:
-        query = query.where(Checkpoint.id < int(after.removeprefix("ftckpt-")))
-    return _page(session.scalars(query.limit(limit + 1)).all(), limit, lambda c: checkpoint_object(c, job))
+        anchor_id = _numeric_cursor(after, "ftckpt-")
+        anchor = session.get(Checkpoint, anchor_id) if anchor_id is not None else None
+        if anchor is None or anchor.job_id != job_id:
+            return _invalid_cursor(after)
+        query = query.where(Checkpoint.step < anchor.step)
+    rows = session.scalars(query.limit(limit + 1)).all()
+    logged = checkpoint_steps_metrics(session, job_id, [c.step for c in rows[:limit]])
+    return _page(rows, limit, lambda c: checkpoint_object(c, job, logged.get(c.step)))
 
 
 @router.get("/{job_id}/metrics", summary="A job's logged steps (Tuneboard extension)", responses=ERRORS)
-def list_metrics(job_id: str, session: SessionDep, principal: PrincipalDep, after_step: int = -1,
-                 limit: int = Query(10_000, ge=1, le=100_000)):
-    """Every logged step after `after_step`, oldest first, from the database."""
+def list_metrics(
+    job_id: str,
+    session: SessionDep,
+    principal: PrincipalDep,
+    after_step: Annotated[int, Query(description="Only steps after this one (to resume a chart).")] = -1,
+    limit: Annotated[int, Query(ge=1, le=100_000, description="Steps per page when not downsampling.")] = 10_000,
+    max_points: Annotated[int | None, Query(ge=metric_downsampling.POINTS_PER_BUCKET, le=100_000,
+                                            description=MAX_POINTS_DOC)] = None,
+):
+    """Every logged step after `after_step`, oldest first, from the database; downsampled with max_points."""
     if team_scoped(session, Job, job_id, principal) is None:
         return _not_found(job_id)
+    if max_points is not None:
+        return _downsampled_metrics(session, job_id, after_step, max_points)
     rows = session.scalars(select(Metric).where(Metric.job_id == job_id, Metric.step > after_step)
                            .order_by(Metric.step).limit(limit + 1)).all()
     return {"object": "list", "data": [metric_point(m) for m in rows[:limit]], "has_more": len(rows) > limit}
+
+
+def _downsampled_metrics(session: Session, job_id: str, after_step: int, max_points: int) -> dict:
+    """The metrics list for max_points: every step when they fit, else the M4 selection."""
+    steps = metric_downsampling.step_range(session, job_id, after_step)
+    if steps.count <= max_points:
+        rows = session.scalars(select(Metric).where(Metric.job_id == job_id, Metric.step > after_step)
+                               .order_by(Metric.step)).all()
+        return {"object": "list", "data": [metric_point(m) for m in rows], "has_more": False,
+                "downsampled": False, "total_points": steps.count}
+    return {"object": "list", "data": metric_downsampling.downsample(session, job_id, after_step, steps, max_points),
+            "has_more": False, "downsampled": True, "total_points": steps.count,
+            "bucket_steps": metric_downsampling.bucket_width(steps, max_points)}
 
 
 @router.get("/{job_id}/adapter", summary="Download the trained adapter (Tuneboard extension)", responses=ERRORS)

@@ -9,12 +9,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from app import forms
 from app.accounts import Principal
-from app.auth import PrincipalDep
+from app.auth import PrincipalDep, team_scoped
 from app.db import SessionDep
+from app.job_clone import clone_values
 from app.launch import LaunchError, launch
 from app.launch_context import apply_dataset_facts, launch_context
 from app.launch_form import job_config
 from app.model_inventories import InventoryUnavailable, cached_inventory, forget_failure, get_inventory
+from app.models import Job
 from app.settings import Settings, get_settings
 from app.templating import templates
 from app.training import catalog
@@ -92,10 +94,24 @@ def _parse(form, principal: Principal) -> forms.FormState:
 
 
 @router.get("/", response_class=HTMLResponse)
-def configure_page(request: Request, settings: SettingsDep, principal: PrincipalDep, model: str = forms.DEFAULT_MODEL):
-    """The configuration page with the Balanced pattern on the chosen model."""
+def configure_page(request: Request, settings: SettingsDep, session: SessionDep, principal: PrincipalDep,
+                   model: str = forms.DEFAULT_MODEL, clone: str | None = None):
+    """The configuration page with the Balanced pattern on the chosen model, or a past job's settings (clone)."""
+    if clone:
+        return _clone_page(request, settings, session, principal, clone)
     state = forms.parse(forms.default_values(model))
     context = _context(state, settings, principal, model_changed=True)
+    return _render(request, "configure_main.html" if _is_htmx(request) else "configure.html", context)
+
+
+def _clone_page(request: Request, settings: Settings, session, principal: Principal, job_id: str) -> HTMLResponse:
+    job = team_scoped(session, Job, job_id, principal)
+    if job is None:
+        return _render(request, "not_found.html", {"what": f"job {job_id}"}, status_code=404)
+    values = clone_values(session, job, principal)
+    # The targets were picked on this model: keep them rather than mapping them as for a newly chosen model.
+    context = _context(forms.parse(values), settings, principal, drawn_for=str(values["model"]))
+    context.update(cloned_from=job, clone_gaps=forms.clone_gaps(job.config))
     return _render(request, "configure_main.html" if _is_htmx(request) else "configure.html", context)
 
 

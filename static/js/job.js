@@ -30,12 +30,18 @@
     return { steps, loss: col("loss"), evalLoss: col("eval_loss"), lr: col("learning_rate"), grad: col("grad_norm") };
   }
 
+  // Learning rates live around 1e-4: uPlot's default labels would round every tick to "0".
+  function tickLabels(_u, splits) {
+    return splits.map((v) => (v !== 0 && Math.abs(v) < 0.01 ? v.toExponential(1) : String(+v.toPrecision(3))));
+  }
+
   function makePlot(el, labels, colors, scales) {
     const width = Math.max(300, el.clientWidth);
     return new uPlot({
       width, height: 240,
       scales: { x: { time: false }, ...scales },
-      axes: [{ label: "step" }, { scale: "y" }, ...(scales.y2 ? [{ scale: "y2", side: 1, grid: { show: false } }] : [])],
+      axes: [{ label: "step" }, { scale: "y", values: tickLabels },
+        ...(scales.y2 ? [{ scale: "y2", side: 1, grid: { show: false }, values: tickLabels }] : [])],
       series: [{ label: "step" }, ...labels.map((label, i) => ({
         label, stroke: colors[i], width: 2, scale: i === 1 && scales.y2 ? "y2" : "y", spanGaps: true,
         points: { show: label === "eval loss", size: 6 },

@@ -66,7 +66,7 @@ def test_job_trains_to_the_end_with_falling_loss_and_a_loadable_adapter(client, 
     assert [p["step"] for p in steps if p["eval_loss"] is not None] == [10, 20, 30]
     checkpoints = client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
     assert sorted(c["step_number"] for c in checkpoints) == [10, 20, 30]
-    types = [e["type"] for e in all_events(client, job["id"])]
+    types = [e["data"]["kind"] for e in all_events(client, job["id"])]
     assert types[:2] == ["queued", "started"] and types[-1] == "succeeded"
     assert types.count("evaluation") == 3 and "checkpoint" in types
 
@@ -99,7 +99,7 @@ def test_cancel_stops_a_running_job_within_seconds_and_keeps_its_checkpoint(clie
     assert time.monotonic() - asked < 10
     assert job["progress"]["step"] < 5000
     assert client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
-    assert "cancelled" in [e["type"] for e in all_events(client, job["id"])]
+    assert "cancelled" in [e["data"]["kind"] for e in all_events(client, job["id"])]
 
 
 def test_queued_job_cancelled_before_any_worker_never_runs(client, start_worker, model_dir):
@@ -122,7 +122,7 @@ def test_duplicate_delivery_starts_one_run(client, start_worker, model_dir, tune
     queue.enqueue_training(job["id"], tuneboard_env.queue)  # and a plainly duplicated message too
     job = wait_until_finished(client, job["id"])
     assert job["status"] == "succeeded" and job["attempts"] == 1
-    assert [e["type"] for e in all_events(client, job["id"])].count("started") == 1
+    assert [e["data"]["kind"] for e in all_events(client, job["id"])].count("started") == 1
     assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 151))
     assert sum(w.log().count("nothing to claim") for w in workers) >= 1
 
