@@ -1,7 +1,7 @@
 """The database engine and sessions: one sync SQLAlchemy stack shared by the web app and the workers.
 
-SQLite by default (a file in the data dir), PostgreSQL when TUNEBOARD_DATABASE_URL says so. Must not
-import torch or `workers`.
+SQLite by default (a file in the data dir), PostgreSQL when TUNEBOARD_DATABASE_URL says so.
+Must not import torch or `workers`.
 """
 
 from __future__ import annotations

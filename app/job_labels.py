@@ -1,8 +1,8 @@
 """A job's notes and tags: what team members write about a run, checked before it is stored.
 
 Tags arrive as one comma-separated text field; they are trimmed, deduplicated (ignoring case, the first
-spelling wins, as the history's tag filter ignores case too) and limited in number and length. Must not
-import torch or `workers`.
+spelling wins, as the history's tag filter ignores case too) and limited in number and length.
+Must not import torch or `workers`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The account page (API tokens, password) and the team page (members, invitations, new teams).
 
-Tokens are shown once, at creation; only their digests and last four characters are kept. Must not
-import torch or `workers`.
+Tokens are shown once, at creation; only their digests and last four characters are kept.
+Must not import torch or `workers`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """What a fine-tuning job carries: the base model, the LoRA settings and the training knobs.
 
 The same object is stored with the job, shown on its page and read by the worker, which turns it
-into `peft.LoraConfig` and `transformers.TrainingArguments` in one place. Pure pydantic; must not
-import torch, transformers, peft or `workers`.
+into `peft.LoraConfig` and `transformers.TrainingArguments` in one place. Pure pydantic;
+must not import torch, transformers, peft or `workers`.
 """
 
 from __future__ import annotations
