@@ -136,11 +136,15 @@ def timeline(job_id: str, cold: bool, submit: float, returned: float, status: st
         found = next((e for e in entries if predicate(e)), None)
         if found is None:
             raise RuntimeError(f"job {job_id}: an expected stream entry is missing; stream types: "
-                               f"{[(e.type, e.data.get('type')) for e in entries]}")
+                               f"{[(e.type, kind(e)) for e in entries]}")
         return found
 
-    event = lambda kind: first(lambda e: e.type == "event" and e.data.get("type") == kind)  # noqa: E731
-    queued = [e for e in entries if e.type == "event" and e.data.get("type") == "queued"]
+    def kind(entry) -> str | None:
+        # An event's own type: data.kind in the OpenAI-shaped payload, else the payload's type.
+        return (entry.data.get("data") or {}).get("kind") or entry.data.get("type")
+
+    event = lambda wanted: first(lambda e: e.type == "event" and kind(e) == wanted)  # noqa: E731
+    queued = [e for e in entries if e.type == "event" and kind(e) == "queued"]
     loaded = first(lambda e: e.type == "event" and LOADED.match(e.data.get("message", "")))
     return Timeline(
         job_id=job_id, cold=cold, submit=submit, launch_returned=returned, queued=at(queued[0]) if queued else submit,
