@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from app.training.inventory import Inventory, layer_group_name
+from app.training.inventory import Inventory
 from app.training.lora_settings import LoraSettings
 from app.training.matching import AdaptedModule, Selection
 from app.training.modules_to_save import replay
@@ -58,7 +58,11 @@ class Counts:
     saved_params: int  # full copies for modules_to_save
     bias_params: int  # base biases set trainable by `bias`
     groups: tuple[ModuleGroup, ...]
-    tensors: tuple[AdapterTensor, ...]
+    files: dict[str, tuple[int, ...]]  # the adapter file's tensors: name -> shape
+
+    @property
+    def tensors(self) -> tuple[AdapterTensor, ...]:
+        return tuple(AdapterTensor(name, shape) for name, shape in self.files.items())
 
     @property
     def trainable_percent(self) -> float:
@@ -72,43 +76,34 @@ class Counts:
         )
 
 
-def _adapter_tensors(adapted: AdaptedModule, use_dora: bool) -> list[AdapterTensor]:
+def _adapter_files(adapted: AdaptedModule, use_dora: bool, files: dict[str, tuple[int, ...]]) -> None:
     module, r = adapted.module, adapted.r
     base = _PREFIX + module.name
     if module.kind == "embedding":
-        tensors = [
-            AdapterTensor(f"{base}.lora_embedding_A", (r, module.in_features)),
-            AdapterTensor(f"{base}.lora_embedding_B", (module.out_features, r)),
-        ]
+        files[base + ".lora_embedding_A"] = (r, module.in_features)
+        files[base + ".lora_embedding_B"] = (module.out_features, r)
     else:
-        tensors = [
-            AdapterTensor(f"{base}.lora_A.weight", (r, module.in_features)),
-            AdapterTensor(f"{base}.lora_B.weight", (module.out_features, r)),
-        ]
+        files[base + ".lora_A.weight"] = (r, module.in_features)
+        files[base + ".lora_B.weight"] = (module.out_features, r)
     if use_dora:
-        tensors.append(AdapterTensor(f"{base}.lora_magnitude_vector", (module.out_features,)))
-    return tensors
+        files[base + ".lora_magnitude_vector"] = (module.out_features,)
 
 
-def _layer_number(name: str) -> int | None:
-    for part in name.split("."):
-        if part.isdigit():
-            return int(part)
-    return None
+def _adapter_params(adapted: AdaptedModule, use_dora: bool) -> int:
+    module = adapted.module
+    return adapted.r * (module.in_features + module.out_features) + (module.out_features if use_dora else 0)
 
 
 def _groups(adapted: list[AdaptedModule], use_dora: bool) -> tuple[ModuleGroup, ...]:
     grouped: dict[tuple[str, int], list[AdaptedModule]] = {}
     for item in adapted:
-        grouped.setdefault((layer_group_name(item.module.name), item.r), []).append(item)
+        grouped.setdefault((item.module.group_name, item.r), []).append(item)
     groups = []
     for (pattern, r), items in grouped.items():
         module = items[0].module
-        each = r * (module.in_features + module.out_features) + (module.out_features if use_dora else 0)
-        layers = tuple(sorted({n for n in (_layer_number(i.module.name) for i in items) if n is not None}))
-        groups.append(
-            ModuleGroup(pattern, module.type, module.in_features, module.out_features, r, len(items), each, layers)
-        )
+        layers = tuple(sorted({i.module.layer for i in items if i.module.layer is not None}))
+        groups.append(ModuleGroup(pattern, module.type, module.in_features, module.out_features, r, len(items),
+                                  _adapter_params(items[0], use_dora), layers))
     return tuple(groups)
 
 
@@ -124,11 +119,11 @@ def _freed_biases(inventory: Inventory, settings: LoraSettings, adapted: list[Ad
 def count(inventory: Inventory, settings: LoraSettings, selection: Selection) -> Counts:
     """Exact parameter counts, the per-module breakdown and the adapter's tensors."""
     files: dict[str, tuple[int, ...]] = {}
-    adapter_params = 0
+    use_dora = settings.use_dora
+    groups = _groups(selection.adapted, use_dora)
+    adapter_params = sum(g.params_total for g in groups)
     for item in selection.adapted:
-        for tensor in _adapter_tensors(item, settings.use_dora):
-            files[tensor.name] = tensor.shape
-            adapter_params += tensor.numel
+        _adapter_files(item, use_dora, files)
 
     # Full copies, the biases `bias` frees, and how wrapping freezes the originals they sit in.
     saves = replay(
@@ -155,8 +150,8 @@ def count(inventory: Inventory, settings: LoraSettings, selection: Selection) ->
         adapter_params=adapter_params,
         saved_params=saves.trainable_copy_params,
         bias_params=saves.trainable_base_params,
-        groups=_groups(selection.adapted, settings.use_dora),
-        tensors=tuple(AdapterTensor(name, shape) for name, shape in files.items()),
+        groups=groups,
+        files=files,
     )
 
 
@@ -201,28 +196,52 @@ def _saved_embedding_weights(inventory: Inventory, selection: Selection) -> list
 # ,"name":{"dtype":"F32","shape":[..],"data_offsets":[a,b]} and a closing brace.
 _METADATA_JSON_LENGTH = len('{"__metadata__":{"format":"pt"}}')
 _TENSOR_JSON_LENGTH = len(',"":{"dtype":"","shape":[],"data_offsets":[,]}')
+_DTYPE_NAMES = {4: "F32", 2: "BF16"}
 
 
-def _json_string_length(text: str) -> int:
-    if text.isascii() and '"' not in text and "\\" not in text and text.isprintable():
-        return len(text) + 2
-    return len(json.dumps(text))
+def _json_strings_length(texts: list[str]) -> int:
+    joined = "".join(texts)
+    if joined.isascii() and '"' not in joined and "\\" not in joined and joined.isprintable():
+        return len(joined) + 2 * len(texts)  # nothing to escape: each string is its text between two quotes
+    return sum(len(json.dumps(text)) for text in texts)
 
 
-def safetensors_bytes(tensors: tuple[AdapterTensor, ...], bytes_per_value: int) -> int:
-    """Size of a safetensors file holding these tensors: 8-byte length, JSON header padded to 8, data.
+def safetensors_sizes(files: dict[str, tuple[int, ...]], widths: tuple[int, ...] = (4, 2)) -> tuple[int, ...]:
+    """Sizes of safetensors files holding these tensors at each byte width: 8-byte length, JSON header padded
+    to 8, data.
 
     The header's length is added up field by field rather than by serialising it: building that JSON for
-    a 70B model's thousand tensors was most of the estimate's time and garbage.
+    a 70B model's thousand tensors was most of the estimate's time and garbage. Only the offsets differ
+    between widths, so everything else is summed once.
     """
-    dtype_length = len({4: "F32", 2: "BF16"}[bytes_per_value])
-    header_len = _METADATA_JSON_LENGTH
-    offset = 0
-    for tensor in sorted(tensors, key=lambda t: t.name):
-        size = tensor.numel * bytes_per_value
-        shape_length = sum(len(str(d)) for d in tensor.shape) + max(0, len(tensor.shape) - 1)
-        header_len += (_TENSOR_JSON_LENGTH + _json_string_length(tensor.name) - 2 + dtype_length + shape_length
-                       + len(str(offset)) + len(str(offset + size)))
-        offset += size
-    header_len += -header_len % 8
-    return 8 + header_len + offset
+    names = sorted(files)
+    shape_text: dict[tuple[int, ...], int] = {}
+    numels = []
+    fixed = _METADATA_JSON_LENGTH + (_TENSOR_JSON_LENGTH - 2) * len(names) + _json_strings_length(names)
+    for name in names:
+        shape = files[name]
+        length = shape_text.get(shape)
+        if length is None:
+            length = shape_text[shape] = len(",".join(map(str, shape)))
+        fixed += length
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        numels.append(numel)
+    sizes = []
+    for width in widths:
+        header = fixed + len(_DTYPE_NAMES[width]) * len(names)
+        offset, offset_digits = 0, 1
+        for numel in numels:
+            offset += numel * width
+            end_digits = len(str(offset))
+            header += offset_digits + end_digits  # "data_offsets":[start,end]; this end is the next start
+            offset_digits = end_digits
+        header += -header % 8
+        sizes.append(8 + header + offset)
+    return tuple(sizes)
+
+
+def safetensors_bytes(files: dict[str, tuple[int, ...]], bytes_per_value: int) -> int:
+    """Size of a safetensors file holding these tensors at one byte width."""
+    return safetensors_sizes(files, (bytes_per_value,))[0]

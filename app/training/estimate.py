@@ -10,7 +10,7 @@ import math
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.training.advice import Advice, advise
-from app.training.counting import count, safetensors_bytes
+from app.training.counting import count, safetensors_sizes
 from app.training.inventory import Inventory
 from app.training.lora_settings import LoraSettings
 from app.training.matching import select_modules
@@ -92,6 +92,7 @@ def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse
     lora, knobs = request.lora, request.training
     selection = select_modules(inventory, lora)
     counts = count(inventory, lora, selection)
+    fp32_bytes, bf16_bytes = safetensors_sizes(counts.files, (4, 2))
     memory = estimate_memory(
         inventory,
         counts.adapter_params,
@@ -120,9 +121,7 @@ def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse
             for g in counts.groups
         ],
         modules_to_save=[m.name for m in selection.saved],
-        adapter_bytes=AdapterBytes(
-            fp32=safetensors_bytes(counts.tensors, 4), bf16=safetensors_bytes(counts.tensors, 2)
-        ),
+        adapter_bytes=AdapterBytes(fp32=fp32_bytes, bf16=bf16_bytes),
         scale=lora.lora_alpha / (math.sqrt(lora.r) if lora.use_rslora else lora.r),
         memory=MemoryBreakdown(
             precision=memory.precision,

@@ -48,6 +48,9 @@ class Module:
     params: tuple[Param, ...]
     subtree_params: int = 0  # unique parameters under this module, i.e. what a deep copy holds
     children: list[str] = field(default_factory=list)
+    # Derived from the name once at load, because every estimate asks for them on every adapted module.
+    group_name: str = ""  # the name with its layer index as '*'
+    layer: int | None = None  # the first numbered part of the name
 
     @property
     def short_name(self) -> str:
@@ -90,10 +93,17 @@ class Inventory:
             )
             for m in data["modules"]
         ]
+        for module in self.modules:
+            module.group_name = layer_group_name(module.name)
+            module.layer = next((int(part) for part in module.name.split(".") if part.isdigit()), None)
         self.by_name: dict[str, Module] = {m.name: m for m in self.modules}
         self.base_params: int = sum(p.numel for m in self.modules for p in m.params if p.alias_of is None)
         self.bias_params: tuple[Param, ...] = tuple(
             p for m in self.modules for p in m.params if p.alias_of is None and p.is_bias
+        )
+        # Every state_dict key ending in "bias" (tied copies included), as the adapter file names them.
+        self.bias_keys: tuple[tuple[str, tuple[int, ...]], ...] = tuple(
+            (p.full_name, p.shape) for m in self.modules for p in m.params if p.is_bias
         )
         self.linear_names: frozenset[str] = frozenset(
             m.name for m in self.modules if m.kind in LINEAR_KINDS and m.name != self.output_embedding

@@ -81,6 +81,10 @@ def _exclusion_matcher(settings: LoraSettings):
         # PEFT never adapts anything inside a module it saves in full.
         saved = [re.compile(rf"(^|.*\.){m}($|\..*)") for m in settings.modules_to_save]
         tests.append(lambda key: any(p.match(key) for p in saved))
+    if not tests:
+        return None
+    if len(tests) == 1:
+        return tests[0]
     return lambda key: any(test(key) for test in tests)
 
 
@@ -212,20 +216,22 @@ def select_modules(inventory: Inventory, settings: LoraSettings) -> Selection:
     rank_of = _pattern_lookup(settings.rank_pattern, settings.r)
     alpha_of = _pattern_lookup(settings.alpha_pattern, settings.lora_alpha)
 
+    has_patterns = bool(settings.rank_pattern or settings.alpha_pattern)
     adapted: list[AdaptedModule] = []
     excluded = unmatched = 0
     for module in inventory.modules:
         key = module.name
         if not key:
             continue
-        if is_excluded(key):
+        if is_excluded is not None and is_excluded(key):
             excluded += 1
         elif not is_target(key):
             unmatched += 1
         else:
             if module.kind not in ADAPTABLE_KINDS:
                 raise _unsupported(module)
-            adapted.append(AdaptedModule(module, rank_of(key), alpha_of(key)))
+            adapted.append(AdaptedModule(module, rank_of(key), alpha_of(key)) if has_patterns
+                           else AdaptedModule(module, settings.r, settings.lora_alpha))
 
     if not adapted:
         raise _no_match_error(settings, targets, excluded, unmatched)

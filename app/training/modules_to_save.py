@@ -176,8 +176,8 @@ def replay(inventory: Inventory, entries: list[str] | None, initially_trainable:
             trainable_base_params=sum(
                 p.numel for m in inventory.modules for p in m.params
                 if p.alias_of is None and p.full_name in initially_trainable
-            ),
-            bias_keys=tuple((p.full_name, p.shape) for m in inventory.modules for p in m.params if p.is_bias),
+            ) if initially_trainable else 0,
+            bias_keys=inventory.bias_keys,
             saved_tensors=(),
         )
     root = _build_tree(inventory, initially_trainable)
