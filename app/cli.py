@@ -1,7 +1,7 @@
-"""The `tuneboard` command: `up` runs everything on this machine, `worker` joins a GPU host to the queue,
-`migrate` upgrades the database, `inventory` computes a model's module inventory; `submit` and `jobs` are
-the terminal client (app/client/, REST only). Must not import torch or `workers` (worker processes are
-started as `celery -A workers`).
+"""The `tuneboard` command: `up` runs everything on this machine, `web` serves only the web app (a fleet's web
+container), `worker` joins a GPU host to the queue, `migrate` upgrades the database, `inventory` computes a
+model's module inventory; `submit` and `jobs` are the terminal client (app/client/, REST only). Must not
+import torch or `workers` (worker processes are started as `celery -A workers`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from app.settings import get_settings
 
@@ -63,21 +65,17 @@ def _wait_http(url: str, process: subprocess.Popen, timeout: float = 60) -> bool
     return False
 
 
-def _prepare_demo_model(env: dict[str, str], log: Path) -> None:
-    # First run converts the demo GGUF once (tens of seconds); the page works meanwhile.
-    with log.open("ab") as output:
-        result = subprocess.run([sys.executable, "-m", "workers.demo_model"], env=env, stdout=output,
-                                stderr=subprocess.STDOUT)
-    state = "ready" if result.returncode == 0 else f"not prepared (see {log})"
+def _report_demo_model(process: subprocess.Popen, log: Path) -> None:
+    code = process.wait()
+    if code < 0:
+        return  # stopped by Ctrl-C along with everything else
+    state = "ready" if code == 0 else f"not prepared (see {log})"
     print(f"Demo model HuggingFaceTB/SmolLM2-135M-Instruct {state}.", flush=True)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Run the web app, one worker and (unless configured otherwise) an embedded Redis, with SQLite."""
-    from app.migrate import upgrade_database
-    from app.model_inventories import worker_stack_installed
-    from app.redis_server import RedisUnavailable, start_embedded_redis
-    from app.supervisor import Children, wait_for_interrupt
+    from app.supervisor import Children
 
     settings = get_settings()
     host, port = args.host or settings.host, args.port or settings.port
@@ -85,39 +83,81 @@ def cmd_up(args: argparse.Namespace) -> int:
         return _fail(f"port {port} on {host} is already in use; pick another with --port.")
     if problem := _writable(settings.data_dir):
         return _fail(problem)
-    env = {**os.environ, "TUNEBOARD_DATA_DIR": str(settings.data_dir.resolve())}
     children = Children()
     try:
-        try:
-            upgrade_database()
-        except Exception as exc:  # noqa: BLE001 - one line, not a traceback
-            return _fail(f"cannot prepare the database {settings.effective_database_url}: {exc}")
-        if settings.redis_url is None:
-            if not _port_free("127.0.0.1", settings.embedded_redis_port):
-                return _fail(f"port {settings.embedded_redis_port} for the embedded Redis is in use; set "
-                             "TUNEBOARD_EMBEDDED_REDIS_PORT or TUNEBOARD_REDIS_URL.")
-            try:
-                children.add("redis", start_embedded_redis(settings.embedded_redis_dir, settings.embedded_redis_port))
-            except RedisUnavailable as exc:
-                return _fail(str(exc))
-            env["TUNEBOARD_REDIS_URL"] = settings.effective_redis_url
-        if worker_stack_installed():
-            children.start("worker", worker_command([settings.default_queue], "local"), env,
-                           log=settings.data_dir / "worker.log")
-            threading.Thread(target=_prepare_demo_model, args=(env, settings.data_dir / "demo-model.log"),
-                             daemon=True).start()
-        else:
-            print("No worker started: the ML stack is not installed (pip install 'tuneboard[worker]').", flush=True)
-        web = children.start("web", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host,
-                                     "--port", str(port), "--log-level", "warning"], env)
-        if not _wait_http(f"http://{host}:{port}/healthz", web):
-            return _fail("the web server did not start; see the messages above.")
-        print(f"Tuneboard is running at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
-        if link := first_run_link(f"http://{host}:{port}"):
-            print(f"First start: sign in as the admin with this one-time link:\n    {link}", flush=True)
-        return wait_for_interrupt(children)
+        return _start_and_wait(settings, host, port, children)
+    except KeyboardInterrupt:  # Ctrl-C while starting: stop what started, without a traceback
+        return 130
     finally:
         children.stop_all()
+
+
+def _start_and_wait(settings, host: str, port: int, children) -> int:
+    from app import storage
+    from app.migrate import upgrade_database
+    from app.model_inventories import worker_stack_installed
+    from app.redis_server import RedisUnavailable, start_embedded_redis
+    from app.supervisor import catch_stop_signals, wait_for_interrupt
+
+    env = {**os.environ, "TUNEBOARD_DATA_DIR": str(settings.data_dir.resolve())}
+    try:
+        upgrade_database()
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+        return _fail(f"cannot prepare the database {settings.effective_database_url}: {exc}")
+    try:
+        storage.ping(settings)
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+        return _fail(f"cannot use the artifact store {storage.get_store(settings).describe()}: {exc}")
+    if settings.redis_url is None:
+        if not _port_free("127.0.0.1", settings.embedded_redis_port):
+            return _fail(f"port {settings.embedded_redis_port} for the embedded Redis is in use; set "
+                         "TUNEBOARD_EMBEDDED_REDIS_PORT or TUNEBOARD_REDIS_URL.")
+        try:
+            children.add("redis", start_embedded_redis(settings.embedded_redis_dir, settings.embedded_redis_port,
+                                                       binary=settings.redis_server_binary))
+        except RedisUnavailable as exc:
+            return _fail(str(exc))
+        env["TUNEBOARD_REDIS_URL"] = settings.effective_redis_url
+    if worker_stack_installed():
+        children.start("worker", worker_command([settings.default_queue], "local"), env,
+                       log=settings.data_dir / "worker.log")
+        # First run converts the demo GGUF once (tens of seconds); the page works meanwhile.
+        log = settings.data_dir / "demo-model.log"
+        converter = children.start("demo model", [sys.executable, "-m", "workers.demo_model"], env, log=log,
+                                   one_shot=True)
+        threading.Thread(target=_report_demo_model, args=(converter, log), daemon=True).start()
+    else:
+        print("No worker started: the ML stack is not installed (pip install 'tuneboard[worker]').", flush=True)
+    web = children.start("web", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host,
+                                 "--port", str(port), "--log-level", "warning"], env)
+    if not _wait_http(f"http://{host}:{port}/healthz", web):
+        return _fail("the web server did not start; see the messages above.")
+    link = first_run_link(f"http://{host}:{port}")
+    # Caught before the address is printed: a Ctrl-C from then on is the normal way to stop, status 0.
+    stop = catch_stop_signals()
+    print(f"Tuneboard is running at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+    if link:
+        print(f"First start: sign in as the admin with this one-time link:\n    {link}", flush=True)
+    return wait_for_interrupt(children, stop)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    """Serve only the web app; Redis, the database and the workers are configured to run elsewhere."""
+    import uvicorn
+
+    from app.migrate import upgrade_database
+
+    settings = get_settings()
+    host, port = args.host or settings.host, args.port or settings.port
+    # The first-run link needs the schema: migrate here when the app would (the lifespan's second run is a
+    # no-op); a fleet migrates beforehand and turns TUNEBOARD_MIGRATE_ON_START off.
+    if settings.migrate_on_start:
+        upgrade_database()
+    shown_host = "localhost" if host in ("0.0.0.0", "::") else host
+    if link := first_run_link(f"http://{shown_host}:{port}"):
+        print(f"First start: sign in as the admin with this one-time link:\n    {link}", flush=True)
+    uvicorn.run("app.main:app", host=host, port=port)
+    return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -225,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--host")
     up.add_argument("--port", type=int)
     up.set_defaults(func=cmd_up)
+    web = commands.add_parser("web", help="serve only the web app (Redis, database and workers run elsewhere)")
+    web.add_argument("--host", help="address to listen on (default: TUNEBOARD_HOST)")
+    web.add_argument("--port", type=int, help="port (default: TUNEBOARD_PORT)")
+    web.set_defaults(func=cmd_web)
     worker = commands.add_parser("worker", help="run a training worker (celery -A workers worker)")
     worker.add_argument("-Q", "--queues", help="comma-separated queues to serve (default: the default queue)")
     worker.add_argument("-n", "--name", help="worker name (default: worker)")
@@ -256,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_server_options(jobs)
     jobs.set_defaults(func=cmd_jobs)
     args = parser.parse_args(argv)
+    try:
+        get_settings()
+    except ValidationError as exc:
+        # A mistyped TUNEBOARD_* variable: name it and the reason, not a traceback.
+        problems = "; ".join(f"TUNEBOARD_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        return _fail(f"invalid settings: {problems}")
     return args.func(args)
 
 

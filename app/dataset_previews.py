@@ -30,7 +30,7 @@ def _cache_path(settings: Settings, data_file: DataFile, model: str, loss_on: st
 def get_preview(settings: Settings, data_file: DataFile, model: str, loss_on: str = "assistant") -> Preview:
     """The cached preview, or offloaded.Pending / offloaded.Failed."""
     out = _cache_path(settings, data_file, model, loss_on)
-    command = ["-m", "workers.dataset_preview", "--file", str(storage.path_for(settings, data_file.storage_key)),
+    command = ["-m", "workers.dataset_preview", "--file", str(storage.local_file(settings, data_file.storage_key)),
                "--model", model, "--loss-on", loss_on, "--data-dir", str(settings.data_dir)]
     if data_file.column_mapping:
         command += ["--column-mapping", json.dumps(data_file.column_mapping)]

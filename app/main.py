@@ -11,9 +11,11 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
+from app import metrics
 from app.api_errors import install_auth_handlers, install_error_handlers
 from app.auth import current_principal
 from app.lease_reaper import ReaperThread
+from app.logging_setup import configure_logging
 from app.migrate import upgrade_database
 from app.routers import (
     account_pages,
@@ -27,6 +29,7 @@ from app.routers import (
     job_stream,
     jobs_api,
     models_api,
+    operations,
     pages,
 )
 from app.settings import get_settings
@@ -36,9 +39,10 @@ from app.training.inventory import load_inventory
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI):
-    """Bring the schema up to date before serving (a fleet may turn this off and migrate separately), and reap
-    expired leases while serving so no job stays running when every worker is gone."""
+    """Set up logging, bring the schema up to date before serving (a fleet may turn this off and migrate
+    separately), and reap expired leases while serving so no job stays running when every worker is gone."""
     settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
     if settings.migrate_on_start:
         await run_in_threadpool(upgrade_database)
     await run_in_threadpool(_settle_long_lived_objects)
@@ -70,6 +74,10 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     install_auth_handlers(app)
+    app.state.metrics_registry, latency = metrics.make_registry(get_settings)
+    app.add_middleware(metrics.RequestMetricsMiddleware, histogram=latency)
+    # Probes and scrapers cannot sign in; /metrics has its own optional token.
+    app.include_router(operations.router)
     app.include_router(auth_pages.router)
     signed_in = [Depends(current_principal)]
     for module in (pages, history_pages, job_pages, compare_pages, dataset_pages, account_pages, models_api,
@@ -79,10 +87,6 @@ def create_app() -> FastAPI:
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     # Front-end libraries come from the npm registry; serve them straight from node_modules.
     app.mount("/vendor", StaticFiles(directory=settings.node_modules_dir, check_dir=False), name="vendor")
-
-    @app.get("/healthz", tags=["operations"], summary="Liveness")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
 
     return app
 

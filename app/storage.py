@@ -1,49 +1,125 @@
-"""Artifacts (uploaded datasets, checkpoints, adapters) addressed by key under one storage root.
+"""Artifacts (uploaded datasets, checkpoints, adapters) addressed by key, in the configured store.
 
-The local data directory for now; every reader and writer goes through these functions so another
-backend can replace them without touching callers. Must not import torch or `workers`.
+Every reader and writer goes through here: a folder on local disk by default, any S3-compatible store
+when TUNEBOARD_STORAGE_URL is s3://... Code that needs a real file (training, previews) asks for a local
+copy, and a job writes under a local work folder that it then publishes. With the local store both are
+the stored files themselves, so nothing is copied. Must not import torch or `workers`.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import shutil
+from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 from app.settings import Settings
+from app.store_keys import ArtifactMissing, StoredObject, safe_key
+from app.store_local import LocalStore
+
+__all__ = ["ArtifactMissing", "StoredObject"]
 
 
-def _safe_key(key: str) -> str:
-    parts = [p for p in key.split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
-        raise ValueError(f"invalid storage key {key!r}")
-    return "/".join(parts)
+class ArtifactStore(Protocol):
+    def describe(self) -> str: ...
+    def local_path(self, key: str) -> Path | None: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def put_file(self, key: str, source: Path) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def download(self, key: str, destination: Path) -> None: ...
+    def list(self, prefix: str) -> list[StoredObject]: ...
+    def delete(self, key: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def ping(self) -> None: ...
 
 
-def path_for(settings: Settings, key: str) -> Path:
-    """Where an artifact key lives on local disk."""
-    return settings.artifacts_dir / _safe_key(key)
+@lru_cache(maxsize=8)
+def _store(storage_url: str | None, endpoint_url: str | None, region: str | None, artifacts_dir: Path):
+    if not storage_url:
+        return LocalStore(artifacts_dir)
+    from app.store_s3 import S3Store  # boto3 loads only where an S3 store is configured
+
+    return S3Store(storage_url, endpoint_url=endpoint_url, region=region)
 
 
-def save_bytes(settings: Settings, key: str, data: bytes) -> Path:
-    """Write an artifact atomically (a reader never sees half a file)."""
-    target = path_for(settings, key)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, target)
-    return target
+def get_store(settings: Settings) -> ArtifactStore:
+    """The store these settings name, one per configuration per process."""
+    return _store(settings.storage_url, settings.s3_endpoint_url, settings.s3_region, settings.artifacts_dir)
+
+
+def is_remote(settings: Settings) -> bool:
+    """True when artifacts live outside this machine's disk."""
+    return bool(settings.storage_url)
+
+
+def save_bytes(settings: Settings, key: str, data: bytes) -> None:
+    """Store bytes under a key, atomically."""
+    get_store(settings).put_bytes(key, data)
 
 
 def read_bytes(settings: Settings, key: str) -> bytes:
-    """The content of an artifact."""
-    return path_for(settings, key).read_bytes()
+    """The content of an artifact; ArtifactMissing when there is none."""
+    return get_store(settings).get_bytes(key)
+
+
+def list_objects(settings: Settings, prefix: str) -> list[StoredObject]:
+    """Every artifact under a folder-like prefix."""
+    return get_store(settings).list(prefix)
 
 
 def delete(settings: Settings, key: str) -> None:
     """Remove an artifact if present."""
-    path_for(settings, key).unlink(missing_ok=True)
+    get_store(settings).delete(key)
+
+
+def delete_prefix(settings: Settings, prefix: str) -> None:
+    """Remove every artifact under a folder-like prefix (a job's checkpoints and adapter)."""
+    get_store(settings).delete_prefix(prefix)
+
+
+def ping(settings: Settings) -> None:
+    """Raise unless the store can be used (what /readyz reports)."""
+    get_store(settings).ping()
+
+
+def _cache_path(settings: Settings, key: str) -> Path:
+    return settings.scratch_dir / "cache" / safe_key(key)
+
+
+def local_file(settings: Settings, key: str) -> Path:
+    """A local file holding the artifact: the stored file itself, or a cached download of it.
+
+    Keys are never rewritten with other content (every upload and checkpoint gets a fresh key), so a
+    cached copy stays valid."""
+    store = get_store(settings)
+    path = store.local_path(key)
+    if path is not None:
+        if not path.is_file():
+            raise ArtifactMissing(key)
+        return path
+    cached = _cache_path(settings, key)
+    if not cached.is_file():
+        store.download(key, cached)
+    return cached
+
+
+def local_dir(settings: Settings, prefix: str) -> Path:
+    """A local folder holding every artifact under prefix (a checkpoint to resume from)."""
+    store = get_store(settings)
+    path = store.local_path(prefix)
+    if path is not None:
+        if not path.is_dir():
+            raise ArtifactMissing(prefix)
+        return path
+    objects = store.list(prefix)
+    if not objects:
+        raise ArtifactMissing(prefix)
+    root = _cache_path(settings, prefix)
+    for item in objects:
+        target = settings.scratch_dir / "cache" / item.key
+        if not target.is_file() or target.stat().st_size != item.size:
+            store.download(item.key, target)
+    return root
 
 
 def job_dir_key(job_id: str) -> str:
@@ -51,6 +127,31 @@ def job_dir_key(job_id: str) -> str:
     return f"jobs/{job_id}"
 
 
-def relative_key(settings: Settings, path: Path) -> str:
-    """The storage key of a path inside the artifacts directory."""
-    return path.resolve().relative_to(settings.artifacts_dir.resolve()).as_posix()
+def _work_root(settings: Settings) -> Path:
+    store = get_store(settings)
+    return store.root if isinstance(store, LocalStore) else settings.scratch_dir / "work"
+
+
+def work_dir(settings: Settings, key: str) -> Path:
+    """The local folder where a job writes what is to be stored under key (with the local store, its final place)."""
+    return _work_root(settings) / safe_key(key)
+
+
+def work_key(settings: Settings, path: Path) -> str:
+    """The storage key of a path inside the work folder."""
+    return path.resolve().relative_to(_work_root(settings).resolve()).as_posix()
+
+
+def publish_dir(settings: Settings, path: Path) -> str:
+    """Store every file of a work folder under its key (nothing to copy with the local store); returns the key."""
+    key = work_key(settings, path)
+    store = get_store(settings)
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        store.put_file(f"{key}/{file.relative_to(path).as_posix()}", file)
+    return key
+
+
+def discard_work(settings: Settings, key: str) -> None:
+    """Drop the local working copy of a job's files once they are stored elsewhere."""
+    if is_remote(settings):
+        shutil.rmtree(work_dir(settings, key), ignore_errors=True)

@@ -20,21 +20,28 @@ class Children:
     """The processes `up` started, stopped in reverse order."""
 
     processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    one_shots: set[int] = field(default_factory=set)  # pids of children expected to end (a preparation step)
 
     def add(self, name: str, process: subprocess.Popen) -> None:
         self.processes.append((name, process))
 
-    def start(self, name: str, command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
-        """Start a child in its own process group, its output to the console or a log file."""
+    def start(self, name: str, command: list[str], env: dict[str, str], log: Path | None = None, *,
+              one_shot: bool = False) -> subprocess.Popen:
+        """Start a child in its own process group, its output to the console or a log file. A one-shot child
+        may end without stopping the others, but is still stopped with them."""
         output = log.open("ab") if log else None
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
                                    if output else None, start_new_session=True)
         self.add(name, process)
+        if one_shot:
+            self.one_shots.add(process.pid)
         return process
 
     def first_exited(self) -> tuple[str, int] | None:
-        """The name and exit code of a child that has ended, if any."""
+        """The name and exit code of a long-running child that has ended, if any."""
         for name, process in self.processes:
+            if process.pid in self.one_shots:
+                continue
             code = process.poll()
             if code is not None:
                 return name, code
@@ -65,8 +72,8 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def wait_for_interrupt(children: Children) -> int:
-    """Block until Ctrl-C / SIGTERM or a child exits; returns the exit status for `up`."""
+def catch_stop_signals() -> dict:
+    """From now on Ctrl-C / SIGTERM only set a flag, read by wait_for_interrupt (no KeyboardInterrupt)."""
     stop = {"signal": None}
 
     def handler(signum, _frame):
@@ -74,6 +81,11 @@ def wait_for_interrupt(children: Children) -> int:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    return stop
+
+
+def wait_for_interrupt(children: Children, stop: dict) -> int:
+    """Block until Ctrl-C / SIGTERM or a child exits; returns the exit status for `up`."""
     while stop["signal"] is None:
         exited = children.first_exited()
         if exited is not None:

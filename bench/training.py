@@ -192,7 +192,7 @@ def prepare(work: Path, args: argparse.Namespace) -> Setup:
         record = h.store_file(session, settings, account, filename="bench.jsonl", data=h.jsonl(records))
         file_id = record.id
         key = session.get(DataFile, file_id).storage_key
-    examples = list(load_examples(storage.path_for(settings, key)).examples)
+    examples = list(load_examples(storage.local_file(settings, key)).examples)
     return Setup(model_dir, file_id, examples, job_config(model_dir, args.steps, args.batch, args.seq), work,
                  account)
 

@@ -232,3 +232,45 @@ def signed_in_context(browser, base_url: str, account: Account, **options):
     context = browser.new_context(base_url=base_url, **options)
     context.add_cookies([{"name": SESSION_COOKIE, "value": account.session_cookie, "url": base_url}])
     return context
+
+
+S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "tuneboard-test", "AWS_SECRET_ACCESS_KEY": "tuneboard-test-secret",
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto's, over HTTP) for the whole test session."""
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        require(False, "moto[server] (Python package, the S3-compatible test server)")
+    from tests.services import S3ServerProcess
+
+    server = S3ServerProcess(tmp_path_factory.mktemp("s3") / "s3.log")
+    server.wait_ready()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, tuneboard_env, monkeypatch):
+    """Point this test's Tuneboard (and its subprocesses) at a fresh bucket on the S3 server; yields a boto3
+    client and the bucket name for looking inside."""
+    import boto3
+
+    from app.settings import get_settings
+
+    bucket = f"tuneboard-{uuid.uuid4().hex[:10]}"
+    client = boto3.client("s3", endpoint_url=s3_server.url, region_name="us-east-1",
+                          aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    client.create_bucket(Bucket=bucket)
+    values = {**S3_CREDENTIALS, "TUNEBOARD_STORAGE_URL": f"s3://{bucket}/artifacts",
+              "TUNEBOARD_S3_ENDPOINT_URL": s3_server.url}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    tuneboard_env.env.update(values)
+    get_settings.cache_clear()
+    yield client, bucket
+    get_settings.cache_clear()

@@ -57,13 +57,14 @@ def postgres_answers() -> bool:
         return False
 
 
-def create_postgres_database() -> tuple[str, callable]:
-    """A new empty database on the test server; returns its URL and a function that drops it."""
-    admin = create_engine(postgres_admin_url(), isolation_level="AUTOCOMMIT")
-    name = f"tuneboard_test_{uuid.uuid4().hex[:10]}"
+def create_postgres_database(server_url: str | None = None, prefix: str = "tuneboard_test") -> tuple[str, callable]:
+    """A new empty database on the test server (or server_url); returns its URL and a function that drops it."""
+    server_url = server_url or postgres_admin_url()
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(postgres_admin_url()).set(database=name).render_as_string(hide_password=False)
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
     def drop() -> None:
         from app.db import engine_for
@@ -160,4 +161,38 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        self._log.close()
+
+
+class S3ServerProcess:
+    """An S3-compatible HTTP server (moto in server mode) in its own process, as MinIO would be."""
+
+    def __init__(self, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = log_path.open("wb")
+        self.log_path = log_path
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Block until the server accepts connections."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"S3 server exited at start:\n{self.log_path.read_text(errors='replace')}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"S3 server not ready after {timeout} s")
+
+    def stop(self) -> None:
+        """Stop the server."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=15)
         self._log.close()

@@ -17,7 +17,9 @@ from fastapi.testclient import TestClient
 from app.auth import current_principal
 from tests.jobs.helpers import chat_records, json_lines
 
-PUBLIC = {("GET", "/healthz"), ("GET", "/login"), ("POST", "/login"), ("GET", "/login/link/{token}")}
+# Probes and scrapers cannot sign in; /metrics may be closed by TUNEBOARD_METRICS_TOKEN (tests/test_operations.py).
+PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/login"), ("POST", "/login"),
+          ("GET", "/login/link/{token}")}
 ADMIN_ONLY = {("POST", "/team/invite"), ("POST", "/team/members/{user_id}/role"),
               ("POST", "/team/members/{user_id}/remove")}
 

@@ -95,7 +95,8 @@ class JobReporter:
     def on_checkpoint(self, *, step: int, path: Path) -> None:
         """Persist pending metrics, then record the checkpoint so a later attempt can resume from it."""
         self.flush()
-        key = storage.relative_key(self.settings, path)
+        # Stored before it is recorded, so a checkpoint a later attempt finds is always complete in the store.
+        key = storage.publish_dir(self.settings, path)
         with new_session() as session:
             existing = session.query(Checkpoint).filter_by(job_id=self.job_id, step=step).one_or_none()
             if existing is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from app import jobs, storage, streams
 from app.datasets import load_examples, split_validation
 from app.db import new_session
+from app.logging_setup import add_log_fields
 from app.models import DataFile, Job
 from app.settings import Settings, get_settings
 from app.training.job_config import JobConfig
@@ -49,7 +50,7 @@ class LeaseKeeper(threading.Thread):
 
 def _examples(settings: Settings, file_id: str, session):
     data_file = session.get(DataFile, file_id)
-    return list(load_examples(storage.path_for(settings, data_file.storage_key),
+    return list(load_examples(storage.local_file(settings, data_file.storage_key),
                               column_mapping=data_file.column_mapping).examples)
 
 
@@ -74,6 +75,7 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
             log.info("job %s: nothing to claim (duplicate delivery, cancelled or finished)", job_id)
             return "skipped"
         job, attempt = claimed.job, claimed.attempt
+        add_log_fields(team_id=job.team_id)
         reporter = JobReporter(settings, client, job_id, worker=worker, attempt=attempt)
         keeper = LeaseKeeper(settings, job_id, worker, attempt, reporter.lease_lost)
         keeper.start()
@@ -83,15 +85,17 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
         jobs.publish_status(client, job, max_len=settings.stream_max_points)
         resume_from: Path | None = None
         if claimed.resume_from is not None:
-            resume_from = storage.path_for(settings, claimed.resume_from.storage_key)
             reporter.rewind_to(claimed.resume_from.step)
         status, values = "failed", {}
         try:
             config = JobConfig.model_validate(job.config)
+            if claimed.resume_from is not None:
+                # From the store, so an attempt on another machine resumes where the last one stopped.
+                resume_from = storage.local_dir(settings, claimed.resume_from.storage_key)
             train_examples, eval_examples = _datasets(settings, job, config, session)
             run = TrainingRun(
                 job_id=job_id, config=config, train_examples=train_examples, eval_examples=eval_examples,
-                output_dir=storage.path_for(settings, storage.job_dir_key(job_id)), resume_from=resume_from,
+                output_dir=storage.work_dir(settings, storage.job_dir_key(job_id)), resume_from=resume_from,
                 data_dir=settings.data_dir,
             )
             if reporter.should_stop():  # cancelled between the claim and here: do not load the model
@@ -105,7 +109,7 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
                 status = "cancelled" if not reporter.lease_lost.is_set() else "lost"
             else:
                 status = "succeeded"
-                values["adapter_key"] = storage.relative_key(settings, result.adapter_dir)
+                values["adapter_key"] = storage.publish_dir(settings, result.adapter_dir)
         except _CancelledBeforeStart:
             status = "cancelled"
         except TrainingFailure as exc:
@@ -118,6 +122,7 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
         finally:
             keeper.stopped.set()
             reporter.flush()
+            storage.discard_work(settings, storage.job_dir_key(job_id))
         if status == "lost" or not jobs.finish(session, job_id, worker, attempt, status, **values):
             log.warning("job %s: this attempt lost the job before it ended; leaving it to its new owner", job_id)
             return "lost"

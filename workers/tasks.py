@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from app.logging_setup import log_context
 from app.queue import TRAIN_TASK
 from workers.celery_app import app
 
@@ -11,4 +12,5 @@ def train_job(self, job_id: str) -> str:
     """Claim and run one fine-tuning job; a duplicate delivery returns 'skipped'."""
     from workers.job_runner import run_job
 
-    return run_job(job_id, worker=self.request.hostname or "worker", task_id=self.request.id)
+    with log_context(job_id=job_id, task_id=self.request.id):
+        return run_job(job_id, worker=self.request.hostname or "worker", task_id=self.request.id)

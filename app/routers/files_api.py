@@ -140,7 +140,12 @@ def file_content(file_id: str, session: SessionDep, principal: PrincipalDep):
     record = team_scoped(session, DataFile, file_id, principal)
     if record is None:
         return _not_found(file_id)
-    return Response(storage.read_bytes(get_settings(), record.storage_key), media_type="application/octet-stream")
+    try:
+        content = storage.read_bytes(get_settings(), record.storage_key)
+    except storage.ArtifactMissing:
+        return error_response(404, f"File {file_id} is recorded but its content is missing from the artifact store.",
+                              param="file_id", code="file_content_missing")
+    return Response(content, media_type="application/octet-stream")
 
 
 @router.delete("/{file_id}", summary="Delete a file", responses=ERRORS)
@@ -154,7 +159,8 @@ def delete_file(file_id: str, session: SessionDep, principal: PrincipalDep):
     if used:
         return error_response(409, f"File {file_id} is used by job {used} and is kept with its history.",
                               param="file_id", code="file_in_use")
-    storage.delete(get_settings(), record.storage_key)
     session.delete(record)
     session.commit()
+    # After the commit: a failed delete leaves an unreferenced object, never a record without its content.
+    storage.delete(get_settings(), record.storage_key)
     return {"id": file_id, "object": "file", "deleted": True}

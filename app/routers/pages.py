@@ -17,6 +17,7 @@ from app.launch_context import apply_dataset_facts, launch_context
 from app.launch_form import job_config
 from app.model_inventories import InventoryUnavailable, cached_inventory, forget_failure, get_inventory
 from app.models import Job
+from app.queue_fit import queue_memory_advice
 from app.settings import Settings, get_settings
 from app.templating import templates
 from app.training import catalog
@@ -76,11 +77,20 @@ def _context(state: forms.FormState, settings: Settings, principal: Principal, *
         return context
     try:
         context["result"] = estimate(inventory, state.request)
+        _add_queue_advice(context, values, settings)
         context["python"] = to_python(state.request.lora)
         context["yaml"] = to_yaml(state.request.lora)
     except EstimateError as exc:
         context["errors"][forms.error_field(f"lora.{exc.field}", values)] = exc.message
     return context
+
+
+def _add_queue_advice(context: dict, values: dict, settings: Settings) -> None:
+    chosen = str(values.get("queue") or settings.default_queue)
+    workers = next((q["workers"] for q in context["queues"] if q["name"] == chosen), [])
+    advice = queue_memory_advice(chosen, workers, context["result"].memory.total)
+    if advice is not None:
+        context["result"].warnings.append(advice)
 
 
 def _render(request: Request, template: str, context: dict, status_code: int = 200) -> HTMLResponse:

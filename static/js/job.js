@@ -9,6 +9,7 @@
   const jobId = page.dataset.jobId;
   const api = `/v1/fine_tuning/jobs/${jobId}`;
   const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+  const HISTORY_POINTS = 2000;
   const points = new Map(); // step -> {step, loss, eval_loss, learning_rate, grad_norm, epoch, tokens_per_second}
   const seenEvents = new Set([...document.querySelectorAll("[data-event-id]")].map((li) => li.dataset.eventId));
   let lossPlot = null, lrPlot = null, drawPending = false, source = null;
@@ -141,15 +142,11 @@
   }
 
   async function loadHistory() {
-    let after = -1;
-    for (;;) {
-      const response = await fetch(`${api}/metrics?after_step=${after}`);
-      if (!response.ok) break;
-      const body = await response.json();
-      body.data.forEach(merge);
-      if (!body.has_more || !body.data.length) break;
-      after = body.data[body.data.length - 1].step;
-    }
+    // One request: every step of a run up to HISTORY_POINTS steps, and for a longer one the server's M4
+    // selection (each bucket's first, last, lowest and highest point), which draws the same curve at chart
+    // width for a fraction of the bytes (a 100,000-step run: 18 MB in 10 pages otherwise).
+    const response = await fetch(`${api}/metrics?max_points=${HISTORY_POINTS}`);
+    if (response.ok) (await response.json()).data.forEach(merge);
     const job = await (await fetch(api)).json();
     totalSteps = job.progress.total_steps;
     scheduleDraw();
@@ -177,5 +174,10 @@
   // Exposed for the browser tests and for the curious: the steps currently on the chart.
   window.tuneboardJob = { steps: () => series().steps, points };
 
-  loadHistory().then(connect);
+  // A job that had ended when the page was rendered has every point in the database and every event on the
+  // page: replaying its stream would only resend them (up to the stream's cap, 200,000 entries).
+  loadHistory().then(() => {
+    if (TERMINAL.has(lastStatus)) page.dataset.streamEnded = "true";
+    else connect();
+  });
 })();

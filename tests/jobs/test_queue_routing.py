@@ -1,0 +1,83 @@
+"""Queues by GPU class: two real workers serve different queues, jobs land only where they were sent, and
+the configuration page offers the live queues with their GPUs and warns when the estimate does not fit.
+
+The workers announce their GPU from `nvidia-smi`; this machine has none, so each worker gets a stand-in
+`nvidia-smi` on its PATH that answers the query the way the real one does (name, memory in MiB).
+Training itself still runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app import streams, worker_registry
+from tests.jobs.helpers import chat_records, launch, upload, wait_for_inventory, wait_until_finished
+from tests.web.conftest import wait_until
+from tests.web.test_pages import HX, form, messages_beside
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+TRAINING = {"max_steps": 3, "batch_size": 2, "sequence_length": 64, "precision": "fp32", "save_steps": 100}
+# Llama-3.1-8B in bf16 at 4096 tokens x 8: far beyond a 24 GB card, within an 80 GB one.
+BIG_RUN = {"model": "meta-llama/Llama-3.1-8B", "sequence_length": "4096", "batch_size": "2",
+           "gradient_checkpointing": "on"}
+
+
+def _gpu_path(tmp_path, name: str, mib: int) -> str:
+    folder = tmp_path / f"smi-{mib}"
+    folder.mkdir()
+    script = folder / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\necho '{name}, {mib}'\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return f"{folder}:{os.environ['PATH']}"
+
+
+@pytest.fixture
+def client(tuneboard_env, account):
+    from app.main import app
+
+    with TestClient(app, headers=account.headers) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def fleet(start_worker, tmp_path):
+    """A 24 GB worker on gpu-24g and an 80 GB worker on gpu-80g, both announced."""
+    small = start_worker(queues=["gpu-24g"], name="l4", PATH=_gpu_path(tmp_path, "NVIDIA L4", 23034))
+    large = start_worker(queues=["gpu-80g"], name="h100", PATH=_gpu_path(tmp_path, "NVIDIA H100 80GB HBM3", 81559))
+    wait_until(lambda: {"gpu-24g", "gpu-80g"} <= set(worker_registry.queues_served(
+        worker_registry.live_workers(streams.get_redis()))), timeout=30)
+    return small, large
+
+
+def test_jobs_run_only_on_the_queue_they_were_sent_to(client, fleet, tiny_model_dir, tuneboard_env):
+    wait_for_inventory(str(tiny_model_dir), tuneboard_env.settings)
+    train = upload(client, chat_records(8))
+    sent = {queue: [launch(client, str(tiny_model_dir), train["id"], lora=LORA, training=TRAINING, queue=queue)["id"]
+                    for _ in range(2)] for queue in ("gpu-24g", "gpu-80g")}
+    for queue, host in (("gpu-24g", "l4@"), ("gpu-80g", "h100@")):
+        for job_id in sent[queue]:
+            job = wait_until_finished(client, job_id, timeout=180)
+            assert job["status"] == "succeeded", job["error"]
+            assert job["worker"].startswith(host), (queue, job["worker"])
+
+
+def test_the_page_offers_live_queues_with_their_gpus(client, fleet):
+    html = client.get("/").text
+    assert "gpu-24g — 1 worker: NVIDIA L4 22.5 GiB" in html
+    assert "gpu-80g — 1 worker: NVIDIA H100 80GB HBM3 79.6 GiB" in html
+
+
+def test_a_run_too_big_for_the_queue_gpus_is_warned_beside_the_queue(client, fleet):
+    too_small = messages_beside(client.post("/estimate", data=form(**BIG_RUN, queue="gpu-24g"), headers=HX).text,
+                                "queue")
+    assert "does not fit queue 'gpu-24g': its largest GPU is 22.5 GiB" in too_small
+    assert messages_beside(client.post("/estimate", data=form(**BIG_RUN, queue="gpu-80g"), headers=HX).text,
+                           "queue").strip() == ""
+    small_run = form(queue="gpu-24g")  # SmolLM2-135M fits anywhere
+    assert messages_beside(client.post("/estimate", data=small_run, headers=HX).text, "queue").strip() == ""

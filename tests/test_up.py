@@ -1,0 +1,191 @@
+"""`tuneboard up` as a user runs it on a fresh machine: a subprocess in an empty folder with nothing configured
+(embedded Redis, SQLite, one worker), signed in with the printed link, a tiny job run to the end through the
+API the pages use, then Ctrl-C (SIGINT) and not one process left behind. Also: the one-line refusals.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.jobs.helpers import chat_records, json_lines
+from tests.services import free_port
+
+TUNEBOARD = str(Path(sys.executable).parent / "tuneboard")
+
+
+def _fresh_env(**values: str) -> dict[str, str]:
+    """The user's environment with no Tuneboard settings, plus the given ones."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEBOARD_")}
+    return {**env, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **values}
+
+
+def _process_tree(root: int) -> set[int]:
+    """Every live descendant of a process, from /proc (children started in their own sessions included)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; only its exit status is left for a parent to collect
+
+
+class UpProcess:
+    """`tuneboard up` in the background, its output collected line by line."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], *args: str):
+        self.process = subprocess.Popen([TUNEBOARD, "up", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for_line(self, pattern: str, timeout: float = 120) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if match := re.search(pattern, line):
+                    return match
+            if self.process.poll() is not None:
+                pytest.fail(f"tuneboard up exited with {self.process.returncode}:\n" + "\n".join(self.lines))
+            time.sleep(0.2)
+        pytest.fail(f"no line matching {pattern!r} after {timeout} s:\n" + "\n".join(self.lines))
+
+
+def test_up_runs_a_job_end_to_end_and_ctrl_c_leaves_no_process(tmp_path, tiny_model_dir):
+    port = free_port()
+    up = UpProcess(tmp_path, _fresh_env(TUNEBOARD_EMBEDDED_REDIS_PORT=str(free_port())), "--port", str(port))
+    try:
+        address = up.wait_for_line(r"Tuneboard is running at (http://\S+)/")[1]
+        assert address == f"http://127.0.0.1:{port}"
+        link = up.wait_for_line(r"^\s+(http://\S+/login/link/\S+)$")[1]
+        started = _process_tree(up.process.pid)
+        assert len(started) >= 3, started  # embedded Redis, worker (and its pool), web; maybe the demo converter
+
+        with httpx.Client(base_url=address, follow_redirects=True, timeout=30) as browser:
+            assert browser.get(link).status_code == 200  # the one-time link signs the admin in
+            csrf = re.search(r'<meta name="csrf-token" content="([^"]+)"', browser.get("/").text)[1]
+            headers = {"X-CSRF-Token": csrf}
+            upload = browser.post("/v1/files", headers=headers, data={"purpose": "fine-tune"},
+                                  files={"file": ("colours.jsonl", json_lines(chat_records(8)))})
+            assert upload.status_code == 200, upload.text
+            job = browser.post("/v1/fine_tuning/jobs", headers=headers, json={
+                "model": str(tiny_model_dir), "training_file": upload.json()["id"],
+                "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                "training": {"max_steps": 4, "batch_size": 2, "sequence_length": 64, "precision": "fp32",
+                             "save_steps": 100}}).json()
+            deadline = time.monotonic() + 300
+            while job["status"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
+                time.sleep(0.5)
+                job = browser.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+            assert job["status"] == "succeeded", job
+            assert job["worker"].startswith("local@")
+            assert browser.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter").content[:2] == b"PK"  # a zip
+        assert (tmp_path / "data" / "tuneboard.db").is_file()  # the default data dir, in the current folder
+
+        started |= _process_tree(up.process.pid)
+        up.process.send_signal(signal.SIGINT)
+        assert up.process.wait(timeout=60) == 0
+    finally:
+        if up.process.poll() is None:
+            up.process.kill()
+    time.sleep(0.5)
+    assert [pid for pid in started if _alive(pid)] == []
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))  # the web port is free again
+
+
+def _refusal(tmp_path: Path, env: dict[str, str], *args: str) -> str:
+    result = subprocess.run([TUNEBOARD, "up", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_taken_port_is_refused_in_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = _refusal(tmp_path, _fresh_env(), "--port", str(port))
+    assert line == f"tuneboard: port {port} on 127.0.0.1 is already in use; pick another with --port."
+
+
+def test_an_unwritable_data_dir_is_refused_in_one_line(tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    line = _refusal(tmp_path, _fresh_env(TUNEBOARD_DATA_DIR=str(tmp_path / "a-file" / "data")),
+                    "--port", str(free_port()))
+    assert line.startswith(f"tuneboard: cannot write to the data directory {tmp_path / 'a-file' / 'data'}")
+
+
+def test_a_missing_redis_binary_is_refused_in_one_line(tmp_path):
+    line = _refusal(tmp_path, _fresh_env(TUNEBOARD_REDIS_SERVER_BINARY="/nonexistent/redis-server",
+                                         TUNEBOARD_EMBEDDED_REDIS_PORT=str(free_port())), "--port", str(free_port()))
+    assert line == ("tuneboard: TUNEBOARD_REDIS_SERVER_BINARY /nonexistent/redis-server is not an executable file")
+
+
+def test_a_mistyped_setting_is_named_in_one_line(tmp_path):
+    line = _refusal(tmp_path, _fresh_env(TUNEBOARD_STORAGE_URL="minio://bucket"))
+    assert line.startswith("tuneboard: invalid settings: TUNEBOARD_STORAGE_URL: ")
+    assert "'minio://bucket' is not of the form s3://BUCKET/PREFIX" in line
+
+
+def _command_lines(pids: set[int]) -> list[str]:
+    lines = []
+    for pid in pids:
+        try:
+            lines.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            pass
+    return lines
+
+
+def test_with_an_external_redis_and_database_up_starts_only_the_web_app_and_a_worker(tmp_path, redis_url,
+                                                                                        database_url):
+    env = _fresh_env(TUNEBOARD_REDIS_URL=redis_url, TUNEBOARD_DATABASE_URL=database_url,
+                     TUNEBOARD_EMBEDDED_REDIS_PORT=str(free_port()))
+    up = UpProcess(tmp_path, env, "--port", str(free_port()))
+    try:
+        up.wait_for_line(r"Tuneboard is running at")
+        commands = _command_lines(_process_tree(up.process.pid))
+        assert not [c for c in commands if "redis-server" in c], commands
+        assert [c for c in commands if "celery -A workers worker" in c]
+        assert [c for c in commands if "uvicorn app.main:app" in c]
+        up.process.send_signal(signal.SIGINT)
+        assert up.process.wait(timeout=60) == 0
+    finally:
+        if up.process.poll() is None:
+            up.process.kill()
+    assert not (tmp_path / "data" / "tuneboard.db").exists()  # the configured database was used instead
