@@ -9,6 +9,7 @@ the stored files themselves, so nothing is copied. Must not import torch or `wor
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +27,8 @@ class ArtifactStore(Protocol):
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def put_file(self, key: str, source: Path) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
+    def size(self, key: str) -> int: ...
+    def iter_chunks(self, key: str, chunk_size: int) -> Iterator[bytes]: ...
     def download(self, key: str, destination: Path) -> None: ...
     def list(self, prefix: str) -> list[StoredObject]: ...
     def delete(self, key: str) -> None: ...
@@ -60,6 +63,16 @@ def save_bytes(settings: Settings, key: str, data: bytes) -> None:
 def read_bytes(settings: Settings, key: str) -> bytes:
     """The content of an artifact; ArtifactMissing when there is none."""
     return get_store(settings).get_bytes(key)
+
+
+def size(settings: Settings, key: str) -> int:
+    """Bytes stored under a key; ArtifactMissing when there is none."""
+    return get_store(settings).size(key)
+
+
+def iter_chunks(settings: Settings, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+    """An artifact's content piece by piece, so a multi-GB adapter never sits in memory whole."""
+    return get_store(settings).iter_chunks(key, chunk_size)
 
 
 def list_objects(settings: Settings, prefix: str) -> list[StoredObject]:

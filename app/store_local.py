@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from app.store_keys import ArtifactMissing, StoredObject, safe_key
@@ -54,6 +55,19 @@ class LocalStore:
             return self.local_path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError):
             raise ArtifactMissing(key) from None
+
+    def size(self, key: str) -> int:
+        """Bytes stored under a key; ArtifactMissing when there is none."""
+        path = self.local_path(key)
+        if not path.is_file():
+            raise ArtifactMissing(key)
+        return path.stat().st_size
+
+    def iter_chunks(self, key: str, chunk_size: int) -> Iterator[bytes]:
+        """The content under a key, piece by piece (for downloads larger than memory)."""
+        with self.local_path(key).open("rb") as handle:
+            while chunk := handle.read(chunk_size):
+                yield chunk
 
     def download(self, key: str, destination: Path) -> None:
         """Copy a stored file to a local path."""

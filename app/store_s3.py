@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -75,6 +76,22 @@ class S3Store:
         except ClientError as exc:
             raise _missing_or(exc, key) from None
         return response["Body"].read()
+
+    def size(self, key: str) -> int:
+        """Bytes stored under a key; ArtifactMissing when there is none."""
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))["ContentLength"]
+        except ClientError as exc:
+            raise _missing_or(exc, key) from None
+
+    def iter_chunks(self, key: str, chunk_size: int) -> Iterator[bytes]:
+        """The content under a key, piece by piece (for downloads larger than memory)."""
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"]
+        except ClientError as exc:
+            raise _missing_or(exc, key) from None
+        with body:
+            yield from body.iter_chunks(chunk_size)
 
     def download(self, key: str, destination: Path) -> None:
         """Download an object to a local path; the path appears only once the download is complete."""

@@ -114,3 +114,13 @@ def test_a_malformed_storage_url_is_refused_naming_the_setting(tuneboard_env, mo
     get_settings.cache_clear()
     with pytest.raises(ValueError, match="storage_url\n.*'minio://bucket' is not of the form s3://BUCKET/PREFIX"):
         storage.ping(get_settings())
+
+
+def test_size_and_chunks_of_a_large_object(settings):
+    data = os.urandom(2_500_000)
+    storage.save_bytes(settings, "jobs/j/adapter/adapter_model.safetensors", data)
+    assert storage.size(settings, "jobs/j/adapter/adapter_model.safetensors") == len(data)
+    chunks = list(storage.iter_chunks(settings, "jobs/j/adapter/adapter_model.safetensors", 1024 * 1024))
+    assert [len(c) for c in chunks][:2] == [1024 * 1024, 1024 * 1024] and b"".join(chunks) == data
+    with pytest.raises(storage.ArtifactMissing):
+        storage.size(settings, "jobs/j/adapter/nothing.bin")

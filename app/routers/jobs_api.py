@@ -7,13 +7,11 @@ previous page, `has_more` says whether another page follows. Creating honours an
 
 from __future__ import annotations
 
-import io
 import re
-import zipfile
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import Text, cast, or_, select
 from sqlalchemy.orm import Session
@@ -28,6 +26,7 @@ from app.job_views import checkpoint_object, checkpoint_steps_metrics, event_obj
 from app.launch import LaunchError, launch
 from app.models import METRIC_FIELDS, Checkpoint, Event, Job, Metric
 from app.settings import get_settings
+from app.zip_stream import stream_zip
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 ERRORS = {400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}, 422: {"model": ErrorEnvelope}}
@@ -262,18 +261,18 @@ def download_adapter(job_id: str, session: SessionDep, principal: PrincipalDep, 
         return error_response(404, f"Job {job_id} has no adapter (status {job.status}).", param="fine_tuning_job_id",
                               code="adapter_not_available")
     settings = get_settings()
+    names = [file] if file else list(ADAPTER_FILES)
     try:
-        contents = {name: storage.read_bytes(settings, f"{job.adapter_key}/{name}")
-                    for name in ([file] if file else ADAPTER_FILES)}
+        sizes = {name: storage.size(settings, f"{job.adapter_key}/{name}") for name in names}
     except storage.ArtifactMissing as exc:
         return error_response(404, f"Job {job_id}'s adapter is recorded but {exc.key} is missing from the artifact "
                               "store.", param="fine_tuning_job_id", code="adapter_missing")
+    # Streamed from the store: a large model's adapter can be gigabytes.
     if file:
-        return Response(contents[file], media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="{file}"'})
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for name, content in contents.items():
-            archive.writestr(name, content)
-    return Response(buffer.getvalue(), media_type="application/zip",
-                    headers={"Content-Disposition": f'attachment; filename="{job_id}-adapter.zip"'})
+        return StreamingResponse(storage.iter_chunks(settings, f"{job.adapter_key}/{file}"),
+                                 media_type="application/octet-stream",
+                                 headers={"Content-Disposition": f'attachment; filename="{file}"',
+                                          "Content-Length": str(sizes[file])})
+    entries = ((name, storage.iter_chunks(settings, f"{job.adapter_key}/{name}")) for name in names)
+    return StreamingResponse(stream_zip(entries), media_type="application/zip",
+                             headers={"Content-Disposition": f'attachment; filename="{job_id}-adapter.zip"'})
