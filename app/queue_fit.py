@@ -8,14 +8,22 @@ from __future__ import annotations
 from app.training.advice import Advice
 from app.worker_registry import WorkerInfo
 
-_SHRINK = "lower the batch size or sequence length, turn on gradient checkpointing, or load the base in 4-bit"
+
+def _ways_to_shrink(gradient_checkpointing: bool, precision: str) -> str:
+    ways = ["lower the batch size or sequence length"]
+    if not gradient_checkpointing:
+        ways.append("turn on gradient checkpointing")
+    if precision != "4bit":
+        ways.append("load the base in 4-bit")
+    return ", ".join(ways[:-1]) + f", or {ways[-1]}" if len(ways) > 1 else ways[0]
 
 
 def _gib(value: int) -> str:
     return f"{value / 1024**3:.1f} GiB"
 
 
-def queue_memory_advice(queue: str, workers: list[WorkerInfo], memory_total: int) -> Advice | None:
+def queue_memory_advice(queue: str, workers: list[WorkerInfo], memory_total: int, *,
+                        gradient_checkpointing: bool, precision: str) -> Advice | None:
     """A warning beside the queue field when the estimate does not fit (some of) its workers' GPUs."""
     gpus = [w for w in workers if w.gpu_memory_bytes]
     if not workers:
@@ -31,7 +39,8 @@ def queue_memory_advice(queue: str, workers: list[WorkerInfo], memory_total: int
     where = f"{smallest.device} ({_gib(smallest.gpu_memory_bytes)}) on {smallest.hostname}"
     if len(too_small) == len(gpus):
         message = (f"The memory estimate, {_gib(memory_total)}, does not fit queue {queue!r}: its largest GPU is "
-                   f"{_gib(max(w.gpu_memory_bytes for w in gpus))}. Pick a queue with a larger GPU, or {_SHRINK}.")
+                   f"{_gib(max(w.gpu_memory_bytes for w in gpus))}. Pick a queue with a larger GPU, or "
+                   f"{_ways_to_shrink(gradient_checkpointing, precision)}.")
     else:
         message = (f"The memory estimate, {_gib(memory_total)}, fits {len(gpus) - len(too_small)} of {len(gpus)} "
                    f"GPU workers on queue {queue!r}; it does not fit {where}, which may take the job and run out "

@@ -88,7 +88,9 @@ def _context(state: forms.FormState, settings: Settings, principal: Principal, *
 def _add_queue_advice(context: dict, values: dict, settings: Settings) -> None:
     chosen = str(values.get("queue") or settings.default_queue)
     workers = next((q["workers"] for q in context["queues"] if q["name"] == chosen), [])
-    advice = queue_memory_advice(chosen, workers, context["result"].memory.total)
+    knobs = context["result"].memory
+    advice = queue_memory_advice(chosen, workers, knobs.total, precision=knobs.precision,
+                                 gradient_checkpointing=bool(values.get("gradient_checkpointing")))
     if advice is not None:
         context["result"].warnings.append(advice)
 

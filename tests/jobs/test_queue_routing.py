@@ -13,9 +13,11 @@ import stat
 
 import pytest
 from fastapi.testclient import TestClient
+from playwright.sync_api import expect
 
 from app import streams, worker_registry
 from tests.jobs.helpers import chat_records, launch, upload, wait_for_inventory, wait_until_finished
+from tests.service_fixtures import signed_in_context
 from tests.web.conftest import wait_until
 from tests.web.test_pages import HX, form, messages_beside
 
@@ -81,3 +83,25 @@ def test_a_run_too_big_for_the_queue_gpus_is_warned_beside_the_queue(client, fle
                            "queue").strip() == ""
     small_run = form(queue="gpu-24g")  # SmolLM2-135M fits anywhere
     assert messages_beside(client.post("/estimate", data=small_run, headers=HX).text, "queue").strip() == ""
+
+
+@pytest.mark.browser
+def test_the_queue_warning_follows_the_form_in_the_browser(browser, live_server, account, fleet, tmp_path):
+    context = signed_in_context(browser, live_server.url, account, viewport={"width": 1400, "height": 1100})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto("/")
+    page.wait_for_selector("#peft-line")
+    warning = page.locator("#msg-queue")
+    page.select_option("#queue", "gpu-24g")
+    page.fill("input[name=sequence_length]", "16384")  # SmolLM2-135M at 16k tokens x 4: about 35 GiB
+    expect(warning).to_contain_text("does not fit queue 'gpu-24g': its largest GPU is 22.5 GiB")
+    page.locator("#launch-card").screenshot(path=str(tmp_path / "queue-warning.png"))
+    page.select_option("#queue", "gpu-80g")
+    expect(warning).to_have_text("")
+    page.fill("input[name=sequence_length]", "32768")  # about 69 GiB: still fits 79.6 GiB
+    expect(page.locator("#memory-total")).to_have_text("69 GiB")
+    expect(warning).to_have_text("")
+    assert not problems, problems
+    context.close()
