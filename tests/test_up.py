@@ -189,3 +189,31 @@ def test_with_an_external_redis_and_database_up_starts_only_the_web_app_and_a_wo
         if up.process.poll() is None:
             up.process.kill()
     assert not (tmp_path / "data" / "tuneboard.db").exists()  # the configured database was used instead
+
+
+def test_two_installs_with_their_own_data_dirs_and_ports_run_side_by_side(tmp_path):
+    installs = []
+    for name in ("first", "second"):
+        folder = tmp_path / name
+        folder.mkdir()
+        port = free_port()
+        installs.append((folder, port, UpProcess(folder, _fresh_env(), "--port", str(port))))
+    try:
+        trees = []
+        for folder, port, up in installs:
+            up.wait_for_line(r"Tuneboard is running at")
+            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+            assert ready.status_code == 200, ready.text  # its own database, Redis and artifact folder answer
+            assert (folder / "data" / "tuneboard.db").is_file() and (folder / "data" / "redis").is_dir()
+            trees.append(_process_tree(up.process.pid))
+        redis_commands = [c for tree in trees for c in _command_lines(tree) if "redis-server" in c]
+        assert len(redis_commands) == 2 and redis_commands[0] != redis_commands[1]  # two Redis, two ports
+        for _folder, _port, up in installs:
+            up.process.send_signal(signal.SIGINT)
+        assert [up.process.wait(timeout=60) for _f, _p, up in installs] == [0, 0]
+    finally:
+        for _folder, _port, up in installs:
+            if up.process.poll() is None:
+                up.process.kill()
+    time.sleep(0.5)
+    assert [pid for tree in trees for pid in tree if _alive(pid)] == []
