@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -117,13 +116,6 @@ def test_any_form_expressible_config_round_trips(config):
 
 
 # The configuration page opened with ?clone=<job>.
-
-@pytest.fixture
-def client(tuneboard_env, account):
-    from app.main import create_app
-
-    with TestClient(create_app(), headers=account.headers, follow_redirects=False) as test_client:
-        yield test_client
 
 
 def field(html: str, name: str) -> str:

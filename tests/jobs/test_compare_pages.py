@@ -8,18 +8,9 @@ import re
 from html import unescape
 
 import pytest
-from fastapi.testclient import TestClient
 
 from app.job_compare import ABSENT, config_diff, flatten, parse_ids
 from tests.jobs.history_helpers import add_job, stored_file
-
-
-@pytest.fixture
-def client(tuneboard_env, account):
-    from app.main import create_app
-
-    with TestClient(create_app(), headers=account.headers, follow_redirects=False) as test_client:
-        yield test_client
 
 
 def diff_rows(html: str) -> dict[str, list[str]]:

@@ -7,7 +7,6 @@ import html
 import re
 
 import pytest
-from fastapi.testclient import TestClient
 
 from app.job_history import PAGE_SIZE
 from tests.jobs.history_helpers import SMOL, T0, add_job, stored_file
@@ -15,14 +14,6 @@ from tests.jobs.history_helpers import SMOL, T0, add_job, stored_file
 HX = {"HX-Request": "true"}
 DAY = 86_400
 
-
-@pytest.fixture
-def client(tuneboard_env, account):
-    """The app in-process, calling as Alice (admin of Alpha) with her API token."""
-    from app.main import create_app
-
-    with TestClient(create_app(), headers=account.headers, follow_redirects=False) as test_client:
-        yield test_client
 
 
 @pytest.fixture

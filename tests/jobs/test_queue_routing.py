@@ -12,7 +12,6 @@ import os
 import stat
 
 import pytest
-from fastapi.testclient import TestClient
 from playwright.sync_api import expect
 
 from app import streams, worker_registry
@@ -38,13 +37,6 @@ def _gpu_path(tmp_path, name: str, mib: int) -> str:
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return f"{folder}:{os.environ['PATH']}"
 
-
-@pytest.fixture
-def client(tuneboard_env, account):
-    from app.main import app
-
-    with TestClient(app, headers=account.headers) as test_client:
-        yield test_client
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import io
 import zipfile
 
 import pytest
-from fastapi.testclient import TestClient
 
 from tests.jobs.helpers import (
     all_events,
@@ -20,7 +19,6 @@ from tests.jobs.helpers import (
     metric_steps,
     upload,
     wait_for,
-    wait_for_inventory,
     wait_until_finished,
 )
 
@@ -31,18 +29,12 @@ TRAINING = {"batch_size": 4, "learning_rate": 5e-3, "sequence_length": 64, "prec
             "warmup_ratio": 0.0, "lr_scheduler": "constant"}
 
 
-@pytest.fixture
-def client(tuneboard_env, s3_bucket, account):
-    from app.main import app
-
-    with TestClient(app, headers=account.headers) as test_client:
-        yield test_client
 
 
-@pytest.fixture
-def model_dir(tiny_model_dir, tuneboard_env) -> str:
-    wait_for_inventory(str(tiny_model_dir), tuneboard_env.settings)
-    return str(tiny_model_dir)
+@pytest.fixture(autouse=True)
+def _artifacts_in_s3(s3_bucket):
+    """Every test here stores its artifacts in the S3 bucket, from before the app starts."""
+    return s3_bucket
 
 
 def _keys(s3_bucket, prefix: str) -> list[str]:

@@ -11,9 +11,6 @@ import io
 import time
 import zipfile
 
-import pytest
-from fastapi.testclient import TestClient
-
 from app import queue, streams
 from tests.jobs.helpers import (
     all_events,
@@ -22,7 +19,6 @@ from tests.jobs.helpers import (
     metric_steps,
     upload,
     wait_for,
-    wait_for_inventory,
     wait_until_finished,
 )
 
@@ -35,18 +31,6 @@ def _training(**overrides) -> dict:
     return {**base, **overrides}
 
 
-@pytest.fixture
-def client(tuneboard_env, account):
-    from app.main import app
-
-    with TestClient(app, headers=account.headers) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def model_dir(tiny_model_dir, tuneboard_env) -> str:
-    wait_for_inventory(str(tiny_model_dir), tuneboard_env.settings)
-    return str(tiny_model_dir)
 
 
 def test_job_trains_to_the_end_with_falling_loss_and_a_loadable_adapter(client, start_worker, model_dir, tmp_path):
