@@ -46,8 +46,8 @@ def _job_status(job_id: str, team_id: str) -> str | None:
         return job.status if job is not None and job.team_id == team_id else None
 
 
-async def _updates(request: Request, job_id: str, team_id: str, last_id: str,
-                   finished: bool) -> AsyncIterator[ServerSentEvent]:
+async def _updates(request: Request, job_id: str, team_id: str, last_id: str, finished: bool,
+                   after_step: int | None) -> AsyncIterator[ServerSentEvent]:
     client = _async_redis()
     key = streams.stream_key(job_id)
     while True:
@@ -67,6 +67,12 @@ async def _updates(request: Request, job_id: str, team_id: str, last_id: str,
             continue
         for entry in streams.decode(batch[0][1]):
             last_id = entry.id
+            if after_step is not None:
+                if entry.type == "rewind":
+                    # A resumed run logs the steps after its checkpoint again: those are new to the client.
+                    after_step = min(after_step, int(entry.data.get("step", 0)))
+                elif entry.type == "metric" and int(entry.data.get("step", after_step + 1)) <= after_step:
+                    continue  # the client has this step already (from the stored metrics)
             yield ServerSentEvent(data=_json(entry.data), event=entry.type, id=entry.id)
             if entry.type == "status" and entry.data.get("status") in TERMINAL_STATUSES:
                 finished = True
@@ -82,7 +88,10 @@ def _json(data: dict) -> str:
                              "description": "Events `metric`, `event`, `status`, `rewind`, then `end`."}})
 async def stream_job(request: Request, job_id: str, principal: PrincipalDep,
                      last_event_id: str | None = Header(None, alias="Last-Event-ID"),
-                     after: str | None = Query(None, description="Resume after this stream id.")):
+                     after: str | None = Query(None, description="Resume after this stream id."),
+                     after_step: int | None = Query(None, ge=-1, description=(
+                         "Leave out metric points up to this step, which the client already has (e.g. from "
+                         "`/metrics`); a `rewind` below it lowers the bar to the rewind's step."))):
     """Every update after Last-Event-ID (or `after`), then live ones until the job ends."""
     status = await run_in_threadpool(_job_status, job_id, principal.team.id)
     if status is None:
@@ -92,5 +101,5 @@ async def stream_job(request: Request, job_id: str, principal: PrincipalDep,
     if not _STREAM_ID.match(start):
         return error_response(400, f"Last-Event-ID {start!r} is not a stream id like 1712345678901-0",
                               param="Last-Event-ID", code="invalid_cursor")
-    updates = _updates(request, job_id, principal.team.id, start, status in TERMINAL_STATUSES)
+    updates = _updates(request, job_id, principal.team.id, start, status in TERMINAL_STATUSES, after_step)
     return EventSourceResponse(updates, ping=10, headers={"X-Accel-Buffering": "no"})

@@ -122,8 +122,14 @@
     }
   }
 
-  function connect() {
-    source = new EventSource(`${api}/stream`);
+  // Steps up to `afterStep` came from the stored metrics, so the stream leaves them out; `afterId` resumes
+  // after a stream entry. EventSource reconnects with the same URL, so the URL must stay right: after a
+  // rewind below afterStep the page reopens the stream with the lower bar.
+  function connect(afterStep, afterId) {
+    const query = new URLSearchParams();
+    if (afterStep !== null) query.set("after_step", afterStep);
+    if (afterId) query.set("after", afterId);
+    source = new EventSource(`${api}/stream?${query}`);
     source.addEventListener("metric", (e) => {
       const point = JSON.parse(e.data);
       merge(point);
@@ -135,6 +141,10 @@
       const { step } = JSON.parse(e.data);
       for (const s of [...points.keys()]) if (s > step) points.delete(s);
       scheduleDraw();
+      if (afterStep !== null && step < afterStep) {
+        source.close();
+        connect(step, e.lastEventId);
+      }
     });
     source.addEventListener("event", (e) => addEvent(JSON.parse(e.data)));
     source.addEventListener("status", (e) => onStatus(JSON.parse(e.data)));
@@ -146,10 +156,12 @@
     // selection (each bucket's first, last, lowest and highest point), which draws the same curve at chart
     // width for a fraction of the bytes (a 100,000-step run: 18 MB in 10 pages otherwise).
     const response = await fetch(`${api}/metrics?max_points=${HISTORY_POINTS}`);
-    if (response.ok) (await response.json()).data.forEach(merge);
+    const data = response.ok ? (await response.json()).data : [];
+    data.forEach(merge);
     const job = await (await fetch(api)).json();
     totalSteps = job.progress.total_steps;
     scheduleDraw();
+    return data.length ? data[data.length - 1].step : null; // the stream need not resend what came from here
   }
 
   document.addEventListener("click", async (event) => {
@@ -176,8 +188,8 @@
 
   // A job that had ended when the page was rendered has every point in the database and every event on the
   // page: replaying its stream would only resend them (up to the stream's cap, 200,000 entries).
-  loadHistory().then(() => {
+  loadHistory().then((lastStoredStep) => {
     if (TERMINAL.has(lastStatus)) page.dataset.streamEnded = "true";
-    else connect();
+    else connect(lastStoredStep, null);
   });
 })();

@@ -57,3 +57,58 @@ def test_live_curve_survives_a_reload_and_ends_complete(browser, live_server, st
     if shots:
         page.screenshot(path=os.path.join(shots, "job.png"), full_page=True)
     context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_resume_while_the_page_is_open_replaces_the_lost_steps(browser, live_server, tuneboard_env, account):
+    """The page has steps 1..44 from the database and 45 from the stream when the worker dies; the job resumes
+    from checkpoint 40 and logs 41.. again: the chart must show the new attempt's points, once each."""
+    from app import jobs, streams
+    from app.db import new_session
+    from app.models import DataFile, Job, Metric
+
+    with new_session() as session:
+        data_file = DataFile(filename="t.jsonl", bytes=1, format="chat", examples=1, storage_key="datasets/t",
+                             team_id=account.team_id)
+        session.add(data_file)
+        session.flush()
+        job = Job(model="tiny", queue="q", config={}, training_file_id=data_file.id, status="running",
+                  team_id=account.team_id, total_steps=60)
+        session.add(job)
+        session.flush()
+        session.add_all(Metric(job_id=job.id, step=s, loss=1.0) for s in range(1, 45))
+        session.commit()
+        job_id = job.id
+    redis = streams.get_redis()
+    for step in range(1, 46):
+        streams.publish(redis, job_id, "metric", {"step": step, "loss": 1.0}, max_len=1000)
+
+    context = signed_in_context(browser, live_server.url, account, viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    streams_opened: list[str] = []
+    page.on("request", lambda request: streams_opened.append(request.url) if "/stream" in request.url else None)
+    page.goto(f"/jobs/{job_id}")
+    page.wait_for_function("() => window.tuneboardJob && window.tuneboardJob.steps().length === 45")
+    assert streams_opened[0].endswith("/stream?after_step=44")  # 1..44 came from the database
+
+    streams.publish(redis, job_id, "rewind", {"step": 40}, max_len=1000)
+    for step in range(41, 61):
+        streams.publish(redis, job_id, "metric", {"step": step, "loss": 0.5}, max_len=1000)
+    page.wait_for_function("() => window.tuneboardJob.steps().length === 60")
+    assert page.evaluate("() => window.tuneboardJob.steps()") == list(range(1, 61))
+    losses = page.evaluate("() => [...window.tuneboardJob.points.values()].map((p) => [p.step, p.loss])")
+    assert sorted(losses) == [[s, 1.0] for s in range(1, 41)] + [[s, 0.5] for s in range(41, 61)]
+    # Reopened below the rewind, so an automatic reconnect from here would not skip the replaced steps.
+    assert "after_step=40&after=" in streams_opened[-1]
+
+    with new_session() as session:
+        job = session.get(Job, job_id)
+        job.status = "succeeded"
+        session.commit()
+        jobs.publish_status(redis, job)
+    page.wait_for_function("() => document.getElementById('job-page').dataset.streamEnded === 'true'")
+    assert not problems, problems
+    context.close()

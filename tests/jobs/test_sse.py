@@ -91,3 +91,29 @@ def test_stream_of_unknown_job_is_404_and_bad_cursor_is_400(live_server, account
                          headers={"Last-Event-ID": "yesterday", **account.headers}, timeout=10)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "Last-Event-ID"
+
+
+def test_after_step_leaves_out_stored_steps_but_resends_what_a_rewind_replaces(live_server, account):
+    job_id = _job(account, status="succeeded")
+    client = streams.get_redis()
+    for step in range(1, 46):  # the first attempt, lost after step 45
+        streams.publish(client, job_id, "metric", {"step": step, "loss": 1.0}, max_len=1000)
+    streams.publish(client, job_id, "rewind", {"step": 40}, max_len=1000)  # resumed from checkpoint 40
+    for step in range(41, 61):
+        streams.publish(client, job_id, "metric", {"step": step, "loss": 0.5}, max_len=1000)
+    streams.publish(client, job_id, "metric", {"step": 61, "loss": 0.4}, max_len=1000)
+
+    def received(after_step: int) -> list[tuple[str, int]]:
+        with httpx.stream("GET", f"{live_server.url}/v1/fine_tuning/jobs/{job_id}/stream", timeout=10,
+                          params={"after_step": after_step}, headers=account.headers) as response:
+            return [(e["event"], json.loads(e["data"]).get("step")) for e in _events(response.iter_lines(), 500)
+                    if e["event"] in ("metric", "rewind")]
+
+    # The page holds steps 1..30 from /metrics: the stream sends 31..45, the rewind, then 41..61 again.
+    assert received(30) == [("metric", s) for s in range(31, 46)] + [("rewind", 40)] + \
+        [("metric", s) for s in range(41, 62)]
+    # It holds 1..55 (the second attempt's, flushed): only the rewind's replacement steps and what is newer.
+    assert received(55) == [("rewind", 40)] + [("metric", s) for s in range(41, 62)]
+    bad = httpx.get(f"{live_server.url}/v1/fine_tuning/jobs/{job_id}/stream", params={"after_step": "x"},
+                    headers=account.headers, timeout=10)
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "after_step"
