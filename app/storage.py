@@ -165,6 +165,8 @@ def publish_dir(settings: Settings, path: Path) -> str:
 
 
 def discard_work(settings: Settings, key: str) -> None:
-    """Drop the local working copy of a job's files once they are stored elsewhere."""
+    """Drop the local copies of a job's files (its work folder, a downloaded checkpoint) once they are stored
+    elsewhere, so a worker host's disk does not fill with every job it ever ran."""
     if is_remote(settings):
         shutil.rmtree(work_dir(settings, key), ignore_errors=True)
+        shutil.rmtree(_cache_path(settings, key), ignore_errors=True)

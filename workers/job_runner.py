@@ -92,6 +92,8 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
             if claimed.resume_from is not None:
                 # From the store, so an attempt on another machine resumes where the last one stopped.
                 resume_from = storage.local_dir(settings, claimed.resume_from.storage_key)
+                log.info("job %s: resuming from %s, fetched from %s", job_id, claimed.resume_from.storage_key,
+                         storage.get_store(settings).describe())
             train_examples, eval_examples = _datasets(settings, job, config, session)
             run = TrainingRun(
                 job_id=job_id, config=config, train_examples=train_examples, eval_examples=eval_examples,

@@ -85,13 +85,16 @@ def test_a_job_resumes_on_a_second_worker_from_the_checkpoint_the_first_stored(c
     assert f"jobs/{job['id']}/checkpoints/checkpoint-{last_checkpoint}/trainer_state.json" in _keys(s3_bucket, "jobs/")
 
     second_dir = tmp_path / "host-b"
-    start_worker(name="rescuer", TUNEBOARD_DATA_DIR=str(second_dir))
+    rescuer = start_worker(name="rescuer", TUNEBOARD_DATA_DIR=str(second_dir))
     job = wait_until_finished(client, job["id"], timeout=240)
     assert job["status"] == "succeeded", job["error"]
     assert job["attempts"] == 2 and job["worker"].startswith("rescuer@")
     messages = [e["message"] for e in all_events(client, job["id"])]
     assert any(f"resuming at step {last_checkpoint}" in m for m in messages), messages
     assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 81))
-    # The second host had never seen the checkpoint: it downloaded it from the store.
-    downloaded = second_dir / "scratch" / "cache" / "jobs" / job["id"] / "checkpoints" / f"checkpoint-{last_checkpoint}"
-    assert (downloaded / "trainer_state.json").is_file()
+    # The second host had never seen the checkpoint: it fetched it from the store, and dropped its copies after.
+    bucket = s3_bucket[1]
+    assert (f"resuming from jobs/{job['id']}/checkpoints/checkpoint-{last_checkpoint}, fetched from "
+            f"s3://{bucket}/artifacts") in rescuer.log()
+    assert not (second_dir / "scratch" / "cache" / "jobs" / job["id"]).exists()
+    assert not (second_dir / "scratch" / "work" / "jobs" / job["id"]).exists()
