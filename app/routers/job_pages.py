@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from app import job_labels
 from app.auth import PrincipalDep, team_scoped
 from app.db import SessionDep
+from app.job_views import checkpoint_steps_metrics
 from app.models import Checkpoint, DataFile, Event, Job, User
 from app.templating import templates, wants_fragment
 
@@ -35,10 +36,14 @@ def _context(session: Session, job: Job) -> dict:
     events = list(reversed(session.scalars(
         select(Event).where(Event.job_id == job.id).order_by(Event.id.desc()).limit(EVENTS_SHOWN)).all()))
     creator = session.get(User, job.created_by) if job.created_by else None
+    checkpoints = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id).order_by(Checkpoint.step)).all()
+    # A checkpoint's losses are the ones logged at its step (the API's checkpoint objects use the same).
+    logged = checkpoint_steps_metrics(session, job.id, [c.step for c in checkpoints])
     return {
         "job": job, "events": events, "launched_by": creator.email if creator else None,
-        "checkpoints": session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id)
-                                       .order_by(Checkpoint.step)).all(),
+        "checkpoints": [{"step": c.step, "created_at": c.created_at,
+                         "loss": logged.get(c.step, {}).get("train_loss"),
+                         "eval_loss": logged.get(c.step, {}).get("full_valid_loss")} for c in checkpoints],
         "training_file": session.get(DataFile, job.training_file_id),
         "validation_file": session.get(DataFile, job.validation_file_id) if job.validation_file_id else None,
         "config_yaml": yaml.safe_dump(job.config, sort_keys=False),

@@ -51,6 +51,14 @@ def test_the_page_shows_launcher_estimate_artifacts_and_clone(client, job, make_
     assert "lora_alpha: 16" in html  # the full config
 
 
+def test_checkpoints_show_the_losses_logged_at_their_step(client, account):
+    curve = [round(2.0 - step / 100, 4) for step in range(1, 101)]
+    job = add_job(account, stored_file(account), losses=curve, eval_every=50, checkpoints=[50, 100])
+    rows = re.findall(r'<tr data-step="(\d+)"><td>step \d+</td><td>[^<]*</td>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>',
+                      client.get(f"/jobs/{job.id}").text)
+    assert rows == [("50", "1.5000", "1.6000"), ("100", "1.0000", "1.1000")]
+
+
 def test_htmx_saves_notes_and_answers_the_block(client, job):
     response = client.post(f"/jobs/{job.id}/notes", data={"notes": "  Loss flat after step 80.\r\nTry r=32.  "},
                            headers=HX)
