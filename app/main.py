@@ -98,7 +98,11 @@ def _serve_schema(app: FastAPI, dependencies: list) -> None:
 
     @app.get("/docs", include_in_schema=False, dependencies=dependencies)
     def api_docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="Tuneboard API")
+        # Served from our own npm install, not a CDN: a self-hosted install may have no internet access.
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Tuneboard API",
+                                   swagger_js_url="/vendor/swagger-ui-dist/swagger-ui-bundle.js",
+                                   swagger_css_url="/vendor/swagger-ui-dist/swagger-ui.css",
+                                   swagger_favicon_url="/vendor/swagger-ui-dist/favicon-32x32.png")
 
 
 app = create_app()

@@ -265,3 +265,21 @@ def test_configuration_page_screenshot_has_nothing_cut_off(page, tmp_path, name,
     page.screenshot(path=out, full_page=True)
     assert 20_000 < out.stat().st_size < 400_000
     assert page.problems == []
+
+
+def test_api_docs_render_with_no_request_leaving_the_server(page, live_server):
+    outside: list[str] = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(live_server):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_this_server)
+    page.goto("/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Tuneboard 0.1.0")
+    expect(page.locator(".opblock-summary-path[data-path='/v1/fine_tuning/estimate']")).to_be_visible()
+    assert outside == []
+    assert not page.problems, page.problems
