@@ -483,3 +483,30 @@ def test_demo_model_from_the_packaged_gguf_trains(tmp_path):
     assert result.trainable_params == estimated.trainable_params
     assert sum(losses[s] for s in (6, 7, 8)) < sum(losses[s] for s in (1, 2, 3)) * 0.8
     assert all(math.isfinite(v) for v in losses.values())
+
+
+def test_a_loss_that_stops_being_finite_fails_the_run_at_once(tiny_dir, tmp_path):
+    # Weights that overflow make every loss NaN from the first step, as a diverged run's do.
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    for item in tiny_dir.iterdir():
+        if item.is_file():
+            (broken / item.name).write_bytes(item.read_bytes())
+    weights = load_file(broken / "model.safetensors")
+    name = next(n for n in weights if n.endswith("norm.weight"))
+    weights[name] = torch.full_like(weights[name], float("inf"))
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+
+    reporter = RecordingReporter()
+    with pytest.raises(TrainingFailure) as failure:
+        train(make_run(tiny_config(broken, max_steps=20, save_steps=5), tmp_path / "out", eval_examples=None),
+              reporter)
+    assert failure.value.code == "diverged"
+    assert failure.value.reason.startswith("The training loss became nan at step 1: the run diverged")
+    assert "Lower the learning rate (it was 0.01)" in failure.value.reason
+    assert [step for step, _, _ in reporter.logs] == [1]  # stopped there, not 19 steps later
+    assert "loss" not in reporter.logs[0][2]  # NaN is not JSON: the point carries no loss
+    json.dumps(reporter.logs[0][2], allow_nan=False)
+    assert reporter.checkpoints == []  # nothing worth resuming from

@@ -38,6 +38,9 @@ def training_arguments(
         "logging_strategy": "steps",
         "logging_steps": settings.logging_steps,
         "logging_first_step": True,  # a first point on the loss chart even with sparse logging
+        # Report a NaN or infinite loss as it is (the default hides it behind the window's average), so a
+        # diverged run is seen and stopped at once.
+        "logging_nan_inf_filter": False,
         "save_strategy": "steps",
         "save_steps": settings.save_steps,
         "eval_strategy": "steps" if has_eval else "no",

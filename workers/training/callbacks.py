@@ -54,6 +54,7 @@ class ReporterCallback(TrainerCallback):
         self.start_tokens = 0  # tokens already trained when this session began (a resumed checkpoint's count)
         self.last_metrics: dict[str, float] = {}  # latest value of every forwarded metric
         self.last_eval_step: int | None = None
+        self.diverged: tuple[int, float] | None = None  # (step, loss) where the training loss stopped being finite
         self.summary: dict[str, float] = {}  # Trainer's end-of-train log: train_runtime, train_loss, ...
         self._mark_tokens = 0
         self._mark_time = 0.0
@@ -102,8 +103,17 @@ class ReporterCallback(TrainerCallback):
             self.last_eval_step = state.global_step
         if not metrics:
             return
-        self.last_metrics.update({k: v for k, v in metrics.items() if math.isfinite(v) or k == "loss"})
-        self.reporter.on_log(step=state.global_step, epoch=float(state.epoch or 0.0), metrics=metrics)
+        loss = metrics.get("loss")
+        if loss is not None and not math.isfinite(loss) and self.diverged is None:
+            # Nothing after a NaN or infinite loss can recover: stop now rather than burn the GPU for the rest,
+            # and keep no checkpoint of the broken weights.
+            self.diverged = (state.global_step, loss)
+            control.should_training_stop = True
+            control.should_save = False
+        # NaN is not JSON, and a null point leaves a gap in the chart, which is what happened.
+        finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        self.last_metrics.update(finite)
+        self.reporter.on_log(step=state.global_step, epoch=float(state.epoch or 0.0), metrics=finite)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"

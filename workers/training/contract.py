@@ -15,8 +15,9 @@ from app.training.job_config import JobConfig
 if TYPE_CHECKING:
     from app.datasets import Example
 
-FailureCode = Literal["out_of_memory", "model_not_found", "dataset_problem", "unsupported"]
-FAILURE_CODES: frozenset[str] = frozenset({"out_of_memory", "model_not_found", "dataset_problem", "unsupported"})
+FailureCode = Literal["out_of_memory", "model_not_found", "dataset_problem", "unsupported", "diverged"]
+FAILURE_CODES: frozenset[str] = frozenset({"out_of_memory", "model_not_found", "dataset_problem", "unsupported",
+                                           "diverged"})
 
 
 class TrainingFailure(Exception):

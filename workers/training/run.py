@@ -154,6 +154,11 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
     output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     state = trainer.state
+    if callback.diverged is not None:
+        step, loss = callback.diverged
+        raise TrainingFailure(
+            "diverged", f"The training loss became {loss} at step {step}: the run diverged, and it was stopped "
+            f"there. Lower the learning rate (it was {settings.learning_rate:g}), add warmup, or check the data.")
     # A stop asked for on the very last step still produced the complete run: keep it as finished.
     stopped = callback.stop_requested and state.global_step < state.max_steps
     if eval_features is not None and not stopped and callback.last_eval_step != state.global_step:
