@@ -30,10 +30,14 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _any_free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _any_free_port(besides: int) -> int:
+    # The web port is not bound until uvicorn starts, after Redis: never hand it to Redis.
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            chosen = sock.getsockname()[1]
+        if chosen != besides:
+            return chosen
 
 
 def _fail(message: str) -> int:
@@ -98,11 +102,39 @@ def cmd_up(args: argparse.Namespace) -> int:
         children.stop_all()
 
 
+def _start_embedded_redis(settings, web_port: int, children) -> str:
+    """Start the embedded Redis as a child; returns its URL (RedisUnavailable says why it could not start)."""
+    from app.redis_server import RedisUnavailable, start_embedded_redis
+
+    configured = settings.embedded_redis_port
+    if configured is not None:
+        if not _port_free("127.0.0.1", configured):
+            raise RedisUnavailable(f"port {configured} for the embedded Redis is in use; set another "
+                                   "TUNEBOARD_EMBEDDED_REDIS_PORT, leave it unset, or set TUNEBOARD_REDIS_URL.")
+        candidates = [configured]
+    else:
+        # Another install's embedded Redis may hold the usual port: any free one will do, since every process
+        # that needs it is started here and told where it is. A second try covers a port taken between the
+        # check and the start.
+        usual = DEFAULT_EMBEDDED_REDIS_PORT
+        candidates = [usual if _port_free("127.0.0.1", usual) else _any_free_port(besides=web_port),
+                      _any_free_port(besides=web_port)]
+    for attempt, redis_port in enumerate(candidates, start=1):
+        try:
+            children.add("redis", start_embedded_redis(settings.embedded_redis_dir, redis_port,
+                                                       binary=settings.redis_server_binary))
+            return f"redis://127.0.0.1:{redis_port}/0"
+        except RedisUnavailable:
+            if attempt == len(candidates):
+                raise
+    raise AssertionError("unreachable")
+
+
 def _start_and_wait(settings, host: str, port: int, children) -> int:
     from app import storage
     from app.migrate import upgrade_database
     from app.model_inventories import worker_stack_installed
-    from app.redis_server import RedisUnavailable, start_embedded_redis
+    from app.redis_server import RedisUnavailable
     from app.supervisor import catch_stop_signals, wait_for_interrupt
 
     env = {**os.environ, "TUNEBOARD_DATA_DIR": str(settings.data_dir.resolve())}
@@ -115,21 +147,10 @@ def _start_and_wait(settings, host: str, port: int, children) -> int:
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback
         return _fail(f"cannot use the artifact store {storage.get_store(settings).describe()}: {exc}")
     if settings.redis_url is None:
-        redis_port = settings.embedded_redis_port
-        if redis_port is None:
-            # Another install's embedded Redis may hold the usual port: any free one will do, since every
-            # process that needs it is started here and told where it is.
-            redis_port = DEFAULT_EMBEDDED_REDIS_PORT if _port_free("127.0.0.1", DEFAULT_EMBEDDED_REDIS_PORT) \
-                else _any_free_port()
-        elif not _port_free("127.0.0.1", redis_port):
-            return _fail(f"port {redis_port} for the embedded Redis is in use; set another "
-                         "TUNEBOARD_EMBEDDED_REDIS_PORT, leave it unset, or set TUNEBOARD_REDIS_URL.")
         try:
-            children.add("redis", start_embedded_redis(settings.embedded_redis_dir, redis_port,
-                                                       binary=settings.redis_server_binary))
+            env["TUNEBOARD_REDIS_URL"] = _start_embedded_redis(settings, port, children)
         except RedisUnavailable as exc:
             return _fail(str(exc))
-        env["TUNEBOARD_REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
     if worker_stack_installed():
         children.start("worker", worker_command([settings.default_queue], "local"), env,
                        log=settings.data_dir / "worker.log")

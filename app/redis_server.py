@@ -8,6 +8,7 @@ under memory pressure. Must not import torch or `workers`.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -40,9 +41,24 @@ def redis_binary(configured: Path | None = None) -> Path:
     return Path(found)
 
 
+# Redis log lines start with "pid:role day month year time # " (or "* ", "- ", ". " by level).
+_LOG_PREFIX = re.compile(r"^\d+:[A-Z] .*?\d\d:\d\d:\d\d\.\d+ [#*.-] ")
+
+
+def _last_words(log: Path) -> str:
+    """Why redis-server stopped: its last two log lines without their prefixes (the cause, then "aborting")."""
+    if not log.exists():
+        return "no log"
+    lines = [_LOG_PREFIX.sub("", line) for line in log.read_text(errors="replace").strip().splitlines()[-2:]]
+    return "; ".join(lines) or "no log"
+
+
 def start_embedded_redis(directory: Path, port: int, *, timeout: float = 15.0,
                          binary: Path | None = None) -> subprocess.Popen:
-    """Start redis-server on 127.0.0.1:port with its files in directory; wait until it answers PING."""
+    """Start redis-server on 127.0.0.1:port with its files in directory; wait until it answers, itself.
+
+    Another Redis that took the port between the caller's check and this start would answer PING too, so
+    the answer counts only when it comes from the process started here (INFO's process_id)."""
     directory.mkdir(parents=True, exist_ok=True)
     command = [
         str(redis_binary(binary)), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory.resolve()),
@@ -55,13 +71,12 @@ def start_embedded_redis(directory: Path, port: int, *, timeout: float = 15.0,
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            log = directory / "redis.log"
-            reason = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
-            raise RedisUnavailable(f"embedded Redis exited at start: {(reason or ['no log'])[0]}")
+            raise RedisUnavailable(f"embedded Redis exited at start: {_last_words(directory / 'redis.log')}")
         try:
-            client.ping()
-            return process
+            if int(client.info("server")["process_id"]) == process.pid:
+                return process
         except redis.ConnectionError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     process.terminate()
     raise RedisUnavailable(f"embedded Redis did not answer on port {port} within {timeout:.0f} s")

@@ -193,16 +193,21 @@ def test_with_an_external_redis_and_database_up_starts_only_the_web_app_and_a_wo
 
 def test_two_installs_with_their_own_data_dirs_and_ports_run_side_by_side(tmp_path):
     installs = []
-    for name in ("first", "second"):
+    ports: set[int] = set()
+    while len(ports) < 2:  # two ports nobody holds, and not the same one twice
+        ports.add(free_port())
+    for name, port in zip(("first", "second"), sorted(ports), strict=True):
         folder = tmp_path / name
         folder.mkdir()
-        port = free_port()
         installs.append((folder, port, UpProcess(folder, _fresh_env(), "--port", str(port))))
     try:
         trees = []
         for folder, port, up in installs:
             up.wait_for_line(r"Tuneboard is running at")
-            ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10)
+            except httpx.HTTPError as exc:
+                pytest.fail(f"{folder.name}: /readyz {exc}; tuneboard up printed:\n" + "\n".join(up.lines))
             assert ready.status_code == 200, ready.text  # its own database, Redis and artifact folder answer
             assert (folder / "data" / "tuneboard.db").is_file() and (folder / "data" / "redis").is_dir()
             trees.append(_process_tree(up.process.pid))
