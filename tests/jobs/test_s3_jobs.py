@@ -77,7 +77,7 @@ def test_a_job_resumes_on_a_second_worker_from_the_checkpoint_the_first_stored(c
                                                                                model_dir, tmp_path):
     first = start_worker(name="doomed", TUNEBOARD_DATA_DIR=str(tmp_path / "host-a"))
     train = upload(client, chat_records())
-    job = launch(client, model_dir, train["id"], lora=LORA, training={**TRAINING, "max_steps": 80, "save_steps": 20})
+    job = launch(client, model_dir, train["id"], lora=LORA, training={**TRAINING, "max_steps": 160, "save_steps": 20})
     wait_for(client, job["id"], lambda j: j["progress"]["step"] >= 45, what="step 45")
     first.kill()
     last_checkpoint = max(c["step_number"] for c in
@@ -91,7 +91,7 @@ def test_a_job_resumes_on_a_second_worker_from_the_checkpoint_the_first_stored(c
     assert job["attempts"] == 2 and job["worker"].startswith("rescuer@")
     messages = [e["message"] for e in all_events(client, job["id"])]
     assert any(f"resuming at step {last_checkpoint}" in m for m in messages), messages
-    assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 81))
+    assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 161))
     # The second host had never seen the checkpoint: it fetched it from the store, and dropped its copies after.
     bucket = s3_bucket[1]
     assert (f"resuming from jobs/{job['id']}/checkpoints/checkpoint-{last_checkpoint}, fetched from "

@@ -217,6 +217,25 @@ def test_stop_keeps_a_checkpoint_and_resume_continues_exactly(full_run, tiny_dir
     assert resumed.trained_tokens == full_run.result.trained_tokens
 
 
+def test_resuming_from_the_last_steps_checkpoint_trains_nothing_more(full_run, tiny_dir, tmp_path):
+    # A worker that dies after writing the final checkpoint but before finishing leaves exactly this; the
+    # Trainer alone would take a 13th optimizer step before noticing max_steps.
+    from safetensors.torch import load_file
+
+    last = full_run.out / "checkpoints" / "checkpoint-12"
+    reporter = RecordingReporter()
+    result = train(make_run(tiny_config(tiny_dir), tmp_path, resume_from=last), reporter)
+    assert (result.global_step, result.total_steps, result.stopped) == (12, 12, False)
+    assert [step for step, _, _ in reporter.logs if step > 12] == []
+    assert any("already completes the run" in message for _, message in reporter.events)
+    saved, checkpointed = load_file(result.adapter_dir / "adapter_model.safetensors"), \
+        load_file(last / "adapter_model.safetensors")
+    assert saved.keys() == checkpointed.keys()
+    assert all(torch.equal(saved[name], checkpointed[name]) for name in saved)
+    assert result.final_metrics["loss"] == pytest.approx(full_run.reporter.losses()[12])
+    assert result.final_metrics["eval_loss"] > 0  # from the checkpoint's log history
+
+
 def test_stop_on_the_first_step_still_checkpoints(tiny_dir, tmp_path):
     reporter = RecordingReporter(stop_after=1)
     result = train(make_run(tiny_config(tiny_dir, max_steps=3), tmp_path, eval_examples=None), reporter)

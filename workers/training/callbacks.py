@@ -41,6 +41,13 @@ def _number(value: Any) -> float:
     return float(value.item() if hasattr(value, "item") else value)
 
 
+class RunAlreadyComplete(Exception):  # noqa: N818 - a signal, not an error
+    """Resumed from a checkpoint at the run's last step: there is nothing left to train.
+
+    Raised from on_train_begin, after the Trainer has restored the checkpoint's weights, because the Trainer
+    itself would take one more optimizer step before noticing that max_steps was reached."""
+
+
 class ReporterCallback(TrainerCallback):
     """Forwards Trainer progress to a Reporter and stops training when it asks."""
 
@@ -69,6 +76,8 @@ class ReporterCallback(TrainerCallback):
             total_steps=state.max_steps, trainable_params=self.trainable_params, all_params=self.all_params,
             device=self.device, resumed_from_step=state.global_step,
         )
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            raise RunAlreadyComplete()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self.stop_requested and self.reporter.should_stop():

@@ -62,6 +62,16 @@ def _tokenize(examples: list[Any], tokenizer: Any, run: TrainingRun, reporter: R
     return data
 
 
+def _last_logged(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    """The latest train and eval loss in a restored Trainer's log history."""
+    found: dict[str, float] = {}
+    for entry in reversed(log_history):
+        for key in ("loss", "eval_loss"):
+            if key not in found and isinstance(entry.get(key), (int, float)):
+                found[key] = float(entry[key])
+    return found
+
+
 def _wrap_with_lora(model: Any, run: TrainingRun) -> Any:
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -115,7 +125,7 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
     from workers.base_models import load_base
     from workers.tokenization import PaddingCollator
     from workers.training.arguments import training_arguments
-    from workers.training.callbacks import ReporterCallback, TuneboardTrainer
+    from workers.training.callbacks import ReporterCallback, RunAlreadyComplete, TuneboardTrainer
 
     settings = run.config.training
     resume_from = Path(run.resume_from) if run.resume_from else None
@@ -151,7 +161,14 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
     trainer.remove_callback(PrinterCallback)
     if resume_from is not None:
         reporter.on_event(f"Resuming from checkpoint {resume_from.name}.")
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        trainer_metrics = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None).metrics
+    except RunAlreadyComplete:
+        # The last attempt ended after its final checkpoint: that checkpoint's adapter is the result.
+        reporter.on_event(f"The checkpoint at step {trainer.state.global_step} already completes the run; "
+                          "nothing is trained again.")
+        trainer_metrics = {}
+        callback.last_metrics.update(_last_logged(trainer.state.log_history))
 
     state = trainer.state
     if callback.diverged is not None:
@@ -172,7 +189,7 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
         adapter_dir = run.adapter_dir
         reporter.on_event(f"Saved the adapter after {state.global_step} steps.")
 
-    runtime = float(callback.summary.get("train_runtime", output.metrics.get("train_runtime", 0.0)))
+    runtime = float(callback.summary.get("train_runtime", trainer_metrics.get("train_runtime", 0.0)))
     final = {k: v for k, v in callback.last_metrics.items() if k in ("loss", "eval_loss")}
     final["train_runtime"] = runtime
     if runtime > 0:
