@@ -1,7 +1,7 @@
 """The `tuneboard` command: `up` runs everything on this machine, `web` serves only the web app (a fleet's web
 container), `worker` joins a GPU host to the queue, `migrate` upgrades the database, `inventory` computes a
-model's module inventory; `submit` and `jobs` are the terminal client (app/client/, REST only). Must not
-import torch or `workers` (worker processes are started as `celery -A workers`).
+model's module inventory; `submit` and `jobs` are the terminal client (app/client/, REST only).
+Must not import torch or `workers` (worker processes are started as `celery -A workers`).
 """
 
 from __future__ import annotations
@@ -119,15 +119,18 @@ def _start_embedded_redis(settings, web_port: int, children) -> str:
         usual = DEFAULT_EMBEDDED_REDIS_PORT
         candidates = [usual if _port_free("127.0.0.1", usual) else _any_free_port(besides=web_port),
                       _any_free_port(besides=web_port)]
-    for attempt, redis_port in enumerate(candidates, start=1):
+
+    def start(redis_port: int) -> str:
+        children.add("redis", start_embedded_redis(settings.embedded_redis_dir, redis_port,
+                                                   binary=settings.redis_server_binary))
+        return f"redis://127.0.0.1:{redis_port}/0"
+
+    for redis_port in candidates[:-1]:
         try:
-            children.add("redis", start_embedded_redis(settings.embedded_redis_dir, redis_port,
-                                                       binary=settings.redis_server_binary))
-            return f"redis://127.0.0.1:{redis_port}/0"
+            return start(redis_port)
         except RedisUnavailable:
-            if attempt == len(candidates):
-                raise
-    raise AssertionError("unreachable")
+            pass  # taken since the check: the next candidate
+    return start(candidates[-1])
 
 
 def _start_and_wait(settings, host: str, port: int, children) -> int:

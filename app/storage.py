@@ -129,7 +129,7 @@ def local_dir(settings: Settings, prefix: str) -> Path:
         raise ArtifactMissing(prefix)
     root = _cache_path(settings, prefix)
     for item in objects:
-        target = settings.scratch_dir / "cache" / item.key
+        target = _cache_path(settings, item.key)
         if not target.is_file() or target.stat().st_size != item.size:
             store.download(item.key, target)
     return root
@@ -159,6 +159,8 @@ def publish_dir(settings: Settings, path: Path) -> str:
     """Store every file of a work folder under its key (nothing to copy with the local store); returns the key."""
     key = work_key(settings, path)
     store = get_store(settings)
+    if store.local_path(key) is not None:
+        return key  # the work folder is the store's own folder: already in place
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         store.put_file(f"{key}/{file.relative_to(path).as_posix()}", file)
     return key

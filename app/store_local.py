@@ -1,7 +1,7 @@
 """The artifact store on local disk: one folder (the data dir's `artifacts/` by default), keys as paths.
 
-Used by a single machine, or by several that share the folder over a network filesystem. Must not
-import torch or `workers`.
+Used by a single machine, or by several that share the folder over a network filesystem.
+Must not import torch or `workers`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ class LocalStore:
     def put_file(self, key: str, source: Path) -> None:
         """Store a local file's content under a key."""
         target = self.local_path(key)
-        if target.resolve() == source.resolve():
-            return  # written in place by the job itself
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
         os.close(fd)
