@@ -165,7 +165,9 @@ def _start_and_wait(settings, host: str, port: int, children) -> int:
     else:
         print("No worker started: the ML stack is not installed (pip install 'tuneboard[worker]').", flush=True)
     web = children.start("web", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host,
-                                 "--port", str(port), "--log-level", "warning"], env)
+                                 "--port", str(port), "--log-level", "warning",
+                                 # The app itself decides which proxies to believe (TUNEBOARD_TRUSTED_PROXIES).
+                                 "--no-proxy-headers"], env)
     if not _wait_http(f"http://{host}:{port}/healthz", web):
         return _fail("the web server did not start; see the messages above.")
     link = first_run_link(f"http://{host}:{port}")
@@ -192,7 +194,8 @@ def cmd_web(args: argparse.Namespace) -> int:
     shown_host = "localhost" if host in ("0.0.0.0", "::") else host
     if link := first_run_link(f"http://{shown_host}:{port}"):
         print(f"First start: sign in as the admin with this one-time link:\n    {link}", flush=True)
-    uvicorn.run("app.main:app", host=host, port=port)
+    # The app itself decides which proxies to believe (TUNEBOARD_TRUSTED_PROXIES), not uvicorn's default.
+    uvicorn.run("app.main:app", host=host, port=port, proxy_headers=False)
     return 0
 
 

@@ -10,6 +10,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app import metrics
 from app.api_errors import install_auth_handlers, install_error_handlers
@@ -76,6 +77,10 @@ def create_app() -> FastAPI:
     install_auth_handlers(app)
     app.state.metrics_registry, latency = metrics.make_registry(get_settings)
     app.add_middleware(metrics.RequestMetricsMiddleware, histogram=latency)
+    if settings.trusted_proxy_list:
+        # Added last, so it runs first: every later layer sees the client address and scheme the proxy saw.
+        # Only listed proxies are believed; anyone else could write X-Forwarded-For themselves.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
     # Probes and scrapers cannot sign in; /metrics has its own optional token.
     app.include_router(operations.router)
     app.include_router(auth_pages.router)

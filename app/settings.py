@@ -59,6 +59,23 @@ class Settings(BaseSettings):
         "text", description="text: readable lines (a laptop); json: one JSON object per line with job_id, team_id "
         "and, in the web app, an access line per request (a fleet's log collector).")
     log_level: str = Field("INFO", description="Level of the web app's logs (a worker takes Celery's --loglevel).")
+    metrics_public: bool = Field(
+        False, description="True: /metrics answers anyone (an admin's choice for a private network). False: it needs "
+        "the metrics token or a signed-in admin.")
+    queues: str = Field(
+        "", description="Comma-separated queue names jobs may be sent to besides the default queue and the queues "
+        "live workers serve (e.g. a GPU class whose workers are off for the night).")
+    trusted_proxies: str = Field(
+        "", description="Comma-separated addresses (or *) of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed, as uvicorn's forwarded_allow_ips; default: none, the peer is the client.")
+    model_roots: str = Field(
+        "", description="Comma-separated folders under which a local model directory may be named as a model id; "
+        "default: the data dir's models/ folder.")
+    max_json_body_bytes: int = Field(1024**2, ge=1024, description="Largest JSON (or form) request body accepted.")
+    max_streams_per_user: int = Field(
+        16, ge=1, description="Live job streams (SSE) one user may hold open at once in one web process.")
+    inventory_timeout_seconds: float = Field(
+        300.0, gt=0, description="Longest a model inventory may take to compute on the web host before it fails.")
     metrics_token: SecretStr | None = Field(
         None, description="Unset: /metrics is open, as Prometheus scrapers cannot sign in. Set: /metrics requires "
         "`Authorization: Bearer <token>` (Prometheus: `authorization: {credentials: <token>}` in the scrape job).")
@@ -73,6 +90,20 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not of the form s3://BUCKET/PREFIX "
                              "(leave it unset for the data dir's artifacts folder)")
         return value
+
+    @property
+    def trusted_proxy_list(self) -> list[str]:
+        return _comma_list(self.trusted_proxies)
+
+    @property
+    def extra_queue_list(self) -> list[str]:
+        return _comma_list(self.queues)
+
+    @property
+    def model_root_dirs(self) -> list[Path]:
+        """Folders a local model id may point into, resolved."""
+        roots = [Path(item) for item in _comma_list(self.model_roots)] or [self.data_dir / "models"]
+        return [root.resolve() for root in roots]
 
     @property
     def inventory_cache_dir(self) -> Path:
@@ -100,6 +131,10 @@ class Settings(BaseSettings):
     def effective_redis_url(self) -> str:
         """The configured Redis, or the embedded one on 127.0.0.1."""
         return self.redis_url or f"redis://127.0.0.1:{self.embedded_redis_port or DEFAULT_EMBEDDED_REDIS_PORT}/0"
+
+
+def _comma_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 @cache
