@@ -1,14 +1,17 @@
 """Users, teams, memberships, API tokens, browser sessions and one-time sign-in links.
 
 Functions take the session as a keyword and commit their own changes. Only digests of tokens are
-stored; the plaintext is returned once, to be shown once. Must not import torch or `workers`.
+stored; the plaintext is returned once, to be shown once. Access to a team comes only from a
+membership (pending invitations live in app/invitations.py and grant nothing). A user has at most one
+unused sign-in link, and it stops working once the user sets a password. Must not import torch or
+`workers`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app import credentials
@@ -16,6 +19,9 @@ from app.models import ApiToken, BrowserSession, Membership, SignInLink, Team, U
 
 SESSION_SECONDS = 14 * 24 * 3600
 LINK_SECONDS = 24 * 3600
+# A browser signed in by a one-time link (a new account, an operator's link for a forgotten password) may set a
+# password without the current one for this long; afterwards it is an ordinary session.
+PASSWORD_RESET_SECONDS = 3600
 ROLES = ("admin", "member")
 # Writing last_used_at on every API call would make each call a write; once a minute is enough to show.
 LAST_USED_RESOLUTION = 60.0
@@ -64,18 +70,48 @@ def create_user(session: Session, email: str, *, name: str = "", password: str |
     if password is not None and (problem := credentials.password_problem(password)):
         raise AccountError("password", problem)
     user = User(email=email, name=name or email.split("@")[0],
-                password_hash=credentials.hash_password(password) if password else None)
+                password_hash=credentials.hash_password(password) if password else None,
+                password_set_at=now() if password else None)
     session.add(user)
     session.commit()
     return user
 
 
-def set_password(session: Session, user: User, password: str) -> None:
-    """Replace a user's password."""
-    if problem := credentials.password_problem(password):
+def may_skip_current_password(session: Session, user: User, cookie: str | None) -> bool:
+    """Whether this browser may set the user's password without the current one: the account has none yet,
+    or the browser was signed in by a one-time link within the last hour."""
+    if user.password_hash is None:
+        return True
+    browser = _browser_session(session, cookie) if cookie else None
+    return browser is not None and browser.user_id == user.id and (browser.password_reset_until or 0) > now()
+
+
+def change_password(session: Session, user: User, new_password: str, *, current_password: str, cookie: str | None,
+                    revoke_tokens: bool = False) -> int:
+    """Set a new password, proving the current one unless `may_skip_current_password`; ends every other browser
+    session of the user (and, when asked, revokes their API tokens). Returns how many sessions ended."""
+    if not may_skip_current_password(session, user, cookie):
+        if not current_password:
+            raise AccountError("current_password", "enter your current password")
+        if not credentials.password_matches(current_password, user.password_hash):
+            raise AccountError("current_password", "the current password is wrong")
+    if problem := credentials.password_problem(new_password):
         raise AccountError("password", problem)
-    user.password_hash = credentials.hash_password(password)
+    browser = _browser_session(session, cookie) if cookie else None
+    keep = browser.id if browser is not None and browser.user_id == user.id else None
+    user.password_hash = credentials.hash_password(new_password)
+    user.password_set_at = now()
+    if keep is not None:
+        browser.password_reset_until = None
+    # Whoever else holds a session or a link of this user (the reason for a change, often) is out.
+    ended = session.execute(delete(BrowserSession).where(BrowserSession.user_id == user.id,
+                                                         BrowserSession.id != (keep or -1))).rowcount
+    session.execute(delete(SignInLink).where(SignInLink.user_id == user.id, SignInLink.used_at.is_(None)))
+    if revoke_tokens:
+        session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
+                        .values(revoked_at=now()))
     session.commit()
+    return ended
 
 
 def create_team(session: Session, name: str) -> Team:
@@ -92,7 +128,8 @@ def create_team(session: Session, name: str) -> Team:
 
 
 def set_membership(session: Session, user: User, team: Team, role: str) -> Membership:
-    """Add a user to a team, or change their role there."""
+    """Make a user a member of a team directly: a new team's creator, the first admin, an operator. Anyone else
+    joins by accepting an invitation (app/invitations.py)."""
     if role not in ROLES:
         raise AccountError("role", f"role must be one of {', '.join(ROLES)}")
     membership = session.get(Membership, (user.id, team.id))
@@ -103,6 +140,41 @@ def set_membership(session: Session, user: User, team: Team, role: str) -> Membe
         membership.role = role
     session.commit()
     return membership
+
+
+def admin_count(session: Session, team_id: str) -> int:
+    """How many admins a team has."""
+    return session.scalar(select(func.count()).select_from(Membership)
+                          .where(Membership.team_id == team_id, Membership.role == "admin"))
+
+
+def _keep_an_admin(session: Session, membership: Membership, team: Team, what: str) -> None:
+    if membership.role == "admin" and admin_count(session, team.id) <= 1:
+        raise AccountError("members", f"cannot {what} the last admin of {team.name}: make another member an "
+                                      "admin first")
+
+
+def change_role(session: Session, team: Team, user_id: str, role: str) -> None:
+    """Make a member of the team an admin or a member; the team always keeps one admin."""
+    if role not in ROLES:
+        raise AccountError("role", f"role must be one of {', '.join(ROLES)}")
+    membership = session.get(Membership, (user_id, team.id))
+    if membership is None:
+        raise AccountError("user", "that user is not a member of this team")
+    if role != "admin":
+        _keep_an_admin(session, membership, team, "demote")
+    membership.role = role
+    session.commit()
+
+
+def remove_member(session: Session, team: Team, user_id: str) -> None:
+    """Take a user out of the team (their jobs stay with it); the team always keeps one admin."""
+    membership = session.get(Membership, (user_id, team.id))
+    if membership is None:
+        raise AccountError("user", "that user is not a member of this team")
+    _keep_an_admin(session, membership, team, "remove")
+    session.delete(membership)
+    session.commit()
 
 
 def memberships(session: Session, user: User) -> list[tuple[Team, str]]:
@@ -171,17 +243,22 @@ def principal_for_token(session: Session, plaintext: str) -> Principal | None:
 
 # --- browser sessions and sign-in links ---------------------------------------------------------------
 
-def start_session(session: Session, user: User, team: Team | None = None) -> tuple[BrowserSession, str]:
-    """A new browser session in the given team (else the user's first); returns the row and the cookie value."""
-    if team is None:
+def start_session(session: Session, user: User, team: Team | None = None, *,
+                  from_link: bool = False) -> tuple[BrowserSession, str]:
+    """A new browser session in the given team if the user is a member there (else their first team); returns the
+    row and the cookie value. A session from a one-time link may reset the password for a while."""
+    if team is None or role_in(session, user, team.id) is None:
         teams = memberships(session, user)
         if not teams:
-            raise AccountError("team", f"{user.email} belongs to no team; ask an admin to add you to one")
+            raise AccountError("team", f"{user.email} belongs to no team; ask an admin to invite you to one")
         team = teams[0][0]
+    moment = now()
     plaintext = credentials.new_token()
     browser = BrowserSession(digest=credentials.digest(plaintext), user_id=user.id, team_id=team.id,
-                             csrf_token=credentials.new_token(), expires_at=now() + SESSION_SECONDS)
+                             csrf_token=credentials.new_token(), expires_at=moment + SESSION_SECONDS,
+                             password_reset_until=moment + PASSWORD_RESET_SECONDS if from_link else None)
     session.add(browser)
+    user.signed_in_at = moment
     session.commit()
     return browser, plaintext
 
@@ -212,7 +289,7 @@ def end_session(session: Session, cookie: str) -> None:
 
 
 def switch_team(session: Session, cookie: str, team_id: str) -> bool:
-    """Move a browser session to another of the user's teams."""
+    """Move a browser session to another team the user is a member of (an invitation is not enough)."""
     browser = _browser_session(session, cookie)
     if browser is None or role_in(session, session.get(User, browser.user_id), team_id) is None:
         return False
@@ -222,7 +299,11 @@ def switch_team(session: Session, cookie: str, team_id: str) -> bool:
 
 
 def create_sign_in_link(session: Session, user: User, team: Team) -> str:
-    """A one-time sign-in token for the user (first run, invitations); valid for a day."""
+    """A one-time sign-in token for the user, valid for a day; it replaces any unused earlier one.
+
+    Signing in as someone is the whole power of an account, so only these may call it: the first run, an
+    invitation that creates an account (app/invitations.py decides), and an operator's CLI."""
+    session.execute(delete(SignInLink).where(SignInLink.user_id == user.id, SignInLink.used_at.is_(None)))
     plaintext = credentials.new_token()
     session.add(SignInLink(digest=credentials.digest(plaintext), user_id=user.id, team_id=team.id,
                            expires_at=now() + LINK_SECONDS))
@@ -231,12 +312,18 @@ def create_sign_in_link(session: Session, user: User, team: Team) -> str:
 
 
 def use_sign_in_link(session: Session, plaintext: str) -> tuple[User, Team] | None:
-    """Spend a sign-in link once; None when unknown, used or expired."""
+    """Spend a sign-in link once; None when unknown, used, expired, or older than the user's password."""
     moment = now()
-    result = session.execute(update(SignInLink).where(SignInLink.digest == credentials.digest(plaintext),
-                                                      SignInLink.used_at.is_(None), SignInLink.expires_at > moment)
-                             .values(used_at=moment).returning(SignInLink.user_id, SignInLink.team_id)).first()
-    session.commit()
-    if result is None:
+    link = session.scalars(select(SignInLink).where(SignInLink.digest == credentials.digest(plaintext))).first()
+    if link is None or link.used_at is not None or link.expires_at <= moment:
         return None
-    return session.get(User, result.user_id), session.get(Team, result.team_id)
+    user = session.get(User, link.user_id)
+    if not user.is_active or (user.password_set_at is not None and link.created_at < user.password_set_at):
+        return None
+    # Spent with a conditional UPDATE: two browsers racing with one link, only one wins.
+    spent = session.execute(update(SignInLink).where(SignInLink.id == link.id, SignInLink.used_at.is_(None))
+                            .values(used_at=moment))
+    session.commit()
+    if spent.rowcount != 1:
+        return None
+    return user, session.get(Team, link.team_id)

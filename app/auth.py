@@ -99,6 +99,17 @@ async def admin_principal(principal: PrincipalDep) -> accounts.Principal:
 AdminDep = Annotated[accounts.Principal, Depends(admin_principal)]
 
 
+async def browser_principal(principal: PrincipalDep) -> accounts.Principal:
+    """The caller, signed in with a browser session: an API token acts in one team for scripts, and must not
+    reach what widens it (the account's password, joining other teams)."""
+    if principal.via != "session":
+        raise Forbidden("This needs you signed in with a browser; an API token cannot do it.")
+    return principal
+
+
+BrowserDep = Annotated[accounts.Principal, Depends(browser_principal)]
+
+
 def team_scoped(session: Session, model, object_id: str, principal: accounts.Principal):
     """The object with this id if it belongs to the caller's team, else None (as if it did not exist)."""
     found = session.get(model, object_id)

@@ -1,6 +1,7 @@
 """The `tuneboard` command: `up` runs everything on this machine, `web` serves only the web app (a fleet's web
-container), `worker` joins a GPU host to the queue, `migrate` upgrades the database, `inventory` computes a
-model's module inventory; `submit` and `jobs` are the terminal client (app/client/, REST only).
+container), `worker` joins a GPU host to the queue, `migrate` upgrades the database, `sign-in-link` prints a
+browser sign-in link for a user, `inventory` computes a model's module inventory; `submit` and `jobs` are the
+terminal client (app/client/, REST only).
 Must not import torch or `workers` (worker processes are started as `celery -A workers`).
 """
 
@@ -244,6 +245,33 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sign_in_link(args: argparse.Namespace) -> int:
+    """Print a one-time browser sign-in link for a user (a lost invitation link or a forgotten password)."""
+    from app import accounts, invitations
+    from app.db import new_session
+    from app.migrate import upgrade_database
+
+    upgrade_database()
+    settings = get_settings()
+    with new_session() as session:
+        user = accounts.find_user(session, args.user)
+        if user is None:
+            return _fail(f"no user {args.user}; invite them from the Team page first")
+        # Their teams first, then the teams that invited them: following the link accepts that invitation.
+        teams = [team for team, _ in accounts.memberships(session, user)]
+        teams += [team for _, team in invitations.pending_for_user(session, user)]
+        team = next((t for t in teams if args.team is None or t.name == args.team), None)
+        if team is None:
+            names = ", ".join(t.name for t in teams) or "none"
+            return _fail(f"{args.user} is neither in nor invited to team {args.team!r} (their teams: {names})")
+        token = accounts.create_sign_in_link(session, user, team)
+    base = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    print(f"{base}/login/link/{token}")
+    print(f"One-time link for {user.email} in {team.name}, valid for a day; it replaces any earlier link. Signed in "
+          "with it, they can set a new password within the hour without the old one.", file=sys.stderr)
+    return 0
+
+
 def cmd_migrate(_args: argparse.Namespace) -> int:
     """Upgrade the configured database to the newest schema."""
     from app.migrate import upgrade_database
@@ -319,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--team", help="team name (default: the user's first team)")
     create.add_argument("--name", default="cli", help="what the token is for")
     create.set_defaults(func=cmd_tokens_create)
+    link = commands.add_parser("sign-in-link", help="print a one-time browser sign-in link for a user")
+    link.add_argument("--user", required=True, help="the user's email")
+    link.add_argument("--team", help="team name (default: the user's first team, else the first that invited them)")
+    link.add_argument("--url", help="the address browsers reach Tuneboard at (default: http://HOST:PORT)")
+    link.set_defaults(func=cmd_sign_in_link)
     migrate = commands.add_parser("migrate", help="upgrade the database schema")
     migrate.set_defaults(func=cmd_migrate)
     inventory = commands.add_parser("inventory", help="compute a model's module inventory (needs torch)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -21,14 +22,17 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+@cache
+def _stand_in_hash() -> str:
+    """A hash of a random secret, with the same parameters as real ones, that nothing can match."""
+    return _hasher.hash(secrets.token_urlsafe(32))
+
+
 def password_matches(password: str, stored_hash: str | None) -> bool:
-    """Whether the password fits the stored hash (False for accounts without a password)."""
-    if not stored_hash:
-        # Spend the same effort as a real check so timing does not reveal which accounts exist.
-        _hasher.hash(password)
-        return False
+    """Whether the password fits the stored hash. An unknown account or one without a password (None) costs the
+    same one argon2 verification, against a stand-in hash, so timing does not tell which accounts exist."""
     try:
-        return _hasher.verify(stored_hash, password)
+        return _hasher.verify(stored_hash or _stand_in_hash(), password) and stored_hash is not None
     except (VerificationError, InvalidHashError):
         return False
 

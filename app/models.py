@@ -187,6 +187,11 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     name: Mapped[str] = mapped_column(String(200), default="")
     password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # When the current password was set: a sign-in link made before it no longer works.
+    password_set_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The last sign-in (link or password). Never signed in and no password: the account is still an unclaimed
+    # invitation, the only kind an invitation may carry a sign-in link for.
+    signed_in_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
@@ -202,13 +207,27 @@ class Team(Base):
 
 
 class Membership(Base):
-    """A user's role in a team: admin (manages members) or member."""
+    """A user's role in a team: admin (manages members) or member. Only an accepted invitation becomes one."""
 
     __tablename__ = "memberships"
 
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True)
     role: Mapped[str] = mapped_column(String(16), default="member")
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class TeamInvitation(Base):
+    """An invitation to a team that its user has not accepted yet: it grants nothing until then."""
+
+    __tablename__ = "team_invitations"
+    __table_args__ = (UniqueConstraint("team_id", "user_id", name="uq_team_invitations_team_user"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("inv"))
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    invited_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
@@ -240,10 +259,14 @@ class BrowserSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float, default=now)
     expires_at: Mapped[float] = mapped_column(Float)
+    # Started from a one-time link: until this time the session may set a password without the current one
+    # (a forgotten password, reset through an operator's link).
+    password_reset_until: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class SignInLink(Base):
-    """A one-time sign-in link (first run, invitations); only its digest is stored."""
+    """A one-time sign-in link (first run, a new account's invitation, an operator's CLI); only its digest is
+    stored. A user has at most one unused link; it stops working once the user sets a password after it."""
 
     __tablename__ = "sign_in_links"
 

@@ -17,11 +17,19 @@ from fastapi.testclient import TestClient
 from app.auth import current_principal
 from tests.jobs.helpers import chat_records, json_lines
 
-# Probes and scrapers cannot sign in; /metrics may be closed by TUNEBOARD_METRICS_TOKEN (tests/test_operations.py).
+# Probes and scrapers cannot sign in; /metrics checks its own token or an admin session (tests/security/test_exposure.py).
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/login"), ("POST", "/login"),
-          ("GET", "/login/link/{token}")}
+          ("GET", "/login/link/{token}"), ("POST", "/login/invitation")}
 ADMIN_ONLY = {("POST", "/team/invite"), ("POST", "/team/members/{user_id}/role"),
-              ("POST", "/team/members/{user_id}/remove")}
+              ("POST", "/team/members/{user_id}/remove"), ("POST", "/team/invitations/{invitation_id}/withdraw")}
+# What widens a caller's reach (the password, joining a team) needs a browser session: an API token is refused.
+BROWSER_ONLY = {("POST", "/account/password"), ("POST", "/account/invitations/{invitation_id}/accept"),
+                ("POST", "/account/invitations/{invitation_id}/decline"), ("POST", "/session/team")}
+
+
+def _needs_principal(dependant) -> bool:
+    """Whether current_principal is among a route's dependencies, at any depth (AdminDep, BrowserDep, ...)."""
+    return any(d.call is current_principal or _needs_principal(d) for d in dependant.dependencies)
 
 
 def route_table(app) -> list[tuple[str, str, bool]]:
@@ -36,8 +44,7 @@ def route_table(app) -> list[tuple[str, str, bool]]:
                 walk(route.original_router.routes, prefix + context.prefix, guarded)
             elif isinstance(route, APIRoute):
                 own = any(d.dependency is current_principal for d in route.dependencies)
-                params = {d.call for d in route.dependant.dependencies}
-                guarded = inherited or own or current_principal in params
+                guarded = inherited or own or _needs_principal(route.dependant)
                 rows.extend((method, prefix + route.path, guarded) for method in sorted(route.methods))
 
     walk(app.routes, "", False)
@@ -80,7 +87,8 @@ def world(tuneboard_env, account, make_user):
     with new_session() as session:
         token_id = session.query(ApiToken).filter_by(user_id=account.user_id).first().id
     values = {"job_id": job_id, "file_id": file_id, "token_id": token_id, "user_id": bob.user_id,
-              "model_id": "openai-community/gpt2", "token": "not-a-link"}
+              "model_id": "openai-community/gpt2", "token": "not-a-link", "invitation_id": "inv-none",
+              "team_id": account.team_id}
     return {"alice": account, "bob": bob, "carol": carol, "values": values, "secrets": {job_id, file_id}}
 
 
@@ -101,7 +109,7 @@ def _request(client: TestClient, method: str, path: str, values: dict):
         body = {"model": "openai-community/gpt2", "training_file": values["file_id"]}
         return client.request(method, url, json=body if path.endswith(("/jobs", "/estimate")) else None)
     form = {"model": "HuggingFaceTB/SmolLM2-135M", "role": "member", "email": "new@example.com", "name": "x",
-            "team_id": "team-none", "password": "a long enough password"}
+            "team_id": values["team_id"], "password": "a long enough password"}
     return client.request(method, url, data=form)
 
 
@@ -138,7 +146,7 @@ def test_route_answers_each_kind_of_caller_correctly(world, method, path):
 
     with TestClient(app, headers=world["bob"].headers, follow_redirects=False) as member:
         response = _request(member, method, path, values)
-    if (method, path) in ADMIN_ONLY:
+    if (method, path) in ADMIN_ONLY | BROWSER_ONLY:
         assert response.status_code == 403
     else:
         assert response.status_code not in (401, 403), f"a member was refused {path}: {response.text[:300]}"
@@ -146,6 +154,9 @@ def test_route_answers_each_kind_of_caller_correctly(world, method, path):
 
     with TestClient(app, headers=world["alice"].headers, follow_redirects=False) as admin:
         response = _request(admin, method, path, values)
+    if (method, path) in BROWSER_ONLY:
+        assert response.status_code == 403 and "signed in with a browser" in response.text
+        return
     assert response.status_code not in (401, 403), f"the admin was refused {path}: {response.text[:300]}"
     assert not _not_found(response), f"the admin could not see {path}: {response.text[:300]}"
 
