@@ -11,16 +11,28 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.training.pattern_cost import MAX_PATTERN_CHARS, MAX_PATTERN_ENTRIES
+
 ALL_LINEAR = "all-linear"
+
+# Module names (not patterns) in a list; a 70B model's every linear layer, named in full, fits.
+MAX_MODULE_NAMES = 4096
 
 PositiveRank = Annotated[int, Field(ge=1, description="LoRA rank; PEFT requires a positive integer.")]
 
 
 def _check_regex(value: str, field_name: str) -> None:
+    if len(value) > MAX_PATTERN_CHARS:
+        raise ValueError(f"{field_name} is {len(value):,} characters long; the limit is {MAX_PATTERN_CHARS}")
     try:
         re.compile(value)
     except re.error as exc:
         raise ValueError(f"{field_name} {value!r} is not a valid regular expression: {exc}") from None
+
+
+def _check_count(values, field_name: str, limit: int) -> None:
+    if len(values) > limit:
+        raise ValueError(f"{field_name} has {len(values):,} entries; the limit is {limit:,}")
 
 
 class LoraSettings(BaseModel):
@@ -54,13 +66,17 @@ class LoraSettings(BaseModel):
             if value.lower() != ALL_LINEAR or info.field_name == "exclude_modules":
                 _check_regex(value, info.field_name)
         elif isinstance(value, list):
+            _check_count(value, info.field_name, MAX_MODULE_NAMES)
             if any(not item.strip() for item in value):
                 raise ValueError(f"{info.field_name} entries must be non-empty module names")
+            if any(len(item) > MAX_PATTERN_CHARS for item in value):
+                raise ValueError(f"{info.field_name} entries must be at most {MAX_PATTERN_CHARS} characters long")
         return value
 
     @field_validator("modules_to_save")
     @classmethod
     def _save_names(cls, value: list[str] | None) -> list[str] | None:
+        _check_count(value or [], "modules_to_save", MAX_PATTERN_ENTRIES)
         for item in value or []:
             if not item.strip():
                 raise ValueError("modules_to_save entries must be non-empty module names")
@@ -70,8 +86,18 @@ class LoraSettings(BaseModel):
     @field_validator("rank_pattern", "alpha_pattern")
     @classmethod
     def _pattern_keys(cls, value: dict, info) -> dict:
+        _check_count(value, info.field_name, MAX_PATTERN_ENTRIES)
         for key in value:
             _check_regex(key, f"{info.field_name} key")
+        return value
+
+    @field_validator("layers_pattern")
+    @classmethod
+    def _layer_patterns(cls, value: list[str] | str | None) -> list[str] | str | None:
+        patterns = [value] if isinstance(value, str) else value or []
+        _check_count(patterns, "layers_pattern", MAX_PATTERN_ENTRIES)
+        for pattern in patterns:
+            _check_regex(pattern, "layers_pattern")
         return value
 
     @field_validator("layers_to_transform")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from app.training.inventory import ADAPTABLE_KINDS, Inventory, Module
 from app.training.lora_settings import LoraSettings
+from app.training.pattern_cost import PatternCheck, PatternTooCostly, check_cost
 
 _DEFAULT_LAYER_INDEX = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")
 
@@ -208,9 +209,32 @@ def _select_saved(
     return saved, unmatched
 
 
+def _pattern_checks(settings: LoraSettings, targets: frozenset[str] | str) -> list[PatternCheck]:
+    """Every regular expression PEFT will run for these settings, as it builds them."""
+    checks = []
+    if isinstance(targets, str):
+        checks.append(PatternCheck("target_modules", targets, targets, "fullmatch"))
+    if isinstance(settings.exclude_modules, str):
+        checks.append(PatternCheck("exclude_modules", settings.exclude_modules, settings.exclude_modules, "fullmatch"))
+    for entry in settings.modules_to_save or []:
+        checks.append(PatternCheck("modules_to_save", entry, rf"(^|.*\.){entry}($|\..*)", "match"))
+    for field in ("rank_pattern", "alpha_pattern"):
+        for key in getattr(settings, field):
+            checks.append(PatternCheck(field, key, rf"(.*\.)?({key})$", "match"))
+    layers = settings.layers_pattern
+    if settings.layers_to_transform is not None and layers:
+        for pattern in [layers] if isinstance(layers, str) else layers:
+            checks.append(PatternCheck("layers_pattern", pattern, rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", "match"))
+    return checks
+
+
 def select_modules(inventory: Inventory, settings: LoraSettings) -> Selection:
     """The modules LoRA adapts (with their rank and alpha) and the modules saved in full."""
     targets = resolve_targets(inventory, settings)
+    try:
+        check_cost(_pattern_checks(settings, targets), [m.name for m in inventory.modules if m.name])
+    except PatternTooCostly as exc:
+        raise EstimateError(exc.field, exc.message) from None
     is_excluded = _exclusion_matcher(settings)
     is_target = _target_matcher(targets, settings)
     rank_of = _pattern_lookup(settings.rank_pattern, settings.r)

@@ -1,0 +1,122 @@
+"""Regular expressions in LoRA settings have a bounded cost (issue 10, point 8).
+
+PEFT matches target_modules, exclude_modules, modules_to_save, rank_pattern and alpha_pattern with Python's
+`re`, which backtracks: `(?:.|.){0,21}X` took 3.6 s per estimate and longer forms minutes, holding a web
+thread (and later the worker) all that time. Patterns over the time budget answer 422 naming the field,
+fast, over HTTP on a real uvicorn server; the patterns people write keep PEFT's exact semantics.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import pytest
+
+from app.training.pattern_cost import MAX_PATTERN_CHARS, MAX_PATTERN_ENTRIES
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no database question here
+
+SMOL = "HuggingFaceTB/SmolLM2-135M"
+ISSUE_PATTERN = r"(?:.|.){0,21}X"
+# Longer and matching something real, so without the bound it is minutes of work followed by a 200.
+NASTIER = r"(?:.|..|.){0,40}X|.*\.q_proj"
+
+
+@pytest.fixture
+def api(live_server, account):
+    """An HTTP client for the live server, signed in with an API token; a short timeout stands for the user."""
+    with httpx.Client(base_url=live_server.url, headers=account.headers, timeout=20) as client:
+        yield client
+
+
+def _estimate(api, **lora) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = api.post("/v1/fine_tuning/estimate", json={"model": SMOL, "lora": lora})
+    return response, time.monotonic() - started
+
+
+def _assert_refused_quickly(response: httpx.Response, took: float, field: str) -> None:
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == f"lora.{field}"
+    assert "ms to match" in error["message"] and field in error["message"]
+    assert took < 3.0, f"refused only after {took:.1f} s"
+
+
+def test_issue_backtracking_target_regex_answers_422_naming_target_modules_quickly(api):
+    response, took = _estimate(api, target_modules=ISSUE_PATTERN)
+    _assert_refused_quickly(response, took, "target_modules")
+
+
+@pytest.mark.parametrize("field", ["target_modules", "exclude_modules", "modules_to_save", "rank_pattern",
+                                   "alpha_pattern"])
+def test_nastier_backtracking_pattern_in_each_field_answers_422_naming_it_quickly(api, field):
+    lora: dict = {"target_modules": ["q_proj", "v_proj"]}
+    if field == "target_modules":
+        lora["target_modules"] = NASTIER
+    elif field == "exclude_modules":
+        lora["exclude_modules"] = NASTIER
+    elif field == "modules_to_save":
+        lora["modules_to_save"] = [NASTIER]
+    else:
+        lora[field] = {NASTIER: 4}
+    response, took = _estimate(api, **lora)
+    _assert_refused_quickly(response, took, field)
+    # The server is not left busy: an ordinary estimate answers at once.
+    response, took = _estimate(api, target_modules=r".*\.(q_proj|v_proj)")
+    assert response.status_code == 200 and took < 3.0
+
+
+def test_overlong_pattern_and_too_many_patterns_are_422_naming_the_field(api):
+    response, _ = _estimate(api, target_modules=".*" + "a?" * MAX_PATTERN_CHARS)
+    assert response.status_code == 422 and response.json()["error"]["param"] == "lora.target_modules"
+    assert f"the limit is {MAX_PATTERN_CHARS}" in response.json()["error"]["message"]
+    many = {f"layers\\.{i}\\.": 4 for i in range(MAX_PATTERN_ENTRIES + 1)}
+    response, _ = _estimate(api, target_modules=["q_proj"], rank_pattern=many)
+    assert response.status_code == 422 and response.json()["error"]["param"] == "lora.rank_pattern"
+    assert f"the limit is {MAX_PATTERN_ENTRIES}" in response.json()["error"]["message"]
+
+
+REAL_PATTERNS = [
+    r".*\.(q_proj|v_proj)",
+    r"model\.layers\.\d+\.self_attn\.(q_proj|k_proj|v_proj|o_proj)",
+    r"^(?!.*layers\.0\.).*\.(q_proj|v_proj)$",  # a lookahead: every layer but the first
+    r".*layers\.(1[0-9]|2[0-3])\..*(gate|up|down)_proj",
+    r"(?:.*\.)?(?<!k_)(?:q|v)_proj",  # a lookbehind
+    r"(?i).*\.Q_PROJ",
+]
+
+
+RANK_KEY = r"layers\.1\d\.self_attn\.q_proj"
+
+
+@pytest.mark.parametrize("pattern", REAL_PATTERNS)
+def test_regex_targets_users_write_stay_exact(tuneboard_env, pattern):
+    """The adapted modules are exactly those `re.fullmatch` (PEFT's test) selects, and no budget refuses them."""
+    from app.model_inventories import get_inventory
+    from app.training.lora_settings import LoraSettings
+    from app.training.matching import select_modules
+
+    inventory = get_inventory(SMOL, tuneboard_env.settings)
+    selection = select_modules(inventory, LoraSettings(target_modules=pattern, rank_pattern={RANK_KEY: 4}))
+    expected = [m.name for m in inventory.modules if m.name and re.fullmatch(pattern, m.name)]
+    assert [a.module.name for a in selection.adapted] == expected
+    ranks = {a.module.name: a.r for a in selection.adapted}
+    assert all(ranks[n] == (4 if re.match(rf"(.*\.)?({RANK_KEY})$", n) else 8) for n in expected)
+
+
+def test_a_checked_pattern_is_not_checked_again(tuneboard_env):
+    """The verdict is cached per pattern and model, so a form re-estimating on every keystroke spawns nothing."""
+    from app.model_inventories import get_inventory
+    from app.training.lora_settings import LoraSettings
+    from app.training.matching import select_modules
+
+    inventory = get_inventory(SMOL, tuneboard_env.settings)
+    settings = LoraSettings(target_modules=r".*\.(q_proj|v_proj|unique_for_cache_test)")
+    select_modules(inventory, settings)
+    started = time.perf_counter()
+    for _ in range(20):
+        select_modules(inventory, settings)
+    assert (time.perf_counter() - started) / 20 < 0.005
