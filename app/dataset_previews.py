@@ -1,17 +1,22 @@
 """Dataset previews: the first rows rendered with the base model's chat template (trained tokens marked)
-and token counts, computed once per (file, model) by `python -m workers.dataset_preview` because that
-needs the model's tokenizer. Must not import torch or `workers`.
+and token counts, computed once per (file, model, loss_on) by `python -m workers.dataset_preview` because
+that needs the model's tokenizer. Must not import torch or `workers`.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
 
 from app import offloaded, storage
+from app.model_inventories import ModelSource, resolve_source
 from app.models import DataFile
+from app.safe_paths import inside
 from app.settings import Settings
-from app.training import catalog
+
+LossOn = Literal["assistant", "all"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,20 +28,23 @@ class Preview:
         return sum(count for length, count in self.data["token_lengths"] if length > sequence_length)
 
 
-def _cache_path(settings: Settings, data_file: DataFile, model: str, loss_on: str):
-    return settings.data_dir / "previews" / f"{data_file.id}--{catalog.slug(model)}--{loss_on}.json"
+def _cache_path(settings: Settings, data_file: DataFile, source: ModelSource, loss_on: LossOn) -> Path:
+    if loss_on not in get_args(LossOn):
+        raise ValueError(f"loss_on must be one of {', '.join(get_args(LossOn))}, not {loss_on!r}")
+    return inside(settings.data_dir / "previews", f"{data_file.id}--{source.cache_name}--{loss_on}.json")
 
 
-def get_preview(settings: Settings, data_file: DataFile, model: str, loss_on: str = "assistant") -> Preview:
-    """The cached preview, or offloaded.Pending / offloaded.Failed."""
-    out = _cache_path(settings, data_file, model, loss_on)
+def get_preview(settings: Settings, data_file: DataFile, model: str, loss_on: LossOn = "assistant") -> Preview:
+    """The cached preview, or offloaded.Pending / offloaded.Failed; InventoryUnavailable for an unknown model."""
+    source = resolve_source(model, settings)
+    out = _cache_path(settings, data_file, source, loss_on)
     command = ["-m", "workers.dataset_preview", "--file", str(storage.local_file(settings, data_file.storage_key)),
-               "--model", model, "--loss-on", loss_on, "--data-dir", str(settings.data_dir)]
+               "--model", source.model_id, "--loss-on", loss_on, "--data-dir", str(settings.data_dir)]
     if data_file.column_mapping:
         command += ["--column-mapping", json.dumps(data_file.column_mapping)]
-    return Preview(offloaded.cached_or_start(out, command))
+    return Preview(offloaded.cached_or_start(out, command, settings))
 
 
-def retry_preview(settings: Settings, data_file: DataFile, model: str, loss_on: str = "assistant") -> None:
+def retry_preview(settings: Settings, data_file: DataFile, model: str, loss_on: LossOn = "assistant") -> None:
     """Forget a failed preview so the next request computes it again."""
-    offloaded.forget_failure(_cache_path(settings, data_file, model, loss_on))
+    offloaded.forget_failure(_cache_path(settings, data_file, resolve_source(model, settings), loss_on))

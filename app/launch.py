@@ -33,7 +33,9 @@ def estimate_at_launch(config: JobConfig, examples: int, has_validation: bool, s
 
     try:
         inventory = get_inventory(config.model, settings)
-    except InventoryUnavailable:
+    except InventoryUnavailable as exc:
+        if exc.refused:  # an unknown model (or absurd config) is refused; one not computed yet is not
+            raise LaunchError("model", exc.message, status=exc.status, code=exc.code) from None
         return None
     knobs = TrainingKnobs(
         precision="4bit" if config.training.load_in_4bit else config.training.precision,

@@ -1,33 +1,46 @@
 """Finding a model's module inventory: committed for catalog models, computed once and cached otherwise.
 
-Computing needs torch, so it runs in a separate `python -m workers.inventory` process; the web app
-only starts it and reads the result. Must not import torch or `workers`.
+Computing needs torch, so it runs in a separate `python -m workers.inventory` process that `app.offloaded`
+queues (one at a time per host, with a time limit); the web app only asks for it and reads the result.
+Which model ids may name a local folder is `app.model_ids`'s rule. Must not import torch or `workers`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import re
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from app import offloaded
-from app.settings import Settings
+from app.model_ids import UnknownModel, resolve_model_id
+from app.safe_paths import inside
+from app.settings import Settings, get_settings
 from app.training import catalog
+from app.training.config_limits import FAILURE_PREFIX, ConfigTooLarge, check_config_size
 from app.training.inventory import Inventory, load_inventory
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# A config.json larger than this is not a config (real ones are a few kB).
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 class InventoryUnavailable(Exception):
-    """No inventory yet: `computing` is True while a worker process builds it, else `message` says why."""
+    """No inventory: `computing` is True while a worker process builds it, else `message` says why.
 
-    def __init__(self, model_id: str, message: str, *, computing: bool = False):
+    `refused` is True when the model itself is refused (unknown, or a config of absurd size), so launching
+    a job on it is refused too; otherwise the inventory is merely not known here yet.
+    """
+
+    def __init__(self, model_id: str, message: str, *, computing: bool = False, status: int = 404,
+                 code: str = "model_not_found", refused: bool = False):
         super().__init__(message)
         self.model_id = model_id
         self.message = message
         self.computing = computing
+        self.status = 202 if computing else status
+        self.code = "computing" if computing else code
+        self.refused = refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,28 +50,29 @@ class ModelSource:
     is_local: bool
 
 
-def _is_local(model_id: str) -> bool:
-    return model_id.startswith(("/", "./", "../", "~")) or Path(model_id).expanduser().is_dir()
+def resolve_source(model_id: str, settings: Settings | None = None) -> ModelSource:
+    """Validate a model id (hub id, or a model folder under a model root) and name its cache file."""
+    settings = settings or get_settings()
+    try:
+        ref = resolve_model_id(model_id, settings)
+    except UnknownModel as exc:
+        raise InventoryUnavailable(exc.model_id, exc.message, refused=True) from None
+    if ref.local_dir is None:
+        return ModelSource(ref.model_id, _short(catalog.slug(ref.model_id)), False)
+    try:
+        mtime_ns = (ref.local_dir / "config.json").stat().st_mtime_ns
+    except OSError:  # removed since the check a moment ago
+        raise InventoryUnavailable(model_id, UnknownModel(model_id).message, refused=True) from None
+    # The config's mtime is part of the key so an edited config is recomputed.
+    digest = hashlib.sha1(f"{ref.local_dir}:{mtime_ns}".encode()).hexdigest()[:12]
+    return ModelSource(str(ref.local_dir), f"local--{_short(ref.local_dir.name)}--{digest}", True)
 
 
-def resolve_source(model_id: str) -> ModelSource:
-    """Validate a model id or local directory and name its cache file."""
-    model_id = model_id.strip()
-    if _is_local(model_id):
-        directory = Path(model_id).expanduser().resolve()
-        config = directory / "config.json"
-        if not directory.is_dir():
-            raise InventoryUnavailable(model_id, f"{directory} is not a directory on the server.")
-        if not config.is_file():
-            raise InventoryUnavailable(model_id, f"{directory} has no config.json.")
-        # The config's mtime is part of the key so an edited config is recomputed.
-        digest = hashlib.sha1(f"{directory}:{config.stat().st_mtime_ns}".encode()).hexdigest()[:12]
-        return ModelSource(str(directory), f"local--{directory.name}--{digest}", True)
-    if not _HUB_ID.match(model_id) or ".." in model_id:
-        raise InventoryUnavailable(
-            model_id, f"{model_id!r} is neither a Hugging Face model id (org/name) nor a local directory."
-        )
-    return ModelSource(model_id, catalog.slug(model_id), False)
+def _short(name: str) -> str:
+    # Cache file names stay far below the 255-byte limit whatever the id's length.
+    if len(name.encode()) <= 120:
+        return name
+    return name.encode()[:80].decode(errors="ignore") + "--" + hashlib.sha1(name.encode()).hexdigest()[:12]
 
 
 def worker_stack_installed() -> bool:
@@ -66,15 +80,37 @@ def worker_stack_installed() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers", "peft"))
 
 
+def _check_local_config(source: ModelSource) -> None:
+    """Refuse a local config of absurd size before any process builds it (hub configs: the child checks)."""
+    config_file = Path(source.model_id) / "config.json"
+    try:
+        if config_file.stat().st_size > MAX_CONFIG_BYTES:
+            raise InventoryUnavailable(source.model_id, f"the model's config.json is larger than "
+                                       f"{MAX_CONFIG_BYTES:,} bytes; real configs are a few kB",
+                                       status=422, code="model_too_large", refused=True)
+        config = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return  # not for us to judge: the child reports what is wrong with it
+    if not isinstance(config, dict):
+        return
+    try:
+        check_config_size(config)
+    except ConfigTooLarge as exc:
+        raise InventoryUnavailable(source.model_id, str(exc), status=422, code="model_too_large",
+                                   refused=True) from None
+
+
 def get_inventory(model_id: str, settings: Settings) -> Inventory:
     """The inventory for a catalog id, a Hugging Face id or a local directory, or InventoryUnavailable."""
     entry = catalog.find(model_id)
     if entry is not None:
         return load_inventory(catalog.inventory_path(entry.id))
-    source = resolve_source(model_id)
+    source = resolve_source(model_id, settings)
     out = _cache_path(source, settings)
     if out.is_file():
         return load_inventory(out)
+    if source.is_local:
+        _check_local_config(source)
     if not worker_stack_installed():
         raise InventoryUnavailable(
             source.model_id,
@@ -82,16 +118,20 @@ def get_inventory(model_id: str, settings: Settings) -> Inventory:
             f"(torch, transformers, peft). Run `tuneboard inventory {source.model_id}` where it is installed.",
         )
     try:
-        offloaded.cached_or_start(out, ["-m", "workers.inventory", source.model_id])
+        offloaded.cached_or_start(out, ["-m", "workers.inventory", source.model_id], settings)
     except offloaded.Pending:
         raise InventoryUnavailable(source.model_id, "Computing the module inventory…", computing=True) from None
     except offloaded.Failed as exc:
-        raise InventoryUnavailable(source.model_id, f"Could not build the module inventory: {exc}") from None
+        reason = str(exc)
+        if reason.startswith(FAILURE_PREFIX):
+            raise InventoryUnavailable(source.model_id, reason.removeprefix(FAILURE_PREFIX).strip(), status=422,
+                                       code="model_too_large", refused=True) from None
+        raise InventoryUnavailable(source.model_id, f"Could not build the module inventory: {reason}") from None
     return load_inventory(out)
 
 
 def _cache_path(source: ModelSource, settings: Settings) -> Path:
-    return settings.inventory_cache_dir / f"{source.cache_name}.json"
+    return inside(settings.inventory_cache_dir, f"{source.cache_name}.json")
 
 
 def cached_inventory(model_id: str, settings: Settings) -> Inventory | None:
@@ -100,7 +140,7 @@ def cached_inventory(model_id: str, settings: Settings) -> Inventory | None:
     if entry is not None:
         return load_inventory(catalog.inventory_path(entry.id))
     try:
-        source = resolve_source(model_id)
+        source = resolve_source(model_id, settings)
     except InventoryUnavailable:
         return None
     out = _cache_path(source, settings)
@@ -109,4 +149,7 @@ def cached_inventory(model_id: str, settings: Settings) -> Inventory | None:
 
 def forget_failure(model_id: str, settings: Settings) -> None:
     """Drop a cached failure so the next request tries again (after the user fixed the cause)."""
-    offloaded.forget_failure(_cache_path(resolve_source(model_id), settings))
+    try:
+        offloaded.forget_failure(_cache_path(resolve_source(model_id, settings), settings))
+    except InventoryUnavailable:
+        pass  # an unknown model has no cached failure to forget

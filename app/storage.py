@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
+from app.safe_paths import inside
 from app.settings import Settings
 from app.store_keys import ArtifactMissing, StoredObject, safe_key
 from app.store_local import LocalStore
@@ -96,7 +97,7 @@ def ping(settings: Settings) -> None:
 
 
 def _cache_path(settings: Settings, key: str) -> Path:
-    return settings.scratch_dir / "cache" / safe_key(key)
+    return inside(settings.scratch_dir / "cache", safe_key(key))
 
 
 def local_file(settings: Settings, key: str) -> Path:
@@ -147,7 +148,7 @@ def _work_root(settings: Settings) -> Path:
 
 def work_dir(settings: Settings, key: str) -> Path:
     """The local folder where a job writes what is to be stored under key (with the local store, its final place)."""
-    return _work_root(settings) / safe_key(key)
+    return inside(_work_root(settings), safe_key(key))
 
 
 def work_key(settings: Settings, path: Path) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.safe_paths import UnsafePath, checked_key
+
 
 class ArtifactMissing(FileNotFoundError):
     """No object is stored under this key."""
@@ -23,8 +25,8 @@ class StoredObject:
 
 
 def safe_key(key: str) -> str:
-    """A key in canonical form ('a/b/c'); ValueError for empty keys and '.' or '..' parts."""
-    parts = [p for p in key.split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
-        raise ValueError(f"invalid storage key {key!r}")
-    return "/".join(parts)
+    """A key in canonical form ('a/b/c'); UnsafePath (a ValueError) for anything that could leave the store."""
+    try:
+        return checked_key(key)
+    except UnsafePath as exc:
+        raise UnsafePath(key, exc.why, what="storage key") from None

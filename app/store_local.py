@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from app.safe_paths import inside
 from app.store_keys import ArtifactMissing, StoredObject, safe_key
 
 
@@ -27,7 +28,7 @@ class LocalStore:
 
     def local_path(self, key: str) -> Path:
         """The file that holds a key: callers may read it in place instead of copying it."""
-        return self.root / safe_key(key)
+        return inside(self.root, safe_key(key))
 
     def put_bytes(self, key: str, data: bytes) -> None:
         """Store bytes under a key, replacing what was there."""

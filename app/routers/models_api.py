@@ -56,6 +56,12 @@ class ModelDetail(BaseModel):
     modules: list[TargetableModule]
 
 
+def inventory_error(exc: InventoryUnavailable):
+    """The answer when a model has no inventory: 202 while computing, 404 unknown, 422 refused as too large."""
+    type_ = "inventory_pending" if exc.computing else "invalid_request_error"
+    return error_response(exc.status, exc.message, type_=type_, param="model", code=exc.code)
+
+
 def _card(entry: catalog.CatalogEntry) -> ModelCard:
     return ModelCard(id=entry.id, owned_by=entry.id.split("/")[0], name=entry.name, family=entry.family,
                      size=entry.size, summary=entry.summary)
@@ -89,16 +95,15 @@ def list_models() -> ModelList:
     "/{model_id:path}",
     response_model=ModelDetail,
     summary="A model's targetable modules",
-    responses={202: {"description": "Inventory being computed; retry"}, 404: {"model": ErrorEnvelope}},
+    responses={202: {"description": "Inventory being computed; retry"}, 404: {"model": ErrorEnvelope},
+               422: {"model": ErrorEnvelope, "description": "The model's config declares absurd sizes"}},
 )
 def get_model(model_id: str, settings: SettingsDep):
     """Architecture, base parameter count and every LoRA-targetable module with type and shape."""
     try:
         inventory = get_inventory(model_id, settings)
     except InventoryUnavailable as exc:
-        if exc.computing:
-            return error_response(202, exc.message, type_="inventory_pending", param="model", code="computing")
-        return error_response(404, exc.message, param="model", code="model_not_found")
+        return inventory_error(exc)
     return ModelDetail(
         id=model_id, architecture=inventory.architecture, model_type=inventory.model_type,
         base_params=inventory.base_params, config=inventory.config,

@@ -82,14 +82,15 @@ def test_local_inventory_is_listed_under_v1_models_once_computed(client, tiny_ll
     assert shapes["q_proj"] == (64, 64) and shapes["k_proj"] == (64, 32) and shapes["down_proj"] == (160, 64)
 
 
-def test_directory_without_config_json_says_so(client, tmp_path):
+def test_directory_without_config_json_is_an_unknown_model(client, tmp_path):
+    # The same words as for a path that does not exist (tests/security/test_local_model_roots.py).
     empty = tmp_path / "weights-only"
     empty.mkdir()
     error = client.post(ESTIMATE, json={"model": str(empty)}).json()["error"]
     assert error["code"] == "model_not_found" and error["param"] == "model"
-    assert error["message"] == f"{empty} has no config.json."
+    assert error["message"].startswith(f"Unknown model {str(empty)!r}: give a Hugging Face model id")
     page = client.get("/", params={"model": str(empty)}).text
-    assert 'id="inventory-unavailable"' in page and f"{empty} has no config.json." in page
+    assert 'id="inventory-unavailable"' in page and "Unknown model" in page
 
 
 def test_config_the_worker_cannot_build_ends_in_a_404_with_its_reason(client, tmp_path):

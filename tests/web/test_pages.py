@@ -180,7 +180,7 @@ def test_model_search_with_an_empty_query_lists_the_whole_catalog(client):
 def test_model_that_is_neither_an_id_nor_a_directory_shows_why(client):
     html = client.get("/", params={"model": "not a model!"}).text
     assert 'id="inventory-unavailable"' in html
-    assert "neither a Hugging Face model id" in html
+    assert "give a Hugging Face model id (org/name)" in html
 
 
 def test_model_change_carries_attention_plus_mlp_onto_phi3s_fused_projections(client):
