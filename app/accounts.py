@@ -90,6 +90,7 @@ def change_password(session: Session, user: User, new_password: str, *, current_
                     revoke_tokens: bool = False) -> int:
     """Set a new password, proving the current one unless `may_skip_current_password`; ends every other browser
     session of the user (and, when asked, revokes their API tokens). Returns how many sessions ended."""
+    user = session.get(User, user.id)  # the caller's copy may come from another (closed) session
     if not may_skip_current_password(session, user, cookie):
         if not current_password:
             raise AccountError("current_password", "enter your current password")
