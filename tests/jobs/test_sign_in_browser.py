@@ -28,3 +28,36 @@ def test_sign_in_returns_to_the_page_asked_for_and_sign_out_ends_the_session(bro
     page.goto("/jobs")
     assert "/login?next=" in page.url
     context.close()
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_invitation_is_accepted_and_the_password_changed_on_the_account_page(browser, live_server, account,
+                                                                                make_user):
+    from app import invitations
+    from app.db import new_session
+    from app.models import Team, User
+    from tests.service_fixtures import signed_in_context
+
+    eve = make_user("eve@example.com", "Evil", "admin")
+    with new_session() as session:
+        invitations.invite(session, session.get(Team, eve.team_id), account.email, "member",
+                           invited_by=session.get(User, eve.user_id))
+    context = signed_in_context(browser, live_server.url, account, viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.goto("/team")
+    assert "You are invited to Evil" in page.locator("#my-invitations").inner_text()
+    assert page.locator("#team-switch option", has_text="Evil").count() == 0
+    page.click("#my-invitations a")
+    invitation = page.locator("#invitations .invitation[data-team=Evil]")
+    assert "You are invited to team Evil as member." in invitation.inner_text()
+    invitation.get_by_role("button", name="Accept").click()
+    assert "You joined Evil" in page.locator("#account-notice").inner_text()
+    assert page.locator("#team-switch option", has_text="Evil").count() == 1
+    page.fill("#password-form input[name=current_password]", "correct horse 1")
+    page.fill("#password-form input[name=password]", "a brand new passphrase")
+    page.check("#password-form input[name=revoke_tokens]")
+    page.click("#password-form button[type=submit]")
+    assert "Password changed; 0 other sessions signed out and every API token revoked." in page.locator(
+        "#account-notice").inner_text()
+    context.close()
