@@ -80,6 +80,8 @@ def change_password(request: Request, session: SessionDep, principal: BrowserDep
         ended = accounts.change_password(session, principal.user, password, current_password=current_password,
                                          cookie=cookie, revoke_tokens=revoke_tokens)
     except accounts.AccountError as exc:
+        if attempt is not None and exc.field != "current_password":  # the current password was right
+            sign_in_limits.succeeded(streams.get_redis(), attempt)
         return _account(request, session, principal, errors={exc.field: exc.message})
     if attempt is not None:
         sign_in_limits.succeeded(streams.get_redis(), attempt)

@@ -169,3 +169,22 @@ def test_the_last_admin_cannot_demote_or_remove_themselves(app, account, make_us
         assert alice.post(f"/team/members/{account.user_id}/role", data={"role": "member", "csrf_token": csrf}
                           ).status_code == 303
         assert "you are member" in alice.get("/team").text
+
+
+def test_guessing_the_current_password_is_throttled_like_sign_in(app, account):
+    from app import sign_in_limits
+
+    with _browser(app, account.session_cookie) as thief:
+        csrf = _csrf(thief.get("/account").text)
+        for _ in range(sign_in_limits.FREE_ATTEMPTS_PER_ACCOUNT):
+            assert thief.post("/account/password", data={"password": NEW_PASSWORD, "current_password": "guess guess",
+                                                         "csrf_token": csrf}).status_code == 422
+        blocked = thief.post("/account/password", data={"password": NEW_PASSWORD, "current_password": PASSWORD,
+                                                        "csrf_token": csrf})
+        assert blocked.status_code == 429 and "Too many failed sign-ins; try again in 30 s" in blocked.text
+    from app import credentials
+    from app.db import new_session
+    from app.models import User
+
+    with new_session() as session:
+        assert credentials.password_matches(PASSWORD, session.get(User, account.user_id).password_hash)
