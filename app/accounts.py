@@ -60,8 +60,10 @@ def find_user(session: Session, email: str) -> User | None:
     return session.scalars(select(User).where(User.email == normalise_email(email))).first()
 
 
-def create_user(session: Session, email: str, *, name: str = "", password: str | None = None) -> User:
-    """A new active user; AccountError when the email is taken or malformed or the password too weak."""
+def create_user(session: Session, email: str, *, name: str = "", password: str | None = None,
+                commit: bool = True) -> User:
+    """A new active user; AccountError when the email is taken or malformed or the password too weak. With
+    commit=False the caller commits it together with what belongs to it (an invitation)."""
     email = normalise_email(email)
     if "@" not in email or email.startswith("@") or len(email) > 320:
         raise AccountError("email", f"{email!r} is not an email address")
@@ -73,7 +75,10 @@ def create_user(session: Session, email: str, *, name: str = "", password: str |
                 password_hash=credentials.hash_password(password) if password else None,
                 password_set_at=now() if password else None)
     session.add(user)
-    session.commit()
+    if commit:
+        session.commit()
+    else:
+        session.flush()
     return user
 
 

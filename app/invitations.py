@@ -42,7 +42,9 @@ def invite(session: Session, team: Team, email: str, role: str, *, invited_by: U
     for a still unclaimed account, replaces its link, so one link at most is ever live."""
     if role not in accounts.ROLES:
         raise accounts.AccountError("role", f"role must be one of {', '.join(accounts.ROLES)}")
-    user = accounts.find_user(session, email) or accounts.create_user(session, email)
+    # A new account is committed with its invitation: another team never sees it without the invitation (and
+    # so can never take it for an account nobody has invited).
+    user = accounts.find_user(session, email) or accounts.create_user(session, email, commit=False)
     if accounts.role_in(session, user, team.id) is not None:
         raise accounts.AccountError("email", f"{user.email} is already a member of {team.name}")
     invitation = session.scalars(select(TeamInvitation).where(TeamInvitation.team_id == team.id,
