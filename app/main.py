@@ -18,6 +18,7 @@ from app.auth import current_principal
 from app.lease_reaper import ReaperThread
 from app.logging_setup import configure_logging
 from app.migrate import upgrade_database
+from app.nul_guard import NulGuardMiddleware
 from app.routers import (
     account_pages,
     auth_pages,
@@ -75,6 +76,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     install_auth_handlers(app)
+    app.add_middleware(NulGuardMiddleware)  # before any route can hand a NUL to the database
     app.state.metrics_registry, latency = metrics.make_registry(get_settings)
     app.add_middleware(metrics.RequestMetricsMiddleware, histogram=latency)
     if settings.trusted_proxy_list:

@@ -159,7 +159,11 @@ def route_template(scope: dict, path: str, root_path: str) -> str:
     for candidate in getattr(app, "routes", ()):
         match, _ = candidate.matches(probe)
         if match is Match.FULL:
-            return candidate.path + "/{path}" if isinstance(candidate, Mount) else candidate.path
+            if isinstance(candidate, Mount):
+                return candidate.path + "/{path}"
+            # A request a middleware answered before routing (NUL guard, body limit) may match FastAPI's
+            # included-router wrapper, which has no path of its own: reading one crashed after the response.
+            return getattr(candidate, "path", None) or UNMATCHED_ROUTE
     return UNMATCHED_ROUTE
 
 
