@@ -11,19 +11,22 @@ Stdlib and pydantic only: must not import torch, transformers, peft or `workers`
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 from pydantic import BaseModel
 
 MAX_LINE_BYTES = 10 * 1024 * 1024
+# Above this size a file is not parsed as one JSON document to explain a bad first line (memory stays bounded).
+_WHOLE_JSON_HINT_BYTES = 4 * 1024 * 1024
 ROLES = ("system", "user", "assistant")
 DatasetFormat = Literal["chat", "prompt_completion", "alpaca", "text", "csv"]
 
@@ -112,28 +115,72 @@ class ParsedDataset:
 
     def summary(self) -> dict:
         """Counts for the file's page and API object; JSON-ready."""
-        sizes = [e.characters() for e in self.examples]
-        kinds: dict[str, int] = {}
+        stats = _Stats()
         for example in self.examples:
-            kinds[example.kind()] = kinds.get(example.kind(), 0) + 1
+            stats.add(example)
+        return stats.summary(_Outcome(self.format, list(self.warnings), self.column_mapping))
+
+
+@dataclass
+class _Outcome:
+    """What a parser learned about a file besides its examples."""
+
+    format: str
+    warnings: list[str] = field(default_factory=list)
+    column_mapping: dict[str, str] | None = None
+
+
+class _Stats:
+    """The dataset summary, accumulated one example at a time so a file's examples need not all be held."""
+
+    def __init__(self) -> None:
+        self.count = self.characters = self.chats = self.messages = self.with_system = self.multi_turn = 0
+        self.min: int | None = None
+        self.max = 0
+        self.kinds: dict[str, int] = {}
+
+    def add(self, example: Example) -> None:
+        """Count one example in."""
+        size = example.characters()
+        self.count += 1
+        self.characters += size
+        self.min = size if self.min is None else min(self.min, size)
+        self.max = max(self.max, size)
+        self.kinds[example.kind()] = self.kinds.get(example.kind(), 0) + 1
+        if example.messages is not None:
+            self.chats += 1
+            self.messages += len(example.messages)
+            self.with_system += example.messages[0]["role"] == "system"
+            self.multi_turn += sum(m["role"] == "assistant" for m in example.messages) > 1
+
+    def summary(self, outcome: _Outcome) -> dict:
+        """Counts for the file's page and API object; JSON-ready."""
         out: dict[str, Any] = {
-            "format": self.format,
-            "examples": len(self.examples),
-            "characters": sum(sizes),
-            "kinds": kinds,
-            "min_characters": min(sizes, default=0),
-            "max_characters": max(sizes, default=0),
-            "mean_characters": round(sum(sizes) / len(sizes)) if sizes else 0,
+            "format": outcome.format,
+            "examples": self.count,
+            "characters": self.characters,
+            "kinds": self.kinds,
+            "min_characters": self.min or 0,
+            "max_characters": self.max,
+            "mean_characters": round(self.characters / self.count) if self.count else 0,
         }
-        chats = [e.messages for e in self.examples if e.messages is not None]
-        if chats:
-            out["messages"] = sum(len(m) for m in chats)
-            out["with_system_message"] = sum(1 for m in chats if m[0]["role"] == "system")
-            out["multi_turn"] = sum(1 for m in chats if sum(x["role"] == "assistant" for x in m) > 1)
-        if self.column_mapping is not None:
-            out["column_mapping"] = dict(self.column_mapping)
-        out["warnings"] = list(self.warnings)
+        if self.chats:
+            out["messages"] = self.messages
+            out["with_system_message"] = self.with_system
+            out["multi_turn"] = self.multi_turn
+        if outcome.column_mapping is not None:
+            out["column_mapping"] = dict(outcome.column_mapping)
+        out["warnings"] = list(outcome.warnings)
         return out
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """A validated file described without its examples: what an upload records."""
+
+    format: DatasetFormat
+    examples: int
+    summary: dict
 
 
 class _Collector:
@@ -219,24 +266,51 @@ def detect_format(filename: str, head: bytes) -> str:
 def parse_dataset(data: bytes, filename: str, *, column_mapping: dict[str, str] | None = None,
                   max_problems: int = 20, max_examples: int = 1_000_000) -> ParsedDataset:
     """Validate and normalise a whole file; raises DatasetInvalid listing what is wrong, line by line."""
-    container = _container(filename, data[:4096])
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+    examples: list[Example] = []
+    outcome = _read(io.BytesIO(data), filename, examples.append, column_mapping, max_problems, max_examples)
+    return ParsedDataset(format=outcome.format, examples=tuple(examples), warnings=tuple(outcome.warnings),  # type: ignore[arg-type]
+                         column_mapping=outcome.column_mapping)
+
+
+def summarise_file(source: BinaryIO, filename: str, *, column_mapping: dict[str, str] | None = None,
+                   max_problems: int = 20, max_examples: int = 1_000_000) -> DatasetSummary:
+    """Validate a seekable file line by line, as parse_dataset would, keeping counts rather than examples."""
+    stats = _Stats()
+    outcome = _read(source, filename, stats.add, column_mapping, max_problems, max_examples)
+    return DatasetSummary(format=outcome.format, examples=stats.count, summary=stats.summary(outcome))  # type: ignore[arg-type]
+
+
+def _read(source: BinaryIO, filename: str, emit: Callable[[Example], None], column_mapping: dict[str, str] | None,
+          max_problems: int, max_examples: int) -> _Outcome:
+    """Parse `source` from its start, handing each valid example to `emit`; raises DatasetInvalid."""
+    source.seek(0)
+    head = source.read(4096)
+    source.seek(0)
+    container = _container(filename, head)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         # Windows tools save "Unicode" as UTF-16; every later message would be noise.
         raise _fail("the file is UTF-16; save it as UTF-8 and upload it again", field_name="file")
     problems = _Collector(max_problems)
     if column_mapping and container != "csv":
         problems.add(None, "column_mapping", "column_mapping applies to CSV files only")
         problems.raise_if_any()
+    emitted = 0
+
+    def counted(example: Example) -> None:
+        nonlocal emitted
+        emitted += 1
+        emit(example)
+
     if container == "jsonl":
-        parsed = _parse_jsonl(data, problems, max_examples)
+        outcome = _parse_jsonl(source, problems, max_examples, counted)
     elif container == "csv":
-        parsed = _parse_csv(data, problems, max_examples, column_mapping or None)
+        outcome = _parse_csv(source, problems, max_examples, column_mapping or None, counted)
     else:
-        parsed = _parse_text(data, problems, max_examples)
+        outcome = _parse_text(source, problems, max_examples, counted)
     problems.raise_if_any()
-    if not parsed.examples:
+    if not emitted:
         raise _fail("the file holds no examples")
-    return parsed
+    return outcome
 
 
 def load_examples(path: Path, *, column_mapping: dict[str, str] | None = None) -> ParsedDataset:
@@ -274,14 +348,32 @@ def split_validation(examples: Sequence[Example], percent: float, seed: int) -> 
 # --- JSON Lines ---------------------------------------------------------------------------------
 
 
-def _jsonl_lines(data: bytes, problems: _Collector) -> Iterator[tuple[int, str]]:
-    """Non-blank lines with their 1-based numbers, decoded one by one so a bad byte names its line."""
+def _raw_lines(source: BinaryIO) -> Iterator[tuple[int, int, bytes | None, int]]:
+    """(number, byte offset, bytes without the "\n", length) of every line; bytes are None for a line over
+    MAX_LINE_BYTES, which is skipped without being held."""
     # Split bytes on "\n" only: str.splitlines would also break inside JSON strings at U+2028 and friends.
-    offset = 0
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        line_offset, offset = offset, offset + len(raw) + 1
-        if len(raw) > MAX_LINE_BYTES:
-            problems.add(number, None, f"the line is {len(raw):,} bytes; the limit is 10 MB per line")
+    number = offset = 0
+    while raw := source.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        start = offset
+        ended = raw.endswith(b"\n")
+        length = len(raw) - ended
+        if length > MAX_LINE_BYTES:
+            while not ended and (more := source.readline(1024 * 1024)):
+                ended = more.endswith(b"\n")
+                length += len(more) - ended
+            raw = None
+        elif ended:
+            raw = raw[:-1]
+        offset = start + length + ended
+        yield number, start, raw, length
+
+
+def _jsonl_lines(source: BinaryIO, problems: _Collector) -> Iterator[tuple[int, str]]:
+    """Non-blank lines with their 1-based numbers, decoded one by one so a bad byte names its line."""
+    for number, line_offset, raw, length in _raw_lines(source):
+        if raw is None:
+            problems.add(number, None, f"the line is {length:,} bytes; the limit is 10 MB per line")
             continue
         raw = raw.rstrip(b"\r")
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
@@ -296,16 +388,17 @@ def _jsonl_lines(data: bytes, problems: _Collector) -> Iterator[tuple[int, str]]
             yield number, line
 
 
-def _parse_jsonl(data: bytes, problems: _Collector, max_examples: int) -> ParsedDataset:
+def _parse_jsonl(source: BinaryIO, problems: _Collector, max_examples: int,
+                 emit: Callable[[Example], None]) -> _Outcome:
     fmt: str | None = None
     first_line = 0
-    examples: list[Example] = []
+    examples = 0
     weight_zero = 0
-    for number, line in _jsonl_lines(data, problems):
+    for number, line in _jsonl_lines(source, problems):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            if number == 1 and _whole_json_hint(data, problems):
+            if number == 1 and _whole_json_hint(source, problems):
                 break
             problems.add(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
             continue
@@ -329,24 +422,33 @@ def _parse_jsonl(data: bytes, problems: _Collector, max_examples: int) -> Parsed
         example, zeros = _record_example(kind, record, number, problems)
         weight_zero += zeros
         if example is not None:
-            if len(examples) >= max_examples:
+            if examples >= max_examples:
                 problems.add(number, None, f"more than {max_examples:,} examples; the limit is {max_examples:,} "
                              "per file")
                 break
-            examples.append(example)
+            examples += 1
+            emit(example)
     warnings = []
     if weight_zero:
         warnings.append(f"{weight_zero} assistant message{'s carry' if weight_zero != 1 else ' carries'} weight 0; "
                         "Tuneboard does not honour weights yet and trains on every assistant message")
-    return ParsedDataset(format=fmt or "chat", examples=tuple(examples), warnings=tuple(warnings))  # type: ignore[arg-type]
+    return _Outcome(fmt or "chat", warnings)
 
 
-def _whole_json_hint(data: bytes, problems: _Collector) -> bool:
+def _whole_json_hint(source: BinaryIO, problems: _Collector) -> bool:
     """A pretty-printed JSON document (not JSON Lines) gets one clear message instead of one per line."""
+    position = source.tell()
+    size = source.seek(0, io.SEEK_END)
+    source.seek(0)
     try:
-        whole = json.loads(data.decode("utf-8-sig"))
+        if size <= _WHOLE_JSON_HINT_BYTES:
+            whole = json.loads(source.read().decode("utf-8-sig"))
+        else:
+            whole = _looks_like_one_document(source, size)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return False
+    finally:
+        source.seek(position)
     if isinstance(whole, list):
         problems.add(None, None, "the file is one JSON array; upload JSON Lines instead, one object per line "
                      "(for example: jq -c '.[]' data.json > data.jsonl)")
@@ -354,6 +456,18 @@ def _whole_json_hint(data: bytes, problems: _Collector) -> bool:
         problems.add(None, None, "the file is one JSON document spread over several lines; upload JSON Lines "
                      "instead, one object per line")
     return True
+
+
+def _looks_like_one_document(source: BinaryIO, size: int) -> list | dict:
+    """For a file too big to parse whole: [] or {} when it starts and ends like one JSON array or object."""
+    first = source.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    source.seek(max(0, size - 4096))
+    last = source.read().rstrip(b" \t\r\n")[-1:]
+    if (first, last) == (b"[", b"]"):
+        return []
+    if (first, last) == (b"{", b"}"):
+        return {}
+    raise json.JSONDecodeError("not one document", "", 0)
 
 
 def _json_type(value: Any) -> str:
@@ -491,44 +605,82 @@ def _chat_example(record: dict, line: int, problems: _Collector) -> tuple[Exampl
 # --- plain text ---------------------------------------------------------------------------------
 
 
-def _decode_whole(data: bytes, problems: _Collector) -> str | None:
-    """The file as text, or None after reporting every line that is not UTF-8."""
+def _is_utf8(source: BinaryIO, problems: _Collector) -> bool:
+    """Whether the whole file is UTF-8; if not, every line that is not has been reported."""
+    source.seek(0)
+    valid = True
+    for number, offset, raw, length in _raw_lines(source):
+        bad = _first_bad_byte(raw) if raw is not None else _first_bad_byte_far(source, offset, length)
+        if bad is not None:
+            position, byte = bad
+            valid = False
+            problems.add(number, None, f"not valid UTF-8 (byte 0x{byte:02x} at byte offset "
+                         f"{offset + position}); save the file as UTF-8")
+    source.seek(0)
+    return valid
+
+
+def _first_bad_byte(raw: bytes) -> tuple[int, int] | None:
     try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        pass
-    offset = 0
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            problems.add(number, None, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte offset "
-                         f"{offset + exc.start}); save the file as UTF-8")
-        offset += len(raw) + 1
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start, raw[exc.start]
     return None
 
 
-def _parse_text(data: bytes, problems: _Collector, max_examples: int) -> ParsedDataset:
-    text = _decode_whole(data, problems)
-    if text is None:
-        return ParsedDataset(format="text", examples=())
-    examples: list[Example] = []
+def _first_bad_byte_far(source: BinaryIO, offset: int, length: int) -> tuple[int, int] | None:
+    """_first_bad_byte for a line too long to hold: decoded in pieces (the caller's reading resumes after it)."""
+    resume = source.tell()
+    source.seek(offset)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    done = 0
+    try:
+        while done < length:
+            piece = source.read(min(1024 * 1024, length - done))
+            held = len(decoder.getstate()[0])
+            try:
+                decoder.decode(piece, final=done + len(piece) >= length)
+            except UnicodeDecodeError as exc:
+                return done - held + exc.start, exc.object[exc.start]
+            done += len(piece)
+        return None
+    finally:
+        source.seek(resume)
+
+
+def _text_lines(source: BinaryIO) -> Iterator[tuple[int, str | None]]:
+    """The lines of a file known to be UTF-8 (a leading BOM dropped); None for a line over the limit."""
+    for number, _, raw, _ in _raw_lines(source):
+        if raw is None:
+            yield number, None
+            continue
+        if number == 1:
+            raw = raw.removeprefix(b"\xef\xbb\xbf")
+        yield number, raw.decode("utf-8").rstrip("\r")
+
+
+def _parse_text(source: BinaryIO, problems: _Collector, max_examples: int,
+                emit: Callable[[Example], None]) -> _Outcome:
+    if not _is_utf8(source, problems):
+        return _Outcome("text")
+    examples = 0
     current: list[str] = []
     start = 0
 
     def flush() -> None:
+        nonlocal examples
         if current:
-            if len(examples) >= max_examples:
+            if examples >= max_examples:
                 problems.add(start, None, f"more than {max_examples:,} examples; the limit is {max_examples:,} "
                              "per file")
                 raise _TooMany
-            examples.append(Example(text="\n".join(current), line=start))
+            examples += 1
+            emit(Example(text="\n".join(current), line=start))
             current.clear()
 
     try:
-        for number, line in enumerate(text.split("\n"), start=1):
-            line = line.rstrip("\r")
-            if len(line.encode("utf-8")) > MAX_LINE_BYTES:
+        for number, line in _text_lines(source):
+            if line is None:
                 problems.add(number, None, "the line is longer than the limit of 10 MB per line")
                 continue
             if not line.strip():
@@ -540,7 +692,7 @@ def _parse_text(data: bytes, problems: _Collector, max_examples: int) -> ParsedD
         flush()
     except _TooMany:
         pass
-    return ParsedDataset(format="text", examples=tuple(examples))
+    return _Outcome("text")
 
 
 # --- CSV ----------------------------------------------------------------------------------------
@@ -584,30 +736,49 @@ def _resolve_mapping(header: list[str], mapping: dict[str, str] | None,
     return resolved
 
 
-def _parse_csv(data: bytes, problems: _Collector, max_examples: int,
-               mapping: dict[str, str] | None) -> ParsedDataset:
-    text = _decode_whole(data, problems)
-    if text is None:
-        return ParsedDataset(format="csv", examples=())
+def _long_csv_line(source: BinaryIO, problems: _Collector) -> bool:
+    """Report the first physical line over the limit (the reader would hold it whole); True when there is one."""
+    source.seek(0)
+    for number, _, raw, _ in _raw_lines(source):
+        if raw is None:
+            # Such a line almost always is one such cell; the csv module would have said so at the same line.
+            problems.add(number, None, "a cell is longer than the limit of 10 MB")
+            return True
+    source.seek(0)
+    return False
+
+
+def _parse_csv(source: BinaryIO, problems: _Collector, max_examples: int,
+               mapping: dict[str, str] | None, emit: Callable[[Example], None]) -> _Outcome:
+    if not _is_utf8(source, problems) or _long_csv_line(source, problems):
+        return _Outcome("csv")
     # The csv module refuses cells over 128 KiB by default; raise its process-wide limit (never lower it)
     # to our per-line limit so long documents are accepted and bigger ones get our message.
     if csv.field_size_limit() < MAX_LINE_BYTES:
         csv.field_size_limit(MAX_LINE_BYTES)
     # newline="" keeps newlines inside quoted cells intact, as the csv module requires.
-    reader = csv.reader(io.StringIO(text, newline=""))
+    text = io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
+    try:
+        return _csv_examples(csv.reader(text), problems, max_examples, mapping, emit)
+    finally:
+        text.detach()  # the caller's file stays open
+
+
+def _csv_examples(reader, problems: _Collector, max_examples: int, mapping: dict[str, str] | None,
+                  emit: Callable[[Example], None]) -> _Outcome:
     try:
         header = next(reader)
     except StopIteration:
-        return ParsedDataset(format="csv", examples=())
+        return _Outcome("csv")
     except csv.Error as exc:
         problems.add(1, None, _csv_error(exc))
-        return ParsedDataset(format="csv", examples=())
+        return _Outcome("csv")
     columns = _resolve_mapping(header, mapping, problems)
     if columns is None:
-        return ParsedDataset(format="csv", examples=())
+        return _Outcome("csv")
     used = mapping if mapping is not None else {ours: header[i] for ours, i in columns.items()}
     required = next(req for req, opt in _CSV_GROUPS if req[0] in columns)
-    examples: list[Example] = []
+    examples = 0
     row_number = 1
     while True:
         start = reader.line_num + 1
@@ -635,12 +806,13 @@ def _parse_csv(data: bytes, problems: _Collector, max_examples: int,
                 problems.add(start, column, f"the {column!r} column ({ours}) is empty", where=where)
         if problems.total > before:
             continue
-        if len(examples) >= max_examples:
+        if examples >= max_examples:
             problems.add(start, None, f"more than {max_examples:,} examples; the limit is {max_examples:,} per file",
                          where=where)
             break
-        examples.append(_csv_example(values, start))
-    return ParsedDataset(format="csv", examples=tuple(examples), column_mapping=dict(used))
+        examples += 1
+        emit(_csv_example(values, start))
+    return _Outcome("csv", column_mapping=dict(used))
 
 
 def _csv_error(exc: csv.Error) -> str:

@@ -1,31 +1,60 @@
-"""Uploaded datasets: validate on arrival, store the bytes, record the file. Must not import torch or `workers`."""
+"""Uploaded datasets: validate on arrival, store the bytes, record the file. Must not import torch or `workers`.
+
+An upload arrives as a file on disk (app.upload_form streams it there) and is validated line by line,
+so neither its bytes nor its examples are ever all held in memory.
+"""
 
 from __future__ import annotations
+
+import io
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from app import storage
 from app.accounts import Principal
-from app.datasets import parse_dataset
+from app.datasets import DatasetSummary, summarise_file
 from app.models import DataFile, new_id
 from app.settings import Settings
+from app.upload_form import UploadTooLarge, too_large
+
+__all__ = ["UploadTooLarge", "file_object", "store_upload", "store_upload_file", "upload_dir"]
 
 
-class UploadTooLarge(ValueError):
-    """The upload exceeds the configured size limit."""
+def upload_dir(settings: Settings) -> Path:
+    """Where uploads are written while they arrive, before they are validated and stored."""
+    return settings.scratch_dir / "uploads"
+
+
+def store_upload_file(session: Session, settings: Settings, principal: Principal, *, filename: str, path: Path,
+                      purpose: str, column_mapping: dict[str, str] | None) -> DataFile:
+    """Validate a dataset on disk line by line (raises DatasetInvalid naming line and field), then keep it."""
+    size = path.stat().st_size
+    if size > settings.max_upload_bytes:
+        raise too_large(settings.max_upload_bytes)
+    with path.open("rb") as source:
+        described = summarise_file(source, filename, column_mapping=column_mapping)
+    return _record(session, settings, principal, filename, size, described, purpose, column_mapping,
+                   lambda key: storage.get_store(settings).put_file(key, path))
 
 
 def store_upload(session: Session, settings: Settings, principal: Principal, *, filename: str, data: bytes,
                  purpose: str, column_mapping: dict[str, str] | None) -> DataFile:
-    """Validate a dataset (raises DatasetInvalid naming line and field), then keep it."""
+    """Validate a dataset held in memory (a small one: the demo, a benchmark's), then keep it."""
     if len(data) > settings.max_upload_bytes:
-        raise UploadTooLarge(f"the file is {len(data):,} bytes; the limit is {settings.max_upload_bytes:,} bytes")
-    parsed = parse_dataset(data, filename, column_mapping=column_mapping)
+        raise too_large(settings.max_upload_bytes)
+    described = summarise_file(io.BytesIO(data), filename, column_mapping=column_mapping)
+    return _record(session, settings, principal, filename, len(data), described, purpose, column_mapping,
+                   lambda key: storage.save_bytes(settings, key, data))
+
+
+def _record(session: Session, settings: Settings, principal: Principal, filename: str, size: int,
+            described: DatasetSummary, purpose: str, column_mapping: dict[str, str] | None, save) -> DataFile:
     file_id = new_id("file")
     key = f"datasets/{file_id}/{_safe_filename(filename)}"
-    storage.save_bytes(settings, key, data)
-    record = DataFile(id=file_id, filename=filename, purpose=purpose, bytes=len(data), format=parsed.format,
-                      examples=len(parsed.examples), summary=parsed.summary(), column_mapping=column_mapping,
+    save(key)
+    record = DataFile(id=file_id, filename=filename, purpose=purpose, bytes=size, format=described.format,
+                      examples=described.examples, summary=described.summary, column_mapping=column_mapping,
                       storage_key=key, team_id=principal.team.id, created_by=principal.user.id)
     session.add(record)
     session.commit()

@@ -5,9 +5,14 @@ Both answer HTMX fragments. Must not import torch or `workers`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException
 
 from app import files, forms, offloaded
 from app.auth import PrincipalDep, team_scoped
@@ -21,6 +26,7 @@ from app.routers.files_api import parse_column_mapping
 from app.settings import REPO_ROOT, get_settings
 from app.store_keys import ArtifactMissing
 from app.templating import templates
+from app.upload_form import read_upload_form
 
 router = APIRouter(include_in_schema=False)
 DEMO_DATASET = REPO_ROOT / "app" / "demo_data" / "demo_chat.jsonl"
@@ -29,25 +35,43 @@ DEMO_DATASET = REPO_ROOT / "app" / "demo_data" / "demo_chat.jsonl"
 @router.post("/datasets", response_class=HTMLResponse)
 async def upload_dataset(request: Request, session: SessionDep, principal: PrincipalDep):
     """Store an uploaded file and select it, or show its problems; answers the data card."""
-    form = await request.form()
-    values = forms.values_from_form(form)
-    upload = form.get("upload")
-    context: dict = {"values": values, "errors": {}, "result": None}
-    if upload is None or not getattr(upload, "filename", ""):
-        context["errors"]["training_file"] = "choose a file to upload"
-    else:
-        try:
-            mapping = parse_column_mapping(values["column_mapping"])
-            record = files.store_upload(session, get_settings(), principal, filename=upload.filename,
-                                        data=await upload.read(),
-                                        purpose="fine-tune", column_mapping=mapping)
-            values["training_file"] = record.id
-        except DatasetInvalid as exc:
-            context.update(upload_problems=exc.problems, upload_total=exc.total, upload_name=upload.filename)
-        except (ValueError, files.UploadTooLarge) as exc:
-            context.update(upload_problems=[{"message": str(exc)}], upload_total=1, upload_name=upload.filename)
-    context.update(launch_context(values, get_settings(), principal))
+    settings = get_settings()
+    try:
+        form = await read_upload_form(request, settings.max_upload_bytes, files.upload_dir(settings))
+    except (files.UploadTooLarge, MultiPartException) as exc:
+        # The form's other fields were not read, so the card comes back with defaults and the problem (as a 200:
+        # htmx swaps in only successful answers, like the card listing a file's problems).
+        message = str(exc) if isinstance(exc, files.UploadTooLarge) else f"not a valid upload: {exc.message}"
+        context = {"values": forms.values_from_form(FormData()), "errors": {}, "result": None,
+                   "upload_problems": [{"message": message}], "upload_total": 1, "upload_name": "the upload"}
+        context.update(launch_context(context["values"], settings, principal))
+        return templates.TemplateResponse(request, "partials/data_card.html", context)
+    try:
+        values = forms.values_from_form(form)
+        upload = form.get("upload")
+        context: dict = {"values": values, "errors": {}, "result": None}
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            context["errors"]["training_file"] = "choose a file to upload"
+        else:
+            # Validating a large file takes seconds: off the event loop, so other requests go on.
+            await run_in_threadpool(_store_page_upload, session, principal, upload, values, context)
+    finally:
+        await form.close()
+    context.update(launch_context(values, settings, principal))
     return templates.TemplateResponse(request, "partials/data_card.html", context)
+
+
+def _store_page_upload(session, principal, upload: UploadFile, values: dict, context: dict) -> None:
+    try:
+        mapping = parse_column_mapping(values["column_mapping"])
+        upload.file.flush()
+        record = files.store_upload_file(session, get_settings(), principal, filename=upload.filename,
+                                         path=Path(upload.file.name), purpose="fine-tune", column_mapping=mapping)
+        values["training_file"] = record.id
+    except DatasetInvalid as exc:
+        context.update(upload_problems=exc.problems, upload_total=exc.total, upload_name=upload.filename)
+    except (ValueError, files.UploadTooLarge) as exc:
+        context.update(upload_problems=[{"message": str(exc)}], upload_total=1, upload_name=upload.filename)
 
 
 @router.post("/datasets/demo", response_class=HTMLResponse)

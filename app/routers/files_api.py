@@ -1,18 +1,23 @@
 """REST: `/v1/files`, OpenAI-compatible upload, list, retrieve, content and delete of training data.
 
-Uploading honours an Idempotency-Key; the list pages with OpenAI's `after` cursor and `order`.
+Uploading honours an Idempotency-Key; the list pages with OpenAI's `after` cursor and `order`. An upload is
+streamed to disk under the size limit (app.upload_form) and validated line by line off the event loop.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException
 
 from app import files, idempotency, storage
 from app.accounts import Principal
@@ -22,10 +27,21 @@ from app.datasets import DatasetInvalid
 from app.db import SessionDep
 from app.models import DataFile, Job
 from app.settings import get_settings
+from app.upload_form import read_upload_form
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 ERRORS = {400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}}
-UPLOAD_ERRORS = {**ERRORS, 409: {"model": ErrorEnvelope}, 413: {"model": ErrorEnvelope}}
+UPLOAD_ERRORS = {**ERRORS, 409: {"model": ErrorEnvelope}, 413: {"model": ErrorEnvelope},
+                 422: {"model": ErrorEnvelope}}
+# The route reads its multipart body itself (to enforce the size limit while reading), so FastAPI cannot
+# derive this part of the schema.
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary",
+                 "description": "JSONL (chat, prompt/completion, Alpaca, text), TXT or CSV"},
+        "purpose": {"type": "string", "default": "fine-tune"},
+        "column_mapping": {"type": "string", "description": 'CSV only, e.g. {"prompt": "question"}'},
+    }}}}}}
 
 
 def _not_found(file_id: str):
@@ -45,12 +61,12 @@ def parse_column_mapping(raw: str | None) -> dict[str, str] | None:
     return value
 
 
-def _store(session: Session, principal: Principal, filename: str, data: bytes, purpose: str,
+def _store(session: Session, principal: Principal, filename: str, path: Path, purpose: str,
            mapping: dict[str, str] | None):
     """Validate and keep the upload; the file object, or an error response naming line and field."""
     try:
-        record = files.store_upload(session, get_settings(), principal, filename=filename, data=data,
-                                    purpose=purpose, column_mapping=mapping)
+        record = files.store_upload_file(session, get_settings(), principal, filename=filename, path=path,
+                                         purpose=purpose, column_mapping=mapping)
     except DatasetInvalid as exc:
         response = error_response(400, str(exc), param="file", code="invalid_file")
         body = json.loads(response.body)
@@ -61,34 +77,55 @@ def _store(session: Session, principal: Principal, filename: str, data: bytes, p
     return files.file_object(record)
 
 
-@router.post("", summary="Upload a dataset", responses=UPLOAD_ERRORS)
+@router.post("", summary="Upload a dataset", responses=UPLOAD_ERRORS, openapi_extra=UPLOAD_BODY)
 async def upload_file(
+    request: Request,
     session: SessionDep,
     principal: PrincipalDep,
-    file: Annotated[UploadFile, File(description="JSONL (chat, prompt/completion, Alpaca, text), TXT or CSV")],
-    purpose: Annotated[str, Form()] = "fine-tune",
-    column_mapping: Annotated[str | None, Form(description='CSV only, e.g. {"prompt": "question"}')] = None,
     idempotency_key: idempotency.IdempotencyKey = None,
 ):
     """Validate and store a training or validation file; errors name the line and the field."""
+    settings = get_settings()
+    try:
+        form = await read_upload_form(request, settings.max_upload_bytes, files.upload_dir(settings))
+    except files.UploadTooLarge as exc:
+        return error_response(413, str(exc), param="file", code="file_too_large")
+    except MultiPartException as exc:
+        return error_response(400, f"the body is not a valid multipart upload: {exc.message}", param="file",
+                              code="invalid_upload")
+    try:
+        # Hashing and validating a large file takes seconds: off the event loop, so other requests go on.
+        return await run_in_threadpool(_upload, session, principal, form, idempotency_key)
+    finally:
+        await form.close()
+
+
+def _upload(session: Session, principal: Principal, form: FormData, idempotency_key: str | None):
+    file, purpose = form.get("file"), form.get("purpose", "fine-tune")
+    if not isinstance(file, UploadFile):
+        return error_response(422, "file is required: a multipart file part named 'file'", param="file",
+                              code="missing_file")
     if purpose != "fine-tune":
         return error_response(400, f"purpose must be 'fine-tune', not {purpose!r}", param="purpose",
                               code="invalid_purpose")
+    column_mapping = form.get("column_mapping")
     try:
-        mapping = parse_column_mapping(column_mapping)
+        mapping = parse_column_mapping(column_mapping if isinstance(column_mapping, str) else None)
     except ValueError as exc:
         return error_response(400, str(exc), param="column_mapping", code="invalid_column_mapping")
-    data = await file.read()
     filename = file.filename or "upload"
+    file.file.flush()
+    path = Path(file.file.name)
 
     def replay(file_id: str):
         record = team_scoped(session, DataFile, file_id, principal)
         return files.file_object(record) if record else None
 
-    request = {"sha256": hashlib.sha256(data).hexdigest(), "filename": filename, "purpose": purpose,
-               "column_mapping": mapping}
+    with path.open("rb") as source:
+        digest = hashlib.file_digest(source, "sha256").hexdigest()
+    request = {"sha256": digest, "filename": filename, "purpose": purpose, "column_mapping": mapping}
     return idempotency.run_once(principal.team.id, "files", idempotency_key, idempotency.fingerprint(request),
-                                create=lambda: _store(session, principal, filename, data, purpose, mapping),
+                                create=lambda: _store(session, principal, filename, path, purpose, mapping),
                                 replay=replay)
 
 
