@@ -30,6 +30,8 @@ def error_response(status: int, message: str, *, type_: str = "invalid_request_e
 
 
 _BACKTICKED = re.compile(r"`(\w+)`")
+# What FastAPI says (as a 400) when a body cannot even be decoded.
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 
 
 def validation_param(loc: tuple, message: str = "") -> str:
@@ -80,6 +82,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
+            # A body FastAPI could not decode (not UTF-8, a broken multipart): a validation error like any other
+            # malformed body, answered as the schema documents (422), and saying what was wrong.
+            return error_response(422, "The request body could not be read: it is not valid UTF-8 JSON, or not "
+                                  "a well-formed form for this endpoint.", code="invalid_body")
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         response = error_response(exc.status_code, _http_message(request, exc), code=code,
                                   type_="invalid_request_error" if exc.status_code < 500 else "server_error")

@@ -73,6 +73,8 @@ def launch(session: Session, settings: Settings, principal: Principal, config: J
                           f"{split}% of {train.examples} examples holds out no example; raise the split")
     if config.training.eval_steps and validation is None and not split:
         raise LaunchError("training.eval_steps", "evaluation needs a validation file or a validation split")
+    if queue is not None:
+        _require_known_queue(queue, settings)
     if config.training.load_in_4bit:
         _require_qlora_worker(queue or settings.default_queue)
     examples = train.examples - (int(train.examples * split / 100) if split else 0)
@@ -83,6 +85,15 @@ def launch(session: Session, settings: Settings, principal: Principal, config: J
               training_file_id=train.id, validation_file_id=validation.id if validation else None,
               suffix=suffix, metadata_=metadata)
     return jobs.submit(session, _redis_or_none(), job, settings)
+
+
+def _require_known_queue(queue: str, settings: Settings) -> None:
+    client = _redis_or_none()
+    served = worker_registry.queues_served(worker_registry.live_workers(client)) if client else {}
+    allowed = worker_registry.allowed_queues(served, settings.default_queue, settings.extra_queue_list)
+    if queue not in allowed:
+        raise LaunchError("queue", f"queue: no live worker serves {queue!r} and no admin configured it "
+                          f"(TUNEBOARD_QUEUES); allowed: {', '.join(allowed)}", code="unknown_queue")
 
 
 def _require_qlora_worker(queue: str) -> None:

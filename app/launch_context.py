@@ -87,5 +87,5 @@ def _queues(settings: Settings) -> list[dict]:
     except redis.RedisError:
         log.warning("cannot list live workers", exc_info=True)
         served = {}
-    names = sorted(set(served) | {settings.default_queue})
+    names = worker_registry.allowed_queues(served, settings.default_queue, settings.extra_queue_list)
     return [{"name": name, "workers": served.get(name, [])} for name in names]

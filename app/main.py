@@ -6,7 +6,6 @@ import gc
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -15,6 +14,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from app import metrics
 from app.api_errors import install_auth_handlers, install_error_handlers
 from app.auth import current_principal
+from app.body_limit import BodyLimitMiddleware
 from app.lease_reaper import ReaperThread
 from app.logging_setup import configure_logging
 from app.migrate import upgrade_database
@@ -34,9 +34,11 @@ from app.routers import (
     operations,
     pages,
 )
+from app.security_headers import SecurityHeadersMiddleware
 from app.settings import get_settings
 from app.training import catalog
 from app.training.inventory import load_inventory
+from app.vendor_files import VendorFiles
 
 
 @asynccontextmanager
@@ -77,6 +79,8 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     install_auth_handlers(app)
     app.add_middleware(NulGuardMiddleware)  # before any route can hand a NUL to the database
+    app.add_middleware(BodyLimitMiddleware, settings=get_settings)
+    app.add_middleware(SecurityHeadersMiddleware)
     app.state.metrics_registry, latency = metrics.make_registry(get_settings)
     app.add_middleware(metrics.RequestMetricsMiddleware, histogram=latency)
     if settings.trusted_proxy_list:
@@ -92,8 +96,8 @@ def create_app() -> FastAPI:
         app.include_router(module.router, dependencies=signed_in)
     _serve_schema(app, signed_in)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
-    # Front-end libraries come from the npm registry; serve them straight from node_modules.
-    app.mount("/vendor", StaticFiles(directory=settings.node_modules_dir, check_dir=False), name="vendor")
+    # Front-end libraries come from the npm registry; only the files the pages load are served from node_modules.
+    app.mount("/vendor", VendorFiles(directory=settings.node_modules_dir, check_dir=False), name="vendor")
 
     return app
 
@@ -105,11 +109,25 @@ def _serve_schema(app: FastAPI, dependencies: list) -> None:
 
     @app.get("/docs", include_in_schema=False, dependencies=dependencies)
     def api_docs() -> HTMLResponse:
-        # Served from our own npm install, not a CDN: a self-hosted install may have no internet access.
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="Tuneboard API",
-                                   swagger_js_url="/vendor/swagger-ui-dist/swagger-ui-bundle.js",
-                                   swagger_css_url="/vendor/swagger-ui-dist/swagger-ui.css",
-                                   swagger_favicon_url="/vendor/swagger-ui-dist/favicon-32x32.png")
+        return HTMLResponse(API_DOCS_PAGE)
+
+
+# Swagger UI from our own npm install, not a CDN (a self-hosted install may have no internet access), started
+# by a script file rather than FastAPI's inline one, which the Content-Security-Policy would block.
+API_DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Tuneboard API</title>
+<link rel="stylesheet" href="/vendor/swagger-ui-dist/swagger-ui.css">
+<link rel="icon" href="/vendor/swagger-ui-dist/favicon-32x32.png">
+<script src="/vendor/swagger-ui-dist/swagger-ui-bundle.js" defer></script>
+<script src="/static/js/swagger-init.js" defer></script>
+</head>
+<body><div id="swagger-ui"></div></body>
+</html>
+"""
 
 
 app = create_app()

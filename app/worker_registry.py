@@ -49,3 +49,11 @@ def queues_served(workers: list[WorkerInfo]) -> dict[str, list[WorkerInfo]]:
         for queue in worker.queues:
             served.setdefault(queue, []).append(worker)
     return served
+
+
+def allowed_queues(served: dict[str, list[WorkerInfo]], default_queue: str, configured: list[str]) -> list[str]:
+    """The queues a job may be sent to: the default one, those an admin configured, and those live workers serve.
+
+    Any other name would leave the job queued forever and add a made-up queue to every metrics scrape.
+    """
+    return sorted({default_queue, *configured, *served})

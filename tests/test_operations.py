@@ -111,10 +111,12 @@ def test_readyz_gives_up_on_a_hung_redis_after_its_timeout(tuneboard_env, monkey
 # --- /metrics ------------------------------------------------------------------------------------------------
 
 
-def test_metrics_count_queued_and_running_jobs_queue_depth_and_run_times(tuneboard_env, account):
+def test_metrics_count_queued_and_running_jobs_queue_depth_and_run_times(tuneboard_env, account, monkeypatch):
     from app import jobs, streams
     from app.db import new_session
     from app.main import create_app
+
+    _settings_changed(monkeypatch, metrics_public="true")  # /metrics needs a token or an admin session otherwise
 
     queue = tuneboard_env.queue  # no worker serves it: the messages stay in the broker
     with TestClient(create_app(), headers=account.headers) as client:
@@ -148,13 +150,14 @@ def test_metrics_count_queued_and_running_jobs_queue_depth_and_run_times(tuneboa
 
 
 @SQLITE_ONLY
-def test_request_latency_is_labelled_by_route_template_not_raw_path(tuneboard_env, account):
+def test_request_latency_is_labelled_by_route_template_not_raw_path(tuneboard_env, account, monkeypatch):
     from app.main import create_app
 
+    _settings_changed(monkeypatch, metrics_token="scrape-secret")
     with TestClient(create_app(), headers=account.headers) as client:
         assert client.get("/v1/fine_tuning/jobs/ftjob-does-not-exist").status_code == 404
         assert client.get("/static/no-such-file.css").status_code == 404
-        text = client.get("/metrics").text
+        text = client.get("/metrics", headers={"Authorization": "Bearer scrape-secret"}).text
     page = samples(text)
     route = "/v1/fine_tuning/jobs/{job_id}"
     assert value(page, "tuneboard_http_request_duration_seconds_count", method="GET", route=route, status="404") == 1
@@ -237,7 +240,7 @@ def test_web_app_writes_json_lines_with_an_access_line_per_request(tuneboard_env
 
 
 @SQLITE_ONLY
-def test_worker_sends_task_events_counts_as_online_and_logs_json(tuneboard_env, start_worker):
+def test_worker_sends_task_events_counts_as_online_and_logs_json(tuneboard_env, start_worker, monkeypatch):
     from app.main import create_app
     from app.queue import get_celery
 
@@ -270,6 +273,7 @@ def test_worker_sends_task_events_counts_as_online_and_logs_json(tuneboard_env, 
             thread.join(5)
     assert {"task-sent", "task-received", "task-started", "task-succeeded"} <= set(seen)
 
+    _settings_changed(monkeypatch, metrics_public="true")
     with TestClient(create_app()) as client:
         page = wait_until(lambda: (p := samples(client.get("/metrics").text))
                           and value(p, "tuneboard_workers_online", queue=queue) == 1 and p)

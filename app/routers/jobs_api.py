@@ -47,6 +47,8 @@ MAX_POINTS_DOC = (
     "survive. On a returned step a series' value is null where that series' point was not kept. Without "
     "max_points every step is returned, `limit` per page."
 )
+# Steps are stored as 32-bit integers (PostgreSQL INTEGER); a larger after_step is refused, not overflowed.
+MAX_STEP = 2**31 - 1
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 AdapterFile = Literal["adapter_model.safetensors", "adapter_config.json"]
 
@@ -165,9 +167,14 @@ def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep):
     return job_object(jobs.cancel(session, streams.get_redis(), job, get_settings()))
 
 
+# Ids are 64-bit integers: at most 18 ASCII digits, so a cursor never overflows the database's integer.
+_NUMERIC_ID = re.compile(r"[0-9]{1,18}")
+
+
 def _numeric_cursor(after: str, prefix: str) -> int | None:
+    # str.isdigit() also accepts '²' and other digits int() refuses; only ASCII digits make an id.
     number = after.removeprefix(prefix)
-    return int(number) if number.isdigit() else None
+    return int(number) if _NUMERIC_ID.fullmatch(number) else None
 
 
 @router.get("/{job_id}/events", summary="List a job's events", responses=ERRORS)
@@ -219,7 +226,8 @@ def list_metrics(
     job_id: str,
     session: SessionDep,
     principal: PrincipalDep,
-    after_step: Annotated[int, Query(description="Only steps after this one (to resume a chart).")] = -1,
+    after_step: Annotated[int, Query(ge=-1, le=MAX_STEP,
+                                     description="Only steps after this one (to resume a chart).")] = -1,
     limit: Annotated[int, Query(ge=1, le=100_000, description="Steps per page when not downsampling.")] = 10_000,
     max_points: Annotated[int | None, Query(ge=metric_downsampling.POINTS_PER_BUCKET, le=100_000,
                                             description=MAX_POINTS_DOC)] = None,

@@ -170,6 +170,7 @@ async def launch_job(request: Request, settings: SettingsDep, session: SessionDe
 
 
 @router.get("/models/search", response_class=HTMLResponse)
-def model_search(request: Request, q: str = ""):
-    """Catalog entries matching the query, as the picker's suggestion list."""
-    return _render(request, "partials/model_results.html", {"results": catalog.search(q), "query": q})
+def model_search(request: Request, q: str = "", model: str = ""):
+    """Catalog entries matching the query (`q`, or the picker's own `model` field), as the suggestion list."""
+    query = q or model
+    return _render(request, "partials/model_results.html", {"results": catalog.search(query), "query": query})

@@ -8,6 +8,17 @@
   // The export tab the user chose; the estimate panel is re-rendered on every change and must keep it.
   let exportTab = "python";
 
+  // The form asks for a new estimate on "settings-edited": any edit but the model picker (it re-renders the
+  // whole page on its own) and file inputs (uploaded by their own card).
+  function announceEdit(event) {
+    const f = event.target.closest && event.target.closest("#config-form");
+    if (f && event.target.id !== "model" && event.target.type !== "file") {
+      f.dispatchEvent(new CustomEvent("settings-edited"));
+    }
+  }
+  document.addEventListener("input", announceEdit);
+  document.addEventListener("change", announceEdit);
+
   function fire(el) {
     el.dispatchEvent(new Event("change", { bubbles: true }));
   }

@@ -4,6 +4,18 @@
 (function () {
   "use strict";
 
+  // The filter form searches as the user types (search box, tag) and at once on any other pick.
+  const filters = document.getElementById("history-filters");
+  if (filters) {
+    const typed = (el) => el.type === "search" || el.name === "tag";
+    filters.addEventListener("input", (event) => {
+      if (typed(event.target)) filters.dispatchEvent(new CustomEvent("filters-typed"));
+    });
+    filters.addEventListener("change", (event) => {
+      if (!typed(event.target)) filters.dispatchEvent(new CustomEvent("filters-picked"));
+    });
+  }
+
   const form = document.getElementById("compare-form");
   if (!form) return;
   const KEY = "tuneboard.compare";

@@ -9,6 +9,7 @@ import pytest
 from tests.jobs.helpers import chat_records, json_lines
 
 CATALOG_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # estimated from the catalog, no download needed
+CONFIGURED_QUEUES = "no-worker-here,sdk-queue"
 
 
 def sdk_client(base_url: str, api_key: str):
@@ -19,7 +20,17 @@ def sdk_client(base_url: str, api_key: str):
 
 
 @pytest.fixture
-def sdk(live_server, account):
+def configured_queues(tuneboard_env, monkeypatch):
+    """The made-up queues these tests send jobs to, configured by an admin (jobs go only to known queues)."""
+    from app.settings import get_settings
+
+    monkeypatch.setenv("TUNEBOARD_QUEUES", CONFIGURED_QUEUES)
+    tuneboard_env.env["TUNEBOARD_QUEUES"] = CONFIGURED_QUEUES
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def sdk(configured_queues, live_server, account):
     """The OpenAI SDK with the admin of team Alpha's API token."""
     client = sdk_client(live_server.url, account.token)
     yield client

@@ -89,17 +89,17 @@ def test_find_a_job_by_search(page, history):
 
     page.fill("#filter-q", "spiked")  # words from a job's notes
     page.wait_for_url(re.compile(r".*/jobs\?q=spiked$"))
-    page.wait_for_function("document.querySelectorAll('#jobs-table tbody tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#jobs-table tbody tr').length === 1")
     assert rows(page) == [history["qwen-faq"].id]
     assert page.locator("#history-count").text_content().strip() == "1 job matches"
     assert page.locator("#filter-q").input_value() == "spiked"  # only the results were swapped
 
     page.fill("#filter-q", "r-sweep")  # a tag
-    page.wait_for_function("document.querySelectorAll('#jobs-table tbody tr').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#jobs-table tbody tr').length === 2")
     page.select_option("#filter-status", "succeeded")
     page.select_option("#filter-model", "HuggingFaceTB/SmolLM2-360M")
     page.wait_for_url(re.compile(r".*model=HuggingFaceTB%2FSmolLM2-360M.*"))
-    page.wait_for_function("document.querySelectorAll('#jobs-table tbody tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#jobs-table tbody tr').length === 1")
     assert rows(page) == [history["r64-all-linear"].id]
 
     page.reload()  # the URL is the view: a reload (or a shared link) shows the same
@@ -117,13 +117,13 @@ def test_compare_two_runs(page, history):
     assert page.locator("#compare-button").is_disabled()
     page.check(f"tr[data-job-id='{a.id}'] input.pick")
     page.fill("#filter-q", "lr1e-4")  # the picks outlive a change of filter
-    page.wait_for_function("document.querySelectorAll('#jobs-table tbody tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#jobs-table tbody tr').length === 1")
     page.check(f"tr[data-job-id='{b.id}'] input.pick")
     assert page.locator("#compare-picked .picked").all_text_contents() == ["r16-baseline×", "r32-lr1e-4×"]
     page.click("#compare-button")
     page.wait_for_url(re.compile(rf".*/compare\?jobs={a.id},{b.id}$"))
 
-    page.wait_for_function("document.getElementById('compare-chart').dataset.series === '2'")
+    page.wait_for_function("() => document.getElementById('compare-chart').dataset.series === '2'")
     series = page.evaluate("window.tuneboardCompare.series()")
     train = [s for s in series if s["kind"] == "train"]
     assert [(s["job"], s["points"]) for s in train] == [(a.id, 120), (b.id, 120)]
@@ -145,7 +145,7 @@ def test_compare_two_runs(page, history):
 def test_clone_a_job(page, history, live_server, account):
     job = history["r32-lr1e-4"]
     page.goto(f"/jobs/{job.id}")
-    page.wait_for_function("document.getElementById('loss-chart').dataset.points === '120'")
+    page.wait_for_function("() => document.getElementById('loss-chart').dataset.points === '120'")
     shot(page, "job-detail.png", full_page=True)
     page.click("#clone-job")
     page.wait_for_url(re.compile(rf".*/\?clone={job.id}$"))

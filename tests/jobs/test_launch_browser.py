@@ -26,7 +26,7 @@ def test_demo_dataset_then_launch_opens_the_queued_job(browser, live_server, acc
     assert page.locator("#plan-steps").inner_text() == "144"
     page.fill("input[name=max_steps]", "25")
     page.fill("input[name=suffix]", "from-the-page")
-    page.wait_for_function("document.querySelector('#plan-steps').textContent === '25'")
+    page.wait_for_function("() => document.querySelector('#plan-steps').textContent === '25'")
     page.click("#launch")
     page.wait_for_url(re.compile(r".*/jobs/ftjob-[A-Za-z0-9]+$"))
     assert page.locator("#job-status").inner_text() == "queued"
