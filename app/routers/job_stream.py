@@ -2,7 +2,8 @@
 
 Each SSE id is the Redis stream id of the update, so EventSource's automatic reconnect (which sends
 Last-Event-ID) resumes exactly after the last update the browser saw. Touches only Redis while
-streaming; the database is read once, to check the job exists.
+streaming; the database is read once, to check the job exists. Viewers of a job share one Redis reader
+(app.stream_hub), and a user holds at most `max_streams_per_user` streams per process (429 past it).
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import weakref
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from app import streams
+from app import stream_hub, streams
 from app.api_errors import ErrorEnvelope, error_response
 from app.auth import PrincipalDep
 from app.db import new_session
@@ -26,18 +27,7 @@ from app.settings import get_settings
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 _STREAM_ID = re.compile(r"^\d+-\d+$")
-BLOCK_MS = 15_000
-_clients: dict[int, aioredis.Redis] = {}
-
-
-def _async_redis() -> aioredis.Redis:
-    # One pool per event loop: a pool's connections belong to the loop that opened them.
-    loop_id = id(asyncio.get_running_loop())
-    client = _clients.get(loop_id)
-    if client is None:
-        client = _clients[loop_id] = aioredis.Redis.from_url(get_settings().effective_redis_url,
-                                                             decode_responses=True)
-    return client
+BLOCK_MS = stream_hub.BLOCK_MS
 
 
 def _job_status(job_id: str, team_id: str) -> str | None:
@@ -46,36 +36,63 @@ def _job_status(job_id: str, team_id: str) -> str | None:
         return job.status if job is not None and job.team_id == team_id else None
 
 
-async def _updates(request: Request, job_id: str, team_id: str, last_id: str, finished: bool,
-                   after_step: int | None) -> AsyncIterator[ServerSentEvent]:
-    client = _async_redis()
-    key = streams.stream_key(job_id)
-    while True:
-        if finished:
-            raw = await client.xrange(key, min=f"({last_id}" if last_id != streams.START else "-", count=1000)
-            batch = [(key, raw)] if raw else []
-        else:
-            batch = await client.xread({key: last_id}, block=BLOCK_MS, count=1000)
-        if not batch:
-            if finished:
-                yield ServerSentEvent(data="{}", event="end")
-                return
-            if await request.is_disconnected():
-                return
-            # Nothing for a while: the job may have ended while its stream was flushed.
-            finished = await run_in_threadpool(_job_status, job_id, team_id) in TERMINAL_STATUSES
-            continue
-        for entry in streams.decode(batch[0][1]):
-            last_id = entry.id
-            if after_step is not None:
-                if entry.type == "rewind":
-                    # A resumed run logs the steps after its checkpoint again: those are new to the client.
-                    after_step = min(after_step, int(entry.data.get("step", 0)))
-                elif entry.type == "metric" and int(entry.data.get("step", after_step + 1)) <= after_step:
-                    continue  # the client has this step already (from the stored metrics)
-            yield ServerSentEvent(data=_json(entry.data), event=entry.type, id=entry.id)
-            if entry.type == "status" and entry.data.get("status") in TERMINAL_STATUSES:
-                finished = True
+class _Cursor:
+    """Where one viewer is: the last entry sent, the step bar, and whether the job has ended."""
+
+    def __init__(self, last_id: str, finished: bool, after_step: int | None):
+        self.last_id, self.finished, self.after_step = last_id, finished, after_step
+
+    def event(self, entry: streams.StreamEntry) -> ServerSentEvent | None:
+        """The event to send for a new entry (None when the client has it already); advances the cursor."""
+        self.last_id = entry.id
+        if entry.type == "status" and entry.data.get("status") in TERMINAL_STATUSES:
+            self.finished = True
+        if self.after_step is not None:
+            if entry.type == "rewind":
+                # A resumed run logs the steps after its checkpoint again: those are new to the client.
+                self.after_step = min(self.after_step, int(entry.data.get("step", 0)))
+            elif entry.type == "metric" and int(entry.data.get("step", self.after_step + 1)) <= self.after_step:
+                return None  # the client has this step already (from the stored metrics)
+        return ServerSentEvent(data=_json(entry.data), event=entry.type, id=entry.id)
+
+
+async def _updates(request: Request, hub: stream_hub.StreamHub, job_id: str, team_id: str,
+                   cursor: _Cursor) -> AsyncIterator[ServerSentEvent]:
+    viewer = None if cursor.finished else await hub.join(job_id)
+    try:
+        # What the client missed, from Redis; then what the job's one reader fans out to every viewer.
+        async for entry in hub.since(job_id, cursor.last_id):
+            if (event := cursor.event(entry)) is not None:
+                yield event
+        while not cursor.finished:
+            if viewer.lagging and viewer.queue.empty():
+                viewer.lagging = False  # fed again from now on; what was dropped meanwhile comes from Redis
+                async for entry in hub.since(job_id, cursor.last_id):
+                    if (event := cursor.event(entry)) is not None:
+                        yield event
+                continue
+            try:
+                entry = await asyncio.wait_for(viewer.queue.get(), BLOCK_MS / 1000)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return
+                # Nothing for a while: the job may have ended while its stream was flushed.
+                cursor.finished = await run_in_threadpool(_job_status, job_id, team_id) in TERMINAL_STATUSES
+                continue
+            if stream_hub.stream_id(entry.id) <= stream_hub.stream_id(cursor.last_id):
+                continue  # sent already, during the catch-up
+            if (event := cursor.event(entry)) is not None:
+                yield event
+        if viewer is not None:
+            hub.leave(job_id, viewer)
+            viewer = None
+        async for entry in hub.since(job_id, cursor.last_id):
+            if (event := cursor.event(entry)) is not None:
+                yield event
+        yield ServerSentEvent(data="{}", event="end")
+    finally:
+        if viewer is not None:
+            hub.leave(job_id, viewer)
 
 
 def _json(data: dict) -> str:
@@ -83,7 +100,7 @@ def _json(data: dict) -> str:
 
 
 @router.get("/{job_id}/stream", summary="Live updates of a job (Server-Sent Events; Tuneboard extension)",
-            responses={404: {"model": ErrorEnvelope},
+            responses={404: {"model": ErrorEnvelope}, 429: {"model": ErrorEnvelope},
                        200: {"content": {"text/event-stream": {}},
                              "description": "Events `metric`, `event`, `status`, `rewind`, then `end`."}})
 async def stream_job(request: Request, job_id: str, principal: PrincipalDep,
@@ -101,5 +118,38 @@ async def stream_job(request: Request, job_id: str, principal: PrincipalDep,
     if not _STREAM_ID.match(start):
         return error_response(400, f"Last-Event-ID {start!r} is not a stream id like 1712345678901-0",
                               param="Last-Event-ID", code="invalid_cursor")
-    updates = _updates(request, job_id, principal.team.id, start, status in TERMINAL_STATUSES, after_step)
+    settings = get_settings()
+    hub = stream_hub.hub_for(settings.effective_redis_url)
+    user_id = principal.user.id
+    if not hub.try_open(user_id, settings.max_streams_per_user):
+        return error_response(
+            429, f"You already have {settings.max_streams_per_user} live job streams open in this server process; "
+            f"the limit is {settings.max_streams_per_user} per user (max_streams_per_user, "
+            "TUNEBOARD_MAX_STREAMS_PER_USER). Close other job pages or streams and retry.",
+            type_="rate_limit_error", param=None, code="too_many_streams")
+    cursor = _Cursor(start, status in TERMINAL_STATUSES, after_step)
+    updates = _counted(_updates(request, hub, job_id, principal.team.id, cursor), lambda: hub.closed(user_id))
     return EventSourceResponse(updates, ping=10, headers={"X-Accel-Buffering": "no"})
+
+
+def _counted(updates: AsyncIterator[ServerSentEvent], release) -> AsyncIterator[ServerSentEvent]:
+    """`updates`, calling `release` exactly once when the stream ends, fails, or is dropped unstarted."""
+    released = False
+
+    def once() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            release()
+
+    async def run() -> AsyncIterator[ServerSentEvent]:
+        try:
+            async for event in updates:
+                yield event
+        finally:
+            once()
+            await updates.aclose()
+
+    wrapped = run()
+    weakref.finalize(wrapped, once)  # a response cancelled before it began never runs the generator's finally
+    return wrapped

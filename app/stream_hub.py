@@ -1,0 +1,168 @@
+"""Live job streams in one web process: one Redis reader per job, fanned out to every viewer of that job.
+
+Without it every open SSE connection held a Redis connection in a 15 s blocking XREAD of its own, so one
+user with a hundred tabs starved the shared pool and each published point cost one XREAD per viewer. A
+`JobFeed` is an asyncio task that XREADs the job's stream and puts each entry in the queue of every
+`Viewer` of the job; it starts with the first viewer and ends with the last. A joining (or lagging)
+viewer catches up with XRANGE from its own Last-Event-ID, and entries it then also gets from the feed
+are skipped by id, so nothing is lost or repeated. Also counts each user's open streams for the cap.
+Must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+
+from app import streams
+
+log = logging.getLogger(__name__)
+
+BLOCK_MS = 15_000
+# Longer than the blocking read, or the client gives up on a quiet stream (redis-py 8 defaults to 5 s).
+SOCKET_TIMEOUT_S = BLOCK_MS / 1000 + 10
+# A viewer this far behind (a slow client) stops being fed and catches up from Redis when it drains.
+QUEUE_LIMIT = 5_000
+_RETRY_S = 1.0
+
+
+def stream_id(entry_id: str) -> tuple[int, int]:
+    """A Redis stream id as a comparable pair."""
+    millis, _, sequence = entry_id.partition("-")
+    return int(millis), int(sequence or 0)
+
+
+class Viewer:
+    """One open SSE connection's side of its job's feed."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[streams.StreamEntry] = asyncio.Queue()
+        self.lagging = False
+
+    def offer(self, entry: streams.StreamEntry) -> None:
+        """Take an entry from the feed, unless this viewer is too far behind to keep up."""
+        if self.lagging:
+            return
+        if self.queue.qsize() >= QUEUE_LIMIT:
+            self.lagging = True
+            return
+        self.queue.put_nowait(entry)
+
+
+class JobFeed:
+    """The one XREAD loop of a job in this process."""
+
+    def __init__(self, hub: StreamHub, job_id: str, last_id: str):
+        self.hub, self.job_id, self.last_id = hub, job_id, last_id
+        self.viewers: set[Viewer] = set()
+        self.task: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        key = streams.stream_key(self.job_id)
+        while True:
+            try:
+                batch = await self.hub.reader.xread({key: self.last_id}, block=BLOCK_MS, count=1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Redis away: viewers keep waiting, the feed retries
+                log.warning("live stream of job %s: reading Redis failed; retrying", self.job_id, exc_info=True)
+                await asyncio.sleep(_RETRY_S)
+                continue
+            for entry in streams.decode(batch[0][1]) if batch else []:
+                self.last_id = entry.id
+                for viewer in self.viewers:
+                    viewer.offer(entry)
+
+
+class StreamHub:
+    """The feeds of this process (one per viewed job) and each user's open stream count."""
+
+    def __init__(self, redis_url: str):
+        self.redis_url = redis_url
+        # Blocking reads, one connection per viewed job, apart from the pool short commands share.
+        self.reader = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S,
+                                              socket_connect_timeout=5, health_check_interval=30)
+        self.commands = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S,
+                                                socket_connect_timeout=5, health_check_interval=30)
+        self.feeds: dict[str, JobFeed] = {}
+        self.open_streams: dict[str, int] = defaultdict(int)
+        self._joining: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    # ---------------------------------------------------------------- per-user cap
+    def try_open(self, user_id: str, limit: int) -> bool:
+        """Count one more stream of this user, unless they already hold `limit`."""
+        if self.open_streams[user_id] >= limit:
+            return False
+        self.open_streams[user_id] += 1
+        return True
+
+    def closed(self, user_id: str) -> None:
+        """Count one stream of this user less."""
+        self.open_streams[user_id] -= 1
+        if self.open_streams[user_id] <= 0:
+            del self.open_streams[user_id]
+
+    # ---------------------------------------------------------------- feeds
+    async def join(self, job_id: str) -> Viewer:
+        """A new viewer of the job, fed from now on (entries after the feed's position)."""
+        viewer = Viewer()
+        async with self._joining[job_id]:
+            feed = self.feeds.get(job_id)
+            if feed is None:
+                # Start after the stream's current last entry: the viewer's XRANGE covers everything up to it.
+                newest = await self.commands.xrevrange(streams.stream_key(job_id), count=1)
+                feed = self.feeds[job_id] = JobFeed(self, job_id, newest[0][0] if newest else streams.START)
+                feed.task = asyncio.create_task(feed.run(), name=f"stream feed {job_id}")
+            feed.viewers.add(viewer)
+        return viewer
+
+    def leave(self, job_id: str, viewer: Viewer) -> None:
+        """Stop feeding this viewer; the last one out stops the job's reader."""
+        feed = self.feeds.get(job_id)
+        if feed is None:
+            return
+        feed.viewers.discard(viewer)
+        if not feed.viewers:
+            del self.feeds[job_id]
+            self._joining.pop(job_id, None)
+            if feed.task is not None:
+                feed.task.cancel()
+
+    async def since(self, job_id: str, last_id: str) -> AsyncIterator[streams.StreamEntry]:
+        """Every stored entry after last_id, oldest first (XRANGE in pages)."""
+        key = streams.stream_key(job_id)
+        while True:
+            raw = await self.commands.xrange(key, min=f"({last_id}" if last_id != streams.START else "-", count=1000)
+            if not raw:
+                return
+            for entry in streams.decode(raw):
+                last_id = entry.id
+                yield entry
+
+    async def close(self) -> None:
+        """Stop every feed and drop the connections (at shutdown)."""
+        for feed in list(self.feeds.values()):
+            if feed.task is not None:
+                feed.task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await feed.task
+        self.feeds.clear()
+        await self.reader.aclose()
+        await self.commands.aclose()
+
+
+_hubs: dict[int, StreamHub] = {}
+
+
+def hub_for(redis_url: str) -> StreamHub:
+    """This event loop's hub (a loop's connections and tasks cannot serve another loop)."""
+    key = id(asyncio.get_running_loop())
+    hub = _hubs.get(key)
+    if hub is None or hub.redis_url != redis_url:
+        hub = _hubs[key] = StreamHub(redis_url)
+    return hub
