@@ -14,7 +14,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app import accounts
-from app.models import Membership, SignInLink, Team, TeamInvitation, User
+from app.models import Membership, SignInLink, Team, TeamInvitation, User, now
+
+
+class InvitationPredatesClaim(accounts.AccountError):
+    """The invitation is older than the account's password, so it may have reached a link's holder instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +56,8 @@ def invite(session: Session, team: Team, email: str, role: str, *, invited_by: U
     if invitation is None:
         invitation = TeamInvitation(team_id=team.id, user_id=user.id)
         session.add(invitation)
-    invitation.role, invitation.invited_by = role, invited_by.id
+    # Re-inviting renews the invitation's date: it is what `accept` compares with the account's claim.
+    invitation.role, invitation.invited_by, invitation.created_at = role, invited_by.id, now()
     session.commit()
     link = accounts.create_sign_in_link(session, user, team) if _unclaimed_for(session, user, team) else None
     return Invited(user, invitation, link)
@@ -88,8 +93,15 @@ def _own(session: Session, user: User, invitation_id: str) -> TeamInvitation:
 
 
 def accept(session: Session, user: User, invitation_id: str) -> Team:
-    """The user joins the team of one of their own invitations, with the role it offered."""
+    """The user joins the team of one of their own invitations, with the role it offered, if the account was
+    already claimed (its password set) when the invitation was made."""
     invitation = _own(session, user, invitation_id)
+    if user.password_set_at is None or user.password_set_at > invitation.created_at:
+        # Until a password is set, whoever holds the account's one-time link (another team's admin, say) could be
+        # signed in as it: an invitation made meanwhile was meant for the person, not for the link's holder.
+        raise InvitationPredatesClaim("invitation", "this invitation was made before you set your password; set "
+                                                    "one if you have not, then ask an admin of the team to invite "
+                                                    "you again")
     team = session.get(Team, invitation.team_id)
     _join(session, invitation)
     return team

@@ -95,6 +95,8 @@ def accept_invitation(request: Request, invitation_id: str, session: SessionDep,
     """Join the team that invited the user."""
     try:
         team = invitations.accept(session, principal.user, invitation_id)
+    except invitations.InvitationPredatesClaim as exc:
+        return _account(request, session, principal, 409, errors={exc.field: exc.message})
     except accounts.AccountError as exc:
         return _account(request, session, principal, 404, errors={exc.field: exc.message})
     return _account(request, session, principal, notice=f"You joined {team.name}; switch to it in the header.")

@@ -204,3 +204,29 @@ def test_operator_prints_a_sign_in_link_and_the_login_page_says_how(app, account
     unknown = subprocess.run([sys.executable, "-m", "app.cli", "sign-in-link", "--user", "nobody@example.com"],
                              cwd=REPO_ROOT, env=tuneboard_env.env, capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and "no user nobody@example.com" in unknown.stderr
+
+
+def test_a_link_holder_cannot_accept_another_teams_invitation_for_the_new_account(app, account, make_user):
+    """Mallory invites a new email and keeps its link; Alpha then invites the same person. Signed in through the
+    link and with a password of her own choosing, Mallory must not get into Alpha as that person."""
+    mallory = make_user("mallory@example.com", "Gamma", "admin")
+    with _browser(app, mallory) as attacker:
+        link = LINK.search(attacker.post("/team/invite", data={
+            "email": "newbie@example.com", "csrf_token": _csrf(attacker.get("/team").text)}).text).group(1)
+    with _browser(app, account) as alpha:
+        csrf = _csrf(alpha.get("/team").text)
+        assert not LINK.search(alpha.post("/team/invite", data={"email": "newbie@example.com",
+                                                                "csrf_token": csrf}).text)
+    with TestClient(app, follow_redirects=False) as as_newbie:
+        assert as_newbie.get(link).status_code == 303
+        csrf_newbie = _csrf(as_newbie.get("/account").text)
+        assert as_newbie.post("/account/password", data={"password": "mallory owns this 1",
+                                                         "csrf_token": csrf_newbie}).status_code == 200
+        page = as_newbie.get("/account").text
+        invitation = re.search(r'/account/invitations/(inv-\w+)/accept', page).group(1)
+        refused = as_newbie.post(f"/account/invitations/{invitation}/accept", data={"csrf_token": csrf_newbie})
+        assert refused.status_code == 409 and "invite you again" in refused.text
+        assert _team_id(as_newbie.get("/jobs").text, "Alpha") is None
+    with _browser(app, account) as alpha:
+        members = _section(alpha.get("/team").text, "members")
+        assert "newbie@example.com" not in members
