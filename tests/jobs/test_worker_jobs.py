@@ -132,7 +132,12 @@ def test_worker_killed_mid_run_resumes_from_its_checkpoint_on_another_worker(cli
 def test_missing_base_model_fails_with_a_plain_reason(client, start_worker, tmp_path):
     start_worker()
     train = upload(client, chat_records(8))
-    job = launch(client, str(tmp_path / "no-such-model"), train["id"], lora=LORA, training=_training())
+    # A local path that names no model folder is refused at launch (tests/security/test_local_model_roots.py);
+    # a hub id is only known to be missing once the worker asks for it (HF_HUB_OFFLINE in the tests).
+    refused = client.post("/v1/fine_tuning/jobs", json={"model": str(tmp_path / "no-such-model"),
+                                                        "training_file": train["id"]})
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+    job = launch(client, "tuneboard-tests/no-such-model", train["id"], lora=LORA, training=_training())
     job = wait_until_finished(client, job["id"], timeout=120)
     assert job["status"] == "failed"
     assert job["error"]["code"] == "model_not_found"

@@ -185,3 +185,35 @@ def send(http: httpx.Client, method: str, url: str, query: dict, **body) -> int:
             return response.status_code
     except httpx.TransportError:
         return 599
+
+
+@pytest.mark.parametrize("value", [
+    "../x", "a/../../x", "/etc/passwd", "a\x00b", "a\\..\\x", "\u2215etc", "\uff0e\uff0e", "a/\uff0e\uff0e/x",
+    "\ufe52\ufe52", ".", "", "a/\uff0fb", "x" * 256, "line\nbreak",
+])
+def test_the_one_path_function_refuses_what_could_leave_its_root(tmp_path, value):
+    from app.safe_paths import UnsafePath, inside
+
+    with pytest.raises(UnsafePath):
+        inside(tmp_path, value)
+
+
+def test_a_symlink_inside_the_root_that_points_out_is_refused(tmp_path):
+    from app.safe_paths import UnsafePath, inside
+    from app.store_local import LocalStore
+
+    root, outside = tmp_path / "artifacts", tmp_path / "outside"
+    (root / "datasets").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    (root / "datasets" / "link").symlink_to(outside)
+    assert inside(root, "datasets/file-1/train.jsonl") == root / "datasets" / "file-1" / "train.jsonl"
+    assert inside(root, "datasets/\u00e9t\u00e9.jsonl").name == "\u00e9t\u00e9.jsonl"  # unicode names are fine
+    with pytest.raises(UnsafePath):
+        inside(root, "datasets/link/secret.txt")
+    store = LocalStore(root)
+    with pytest.raises(UnsafePath):
+        store.get_bytes("datasets/link/secret.txt")
+    with pytest.raises(UnsafePath):
+        store.put_bytes("datasets/link/planted.txt", b"x")
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
