@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,14 +66,15 @@ def resolve_source(model_id: str, settings: Settings | None = None) -> ModelSour
         raise InventoryUnavailable(model_id, UnknownModel(model_id).message, refused=True) from None
     # The config's mtime is part of the key so an edited config is recomputed.
     digest = hashlib.sha1(f"{ref.local_dir}:{mtime_ns}".encode()).hexdigest()[:12]
-    return ModelSource(str(ref.local_dir), f"local--{_short(ref.local_dir.name)}--{digest}", True)
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", ref.local_dir.name).lstrip(".")  # the digest tells folders apart
+    return ModelSource(str(ref.local_dir), f"local--{_short(readable)}--{digest}", True)
 
 
 def _short(name: str) -> str:
     # Cache file names stay far below the 255-byte limit whatever the id's length.
-    if len(name.encode()) <= 120:
+    if len(name) <= 120:
         return name
-    return name.encode()[:80].decode(errors="ignore") + "--" + hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name[:80] + "--" + hashlib.sha1(name.encode()).hexdigest()[:12]
 
 
 def worker_stack_installed() -> bool:

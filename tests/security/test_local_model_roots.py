@@ -124,7 +124,8 @@ def test_a_model_folder_under_a_root_is_usable(client, roots, training_file):
     require(worker_stack_installed(), "torch, transformers and peft (the worker extra)")
     from tests.web.conftest import wait_until
 
-    folder = str(model_folder(roots / "org" / "tiny"))
+    # Any name an admin gives a folder is fine (it never becomes a cache file name as it is).
+    folder = str(model_folder(roots / "org" / "tiny \u2215 \uff0e\uff0e model"))
     first = client.post(ESTIMATE, json={"model": folder})
     assert first.status_code == 202 and first.json()["error"]["code"] == "computing"
     settled = wait_until(lambda: (r := client.post(ESTIMATE, json={"model": folder})).status_code != 202 and r)
@@ -151,3 +152,33 @@ def test_the_worker_refuses_a_folder_outside_the_roots(roots, tmp_path):
         assert caught.value.code == "model_not_found" and "does not exist on this worker" in caught.value.reason
     inside = model_folder(roots / "tiny")
     assert resolve_source(str(inside), tmp_path / "data")[0] == inside.resolve()
+
+
+def test_a_stored_job_naming_a_folder_outside_the_roots_fails_on_the_worker(roots, tmp_path, tuneboard_env,
+                                                                           account, start_worker, tiny_model_dir):
+    """A job stored before the rule (or written straight to the database) still cannot make a real worker load
+    an arbitrary folder and copy its weights into a downloadable adapter."""
+    from app import jobs, streams
+    from app.db import new_session
+    from app.models import Job
+    from app.settings import get_settings
+    from app.training.job_config import JobConfig, TrainingSettings
+    from tests.jobs.helpers import upload, wait_until_finished
+
+    outside = tiny_model_dir  # a real model with weights, outside the one root of this test
+    start_worker()
+    from app.main import create_app
+
+    with TestClient(create_app(), headers=account.headers) as api:
+        training_file = upload(api, [{"text": f"example {i}"} for i in range(4)])["id"]
+        with new_session() as session:
+            config = JobConfig(model=str(outside), training=TrainingSettings(max_steps=2, batch_size=1))
+            job = jobs.submit(session, streams.get_redis(), Job(
+                model=str(outside), queue=tuneboard_env.queue, config=config.model_dump(mode="json"),
+                team_id=account.team_id, created_by=account.user_id, training_file_id=training_file),
+                get_settings())
+            job_id = job.id
+        finished = wait_until_finished(api, job_id, timeout=120)
+    assert finished["status"] == "failed"
+    assert finished["error"]["code"] == "model_not_found"
+    assert "does not exist on this worker" in finished["error"]["message"]
