@@ -138,7 +138,9 @@ def test_traversal_values_in_every_parameter_of_every_route_touch_nothing_outsid
             assert job.status_code == 200, job.text
             valid = {"job_id": job.json()["id"], "file_id": file_id, "model_id": MODEL, "model": MODEL,
                      "jobs": job.json()["id"], "token": "x", "token_id": "x", "user_id": "x", "file": "x"}
-            before = snapshot(tmp_path, skip=[tuneboard_env.data_dir, tmp_path / "server.log"])
+            # The server's own files in tmp_path: its log, and the SQLite database this test points it at.
+            own = [tuneboard_env.data_dir, tmp_path / "server.log", *tmp_path.glob("tuneboard.db*")]
+            before = snapshot(tmp_path, skip=own)
             failures, sent = [], 0
             for methods, path, path_params, query_params in every_route():
                 for method in sorted(methods):
@@ -168,7 +170,7 @@ def test_traversal_values_in_every_parameter_of_every_route_touch_nothing_outsid
     print(f"\n{sent} requests with traversal values")
     log_tail = (tmp_path / "server.log").read_text(errors="replace")[-3000:]
     assert failures == [], f"{len(failures)} of {sent} requests answered 5xx: {failures[:20]}\n{log_tail}"
-    after = snapshot(tmp_path, skip=[tuneboard_env.data_dir, tmp_path / "server.log"])
+    after = snapshot(tmp_path, skip=[*own, *tmp_path.glob("tuneboard.db*")])
     assert after == before  # nothing outside the data dir was created, removed or changed
     assert (sentinel / "keep.log").read_text() == "keep"
     assert files_named_with_mark(tmp_path.parent, REPO_ROOT) == []  # this session's temporary folder, the repo
