@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
+from sse_starlette.sse import ServerSentEvent
 
 from app import streams
 
@@ -31,6 +33,12 @@ QUEUE_LIMIT = 5_000
 _RETRY_S = 1.0
 
 
+def frame(entry: streams.StreamEntry) -> bytes:
+    """The entry as one SSE event on the wire: encoded once per entry, however many viewers get it."""
+    return ServerSentEvent(data=json.dumps(entry.data, separators=(",", ":")), event=entry.type,
+                           id=entry.id).encode()
+
+
 def stream_id(entry_id: str) -> tuple[int, int]:
     """A Redis stream id as a comparable pair."""
     millis, _, sequence = entry_id.partition("-")
@@ -41,17 +49,32 @@ class Viewer:
     """One open SSE connection's side of its job's feed."""
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[streams.StreamEntry] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[streams.StreamEntry, bytes]] = asyncio.Queue()
         self.lagging = False
 
-    def offer(self, entry: streams.StreamEntry) -> None:
-        """Take an entry from the feed, unless this viewer is too far behind to keep up."""
+    def offer(self, entry: streams.StreamEntry, encoded: bytes) -> None:
+        """Take an entry (and its SSE frame) from the feed, unless this viewer is too far behind to keep up."""
         if self.lagging:
             return
         if self.queue.qsize() >= QUEUE_LIMIT:
             self.lagging = True
             return
-        self.queue.put_nowait(entry)
+        self.queue.put_nowait((entry, encoded))
+
+    async def next_batch(self, timeout: float) -> list[tuple[streams.StreamEntry, bytes]]:
+        """Every entry waiting (at least one, unless `timeout` passes first: then none)."""
+        if self.queue.empty():
+            try:
+                async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for
+                    first = await self.queue.get()
+            except TimeoutError:
+                return []
+            batch = [first]
+        else:
+            batch = []
+        while not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return batch
 
 
 class JobFeed:
@@ -64,19 +87,24 @@ class JobFeed:
 
     async def run(self) -> None:
         key = streams.stream_key(self.job_id)
+        failing = False
         while True:
             try:
                 batch = await self.hub.reader.xread({key: self.last_id}, block=BLOCK_MS, count=1000)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - Redis away: viewers keep waiting, the feed retries
-                log.warning("live stream of job %s: reading Redis failed; retrying", self.job_id, exc_info=True)
+                if not failing:  # once per outage, not once a second
+                    log.warning("live stream of job %s: reading Redis failed; retrying", self.job_id, exc_info=True)
+                failing = True
                 await asyncio.sleep(_RETRY_S)
                 continue
+            failing = False
             for entry in streams.decode(batch[0][1]) if batch else []:
                 self.last_id = entry.id
+                encoded = frame(entry)
                 for viewer in self.viewers:
-                    viewer.offer(entry)
+                    viewer.offer(entry, encoded)
 
 
 class StreamHub:

@@ -8,8 +8,6 @@ streaming; the database is read once, to check the job exists. Viewers of a job 
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
 import weakref
 from collections.abc import AsyncIterator
@@ -42,8 +40,8 @@ class _Cursor:
     def __init__(self, last_id: str, finished: bool, after_step: int | None):
         self.last_id, self.finished, self.after_step = last_id, finished, after_step
 
-    def event(self, entry: streams.StreamEntry) -> ServerSentEvent | None:
-        """The event to send for a new entry (None when the client has it already); advances the cursor."""
+    def event(self, entry: streams.StreamEntry, encoded: bytes | None = None) -> bytes | None:
+        """The SSE frame to send for a new entry (None when the client has it already); advances the cursor."""
         self.last_id = entry.id
         if entry.type == "status" and entry.data.get("status") in TERMINAL_STATUSES:
             self.finished = True
@@ -53,11 +51,11 @@ class _Cursor:
                 self.after_step = min(self.after_step, int(entry.data.get("step", 0)))
             elif entry.type == "metric" and int(entry.data.get("step", self.after_step + 1)) <= self.after_step:
                 return None  # the client has this step already (from the stored metrics)
-        return ServerSentEvent(data=_json(entry.data), event=entry.type, id=entry.id)
+        return encoded if encoded is not None else stream_hub.frame(entry)
 
 
 async def _updates(request: Request, hub: stream_hub.StreamHub, job_id: str, team_id: str,
-                   cursor: _Cursor) -> AsyncIterator[ServerSentEvent]:
+                   cursor: _Cursor) -> AsyncIterator[ServerSentEvent | bytes]:
     viewer = None if cursor.finished else await hub.join(job_id)
     try:
         # What the client missed, from Redis; then what the job's one reader fans out to every viewer.
@@ -71,18 +69,18 @@ async def _updates(request: Request, hub: stream_hub.StreamHub, job_id: str, tea
                     if (event := cursor.event(entry)) is not None:
                         yield event
                 continue
-            try:
-                entry = await asyncio.wait_for(viewer.queue.get(), BLOCK_MS / 1000)
-            except TimeoutError:
+            batch = await viewer.next_batch(BLOCK_MS / 1000)
+            if not batch:
                 if await request.is_disconnected():
                     return
                 # Nothing for a while: the job may have ended while its stream was flushed.
                 cursor.finished = await run_in_threadpool(_job_status, job_id, team_id) in TERMINAL_STATUSES
                 continue
-            if stream_hub.stream_id(entry.id) <= stream_hub.stream_id(cursor.last_id):
-                continue  # sent already, during the catch-up
-            if (event := cursor.event(entry)) is not None:
-                yield event
+            # Everything that was waiting goes out as one write.
+            frames = [cursor.event(entry, encoded) for entry, encoded in batch
+                      if stream_hub.stream_id(entry.id) > stream_hub.stream_id(cursor.last_id)]  # else sent already
+            if any(frames):
+                yield b"".join(f for f in frames if f is not None)
         if viewer is not None:
             hub.leave(job_id, viewer)
             viewer = None
@@ -93,10 +91,6 @@ async def _updates(request: Request, hub: stream_hub.StreamHub, job_id: str, tea
     finally:
         if viewer is not None:
             hub.leave(job_id, viewer)
-
-
-def _json(data: dict) -> str:
-    return json.dumps(data, separators=(",", ":"))
 
 
 @router.get("/{job_id}/stream", summary="Live updates of a job (Server-Sent Events; Tuneboard extension)",

@@ -149,6 +149,34 @@
     source.addEventListener("event", (e) => addEvent(JSON.parse(e.data)));
     source.addEventListener("status", (e) => onStatus(JSON.parse(e.data)));
     source.addEventListener("end", () => { source.close(); page.dataset.streamEnded = "true"; });
+    source.addEventListener("error", () => {
+      // EventSource retries a dropped connection by itself, but gives up for good on a refused one (e.g. 429:
+      // this user has too many live views open): say why instead of freezing silently.
+      if (source.readyState === EventSource.CLOSED && !page.dataset.streamEnded) explainRefusal(source.url);
+    });
+  }
+
+  async function explainRefusal(url) {
+    let message = "Live updates stopped; reload the page to resume them.";
+    const controller = new AbortController();
+    try {
+      const response = await fetch(url, { signal: controller.signal, headers: { Accept: "text/event-stream" } });
+      if (!response.ok) {
+        const body = await response.json().catch(() => ({}));
+        if (body.error && body.error.message) message = `Live updates are off: ${body.error.message}`;
+      }
+    } catch (_) {
+      // Unreachable server: the general message stands.
+    }
+    controller.abort(); // a stream that opened this time is not wanted here: the page reconnects on reload
+    let note = byId("stream-note");
+    if (!note) {
+      note = document.createElement("p");
+      note.id = "stream-note";
+      note.className = "stream-note";
+      byId("job-summary").after(note);
+    }
+    note.textContent = message;
   }
 
   async function loadHistory() {

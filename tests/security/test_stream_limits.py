@@ -170,3 +170,39 @@ def test_an_idle_stream_logs_no_error_and_still_delivers_the_next_point(live_ser
     asyncio.run(scenario())
     log = live_server.log_path.read_text(errors="replace")
     assert "Traceback" not in log and "Error" not in log, log[-3000:]
+
+
+@pytest.fixture
+def one_stream_per_user(tuneboard_env, monkeypatch):
+    """A cap of one live stream per user for the server this test starts."""
+    from app.settings import get_settings
+
+    monkeypatch.setenv("TUNEBOARD_MAX_STREAMS_PER_USER", "1")
+    tuneboard_env.env["TUNEBOARD_MAX_STREAMS_PER_USER"] = "1"
+    get_settings.cache_clear()
+
+
+@pytest.mark.browser
+@SQLITE_ONLY
+def test_a_job_page_over_the_stream_cap_says_why_it_is_not_live(one_stream_per_user, browser, live_server,
+                                                                 account):
+    from tests.service_fixtures import signed_in_context
+
+    job_id = _job(account)
+    context = signed_in_context(browser, live_server.url, account, viewport={"width": 1400, "height": 1000})
+    first, second = context.new_page(), context.new_page()
+    problems: list[str] = []
+    for page in (first, second):
+        page.on("pageerror", lambda error: problems.append(str(error)))
+    first.goto(f"/jobs/{job_id}")
+    streams.publish(streams.get_redis(), job_id, "metric", {"step": 1, "loss": 1.0}, max_len=1000)
+    first.wait_for_function("() => window.tuneboardJob && window.tuneboardJob.steps().length === 1")
+    second.goto(f"/jobs/{job_id}")
+    second.wait_for_selector("#stream-note")
+    note = second.text_content("#stream-note")
+    assert note.startswith("Live updates are off:") and "the limit is 1 per user" in note
+    assert first.query_selector("#stream-note") is None  # the first page stays live
+    streams.publish(streams.get_redis(), job_id, "metric", {"step": 2, "loss": 0.5}, max_len=1000)
+    first.wait_for_function("() => window.tuneboardJob.steps().length === 2")
+    assert not problems, problems
+    context.close()
