@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from app.safe_paths import inside
+
 DATA_DIR = Path(__file__).parent / "catalog_data"
 
 
@@ -29,12 +31,12 @@ def slug(model_id: str) -> str:
 
 def config_path(model_id: str) -> Path:
     """Where the committed config.json of a catalog model lives."""
-    return DATA_DIR / "configs" / f"{slug(model_id)}.json"
+    return inside(DATA_DIR / "configs", f"{slug(model_id)}.json")
 
 
 def inventory_path(model_id: str) -> Path:
     """Where the committed inventory of a catalog model lives."""
-    return DATA_DIR / "inventories" / f"{slug(model_id)}.json"
+    return inside(DATA_DIR / "inventories", f"{slug(model_id)}.json")
 
 
 @cache
