@@ -25,6 +25,18 @@ def too_large_body(limit: int) -> bytes:
         "type": "invalid_request_error", "param": None, "code": "request_too_large"}}).encode()
 
 
+def document_body_limit(openapi: dict) -> dict:
+    """Add the 413 this middleware answers to every operation of an OpenAPI schema that takes a JSON or form body."""
+    for operations in openapi.get("paths", {}).values():
+        for operation in operations.values():
+            kinds = operation.get("requestBody", {}).get("content", {}) if isinstance(operation, dict) else {}
+            if any(not kind.startswith("multipart/") for kind in kinds):
+                operation["responses"].setdefault("413", {
+                    "description": "The body is larger than TUNEBOARD_MAX_JSON_BODY_BYTES",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}})
+    return openapi
+
+
 def _header(scope: dict, name: bytes) -> bytes | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:

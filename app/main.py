@@ -12,13 +12,13 @@ from starlette.concurrency import run_in_threadpool
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app import metrics
-from app.api_errors import install_auth_handlers, install_error_handlers
+from app.api_errors import document_error_envelope, install_auth_handlers, install_error_handlers
 from app.auth import current_principal
-from app.body_limit import BodyLimitMiddleware
+from app.body_limit import BodyLimitMiddleware, document_body_limit
 from app.lease_reaper import ReaperThread
 from app.logging_setup import configure_logging
 from app.migrate import upgrade_database
-from app.nul_guard import NulGuardMiddleware
+from app.nul_guard import NulGuardMiddleware, document_nul_refusal
 from app.routers import (
     account_pages,
     auth_pages,
@@ -103,6 +103,15 @@ def create_app() -> FastAPI:
 
 
 def _serve_schema(app: FastAPI, dependencies: list) -> None:
+    generated = app.openapi
+
+    def documented() -> dict:
+        # Errors the envelope handler, the body limit and the NUL guard answer outside any route's own
+        # declaration, documented as they are sent. In place and idempotent, on FastAPI's cached schema.
+        return document_nul_refusal(document_body_limit(document_error_envelope(generated())))
+
+    app.openapi = documented
+
     @app.get("/openapi.json", include_in_schema=False, dependencies=dependencies)
     def openapi_schema() -> JSONResponse:
         return JSONResponse(app.openapi())

@@ -19,6 +19,18 @@ _JSON_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
 _BRACKETED = re.compile(r"^([^\[]+)\[")
 
 
+def document_nul_refusal(openapi: dict) -> dict:
+    """Add the 422 this middleware answers (to any operation: a query string may carry NUL anywhere) to every
+    operation of an OpenAPI schema that does not document one already."""
+    for operations in openapi.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                operation["responses"].setdefault("422", {
+                    "description": "The URL, query or body holds the NUL character",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}})
+    return openapi
+
+
 def _refusal(param: str | None, where: str) -> bytes:
     name = f"{param}: " if param else ""
     return json.dumps({"error": {

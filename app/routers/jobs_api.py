@@ -11,7 +11,7 @@ import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import Text, cast, or_, select
 from sqlalchemy.orm import Session
@@ -51,6 +51,9 @@ MAX_POINTS_DOC = (
 MAX_STEP = 2**31 - 1
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 AdapterFile = Literal["adapter_model.safetensors", "adapter_config.json"]
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+ADAPTER_DOWNLOAD = {"description": "A zip of the adapter's files, or the one file asked for with `file`",
+                    "content": {"application/zip": _BINARY, "application/octet-stream": _BINARY}}
 
 
 def _not_found(job_id: str):
@@ -259,7 +262,8 @@ def _downsampled_metrics(session: Session, job_id: str, after_step: int, max_poi
             "bucket_steps": metric_downsampling.bucket_width(steps, max_points)}
 
 
-@router.get("/{job_id}/adapter", summary="Download the trained adapter (Tuneboard extension)", responses=ERRORS)
+@router.get("/{job_id}/adapter", summary="Download the trained adapter (Tuneboard extension)",
+            response_class=Response, responses={**ERRORS, 200: ADAPTER_DOWNLOAD})
 def download_adapter(job_id: str, session: SessionDep, principal: PrincipalDep, file: AdapterFile | None = None):
     """A zip of adapter_model.safetensors and adapter_config.json, or one of them with `file`."""
     job = team_scoped(session, Job, job_id, principal)
