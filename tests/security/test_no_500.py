@@ -97,3 +97,9 @@ def test_a_json_string_holding_a_backslash_before_u0000_is_not_mistaken_for_nul(
     body = '{"model": "m", "training_file": "file-\\\\u0000"}'  # the text file-\\u0000: no NUL in it
     answer = api.post("/v1/fine_tuning/jobs", content=body, headers={"content-type": "application/json"})
     assert answer.status_code == 404 and answer.json()["error"]["param"] == "training_file", answer.text
+
+
+def test_a_body_that_is_not_utf8_json_is_a_422_in_the_envelope(api):
+    response = api.post("/v1/fine_tuning/estimate", content=b"\xff\xfe{", headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] in ("invalid_body", "invalid_value")
