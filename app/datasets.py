@@ -3,8 +3,9 @@
 Owns the accepted input formats (OpenAI chat, prompt/completion, Alpaca and `{"text"}` JSON Lines;
 CSV with a column mapping; blank-line separated plain text), the problems reported about a file
 (each naming its line and field), the normalised `Example` that the trainer consumes, and the
-deterministic validation split. The web app validates uploads with it and the worker reads stored
-files with it, so both always agree on what a file holds.
+deterministic validation split. The web app validates uploads with it (`summarise_file`: line by line
+from disk, keeping counts, not examples) and the worker reads stored files with it (`parse_dataset`), both
+through the same parsers, so they always agree on what a file holds.
 
 Stdlib and pydantic only: must not import torch, transformers, peft or `workers`.
 """

@@ -10,15 +10,18 @@ for a metric point at a fixed rate (20 points/s for 10 s by default), each paylo
 time (`time.time()` just before the XADD). A client timestamps an event when its blank line ends it
 (when EventSource would dispatch it); latency = arrival - send time, one sample per point per client.
 
-Configurations: 1 client and 100 clients. A reference row reads the same stream straight from Redis
-(`XREAD BLOCK` with redis.asyncio, no HTTP) to show the floor the SSE path adds to. Beside p50 / p99 /
-max it reports the CPU seconds the server, Redis and the client process spent during the window.
+Configurations: 1, 100 and 1,000 clients (viewers of one job; the per-user stream cap is lifted for the
+run). The server reads each job's stream once (app.stream_hub) and fans it out; the baseline rows, in
+the same run, are the old approach's reading side: one `XREAD BLOCK` loop per viewer straight against
+Redis (redis.asyncio, a connection each, no HTTP), 1 and the largest count. Beside p50 / p99 / max it
+reports the CPU seconds the server, Redis and the client process spent during the window, and the
+server's and Redis's CPU per published point.
 Target: p99 < 50 ms on this machine, where the clients, the server, the publisher and Redis share
 2 CPU cores (so the client process's own work is in the figure, and so is any other load).
 
 Run from the repository root (needs a Redis server):
 
-    .venv/bin/python -m bench.streaming                  # 1 and 100 clients, 20 points/s for 10 s
+    .venv/bin/python -m bench.streaming                  # 1, 100 and 1,000 clients, 20 points/s for 10 s
     .venv/bin/python -m bench.streaming --quick          # 1 and 20 clients for 4 s, a smoke test
     .venv/bin/python -m bench.streaming --json out.json  # also write every figure as JSON
     .venv/bin/python -m bench.streaming --clients 1 --clients 10 --clients 100 --rate 50
@@ -259,8 +262,8 @@ async def measure_sse(server_url: str, clients: int, rate: float, count: int, re
 
 
 async def measure_redis_direct(rate: float, count: int, redis_url: str, env: dict[str, str],
-                               account: h.Account) -> Result:
-    """The floor: one reader doing XREAD BLOCK on the stream itself, as the SSE route does, without HTTP."""
+                               account: h.Account, readers: int = 1) -> Result:
+    """The old approach's reading side: one XREAD BLOCK loop per viewer on the stream itself, without HTTP."""
     import redis
     import redis.asyncio as aioredis
 
@@ -268,22 +271,31 @@ async def measure_redis_direct(rate: float, count: int, redis_url: str, env: dic
 
     job_id = new_job(account)
     sync = redis.Redis.from_url(redis_url, decode_responses=True)
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    key, last_id = streams.stream_key(job_id), streams.START
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True, max_connections=readers + 10,
+                                     socket_timeout=30)
+    key = streams.stream_key(job_id)
     latencies: list[float] = []
+    received = [0] * readers
+
+    async def reader(index: int) -> None:
+        last_id = streams.START
+        deadline = time.monotonic() + count / rate + 60
+        while received[index] < count and time.monotonic() < deadline:
+            batch = await client.xread({key: last_id}, block=1000, count=1000)
+            arrived = time.time()
+            for entry in streams.decode(batch[0][1]) if batch else []:
+                last_id = entry.id
+                received[index] += 1
+                latencies.append(1000 * (arrived - entry.data["sent"]))
+
     cpu0 = (redis_cpu_seconds(sync), time.process_time(), time.monotonic())
     publisher = start_publisher(job_id, rate, count, redis_url, env)
-    deadline = time.monotonic() + count / rate + 60
-    while len(latencies) < count and time.monotonic() < deadline:
-        batch = await client.xread({key: last_id}, block=1000, count=1000)
-        arrived = time.time()
-        for entry in streams.decode(batch[0][1]) if batch else []:
-            last_id = entry.id
-            latencies.append(1000 * (arrived - entry.data["sent"]))
+    await asyncio.gather(*(reader(i) for i in range(readers)))
     cpu1 = (redis_cpu_seconds(sync), time.process_time(), time.monotonic())
     publisher.wait(timeout=60)
     await client.aclose()
-    result = Result("Redis XREAD, 1 reader (no HTTP)", 1, count, latencies, count - len(latencies))
+    label = f"baseline: Redis XREAD per viewer (old approach, no HTTP), {readers:,} reader{'s' if readers > 1 else ''}"
+    result = Result(label, readers, count, latencies, readers * count - len(latencies))
     result.redis_cpu_s, result.client_cpu_s = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
     result.window_s = cpu1[2] - cpu0[2]
     return result
@@ -291,11 +303,16 @@ async def measure_redis_direct(rate: float, count: int, redis_url: str, env: dic
 
 # ----------------------------------------------------------------------------------------------------- report
 def table(results: list[Result]) -> str:
+    def per_point(seconds: float | None, points: int) -> float | None:
+        return None if seconds is None else 1000 * seconds / points
+
     rows = [[r.label, f"{len(r.latencies_ms):,}", r.missing, h.fmt(r.pct(50), 1), h.fmt(r.pct(99), 1),
-             h.fmt(r.max_ms, 1), h.fmt(r.server_cpu_s, 2), h.fmt(r.redis_cpu_s, 2), h.fmt(r.client_cpu_s, 2),
+             h.fmt(r.max_ms, 1), h.fmt(r.server_cpu_s, 2), h.fmt(per_point(r.server_cpu_s, r.points), 2),
+             h.fmt(r.redis_cpu_s, 2), h.fmt(per_point(r.redis_cpu_s, r.points), 3), h.fmt(r.client_cpu_s, 2),
              h.fmt(r.window_s, 1)] for r in results]
     return h.markdown_table(["configuration", "samples", "missing", "p50 ms", "p99 ms", "max ms", "server CPU s",
-                             "Redis CPU s", "client CPU s", "window s"], rows)
+                             "server CPU ms/point", "Redis CPU s", "Redis CPU ms/point", "client CPU s",
+                             "window s"], rows)
 
 
 def profile_report(path: Path) -> str:
@@ -312,9 +329,10 @@ def profile_report(path: Path) -> str:
 
 async def run_all(args: argparse.Namespace, env: dict[str, str], work: Path) -> tuple[list[Result], str | None]:
     results: list[Result] = []
-    h.progress("reference: Redis XREAD without HTTP, 1 reader")
     account = h.bench_account()
-    results.append(await measure_redis_direct(args.rate, args.count, args.redis_url, env, account))
+    for readers in sorted({1, max(args.clients)}):
+        h.progress(f"baseline: Redis XREAD per viewer without HTTP, {readers} readers")
+        results.append(await measure_redis_direct(args.rate, args.count, args.redis_url, env, account, readers))
     profile_text = None
     runs = [(clients, False) for clients in args.clients]
     if args.profile:
@@ -356,14 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.publish:
         publish_points(args.publish, args.rate, args.count, args.redis_url)
         return 0
-    args.clients = args.clients or ([1, 20] if args.quick else [1, 100])
+    args.clients = args.clients or ([1, 20] if args.quick else [1, 100, 1000])
     args.duration = args.duration or (4.0 if args.quick else 10.0)
     args.count = int(args.rate * args.duration)
     h.check_redis(args.redis_url)
 
     with tempfile.TemporaryDirectory(prefix="tuneboard-bench-streaming-") as tmp:
         work = Path(tmp)
-        env = h.configure(work / "data", args.redis_url)
+        # Every client is the benchmark's one user: lift the per-user stream cap for this server.
+        env = h.configure(work / "data", args.redis_url, TUNEBOARD_MAX_STREAMS_PER_USER=str(max(args.clients) + 10))
         try:
             import uvloop
 

@@ -14,8 +14,6 @@ import time
 import httpx
 import pytest
 
-from app.training.pattern_cost import MAX_PATTERN_CHARS, MAX_PATTERN_ENTRIES
-
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no database question here
 
 SMOL = "HuggingFaceTB/SmolLM2-135M"
@@ -70,6 +68,8 @@ def test_nastier_backtracking_pattern_in_each_field_answers_422_naming_it_quickl
 
 
 def test_overlong_pattern_and_too_many_patterns_are_422_naming_the_field(api):
+    from app.training.pattern_cost import MAX_PATTERN_CHARS, MAX_PATTERN_ENTRIES
+
     response, _ = _estimate(api, target_modules=".*" + "a?" * MAX_PATTERN_CHARS)
     assert response.status_code == 422 and response.json()["error"]["param"] == "lora.target_modules"
     assert f"the limit is {MAX_PATTERN_CHARS}" in response.json()["error"]["message"]
