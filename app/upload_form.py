@@ -61,6 +61,8 @@ async def read_upload_form(request: Request, limit: int, directory: Path) -> For
     if getattr(request, "_form", None) is not None:
         # A CSRF check without its header already read the body the unbounded way; pages send the header.
         raise MultiPartException("send the X-CSRF-Token header with an upload")
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise MultiPartException("the body must be multipart/form-data with the file in a part")
     ceiling = limit + FORM_FIELDS_BYTES
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > ceiling:

@@ -277,3 +277,17 @@ def test_page_upload_over_the_limit_shows_the_limit_and_a_valid_one_is_selected(
     listed = httpx.get(f"{live_server.url}/v1/files", headers=account.headers).json()["data"]
     assert [f["examples"] for f in listed] == [examples]
     assert listed[0]["id"] in response.text
+
+
+@SQLITE_ONLY
+def test_upload_that_is_not_multipart_or_has_no_file_is_a_clear_4xx(live_server, account):
+    with httpx.Client(base_url=live_server.url, headers=account.headers, timeout=30) as client:
+        response = client.post("/v1/files", json={"file": "x"})
+        assert response.status_code == 400 and "multipart/form-data" in response.json()["error"]["message"]
+        response = client.post("/v1/files", content=b"", headers={"Content-Type": "text/plain"})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "file"
+        response = client.post("/v1/files", data={"purpose": "fine-tune"}, files={"other": ("a.txt", b"x")})
+        assert response.status_code == 422 and response.json()["error"]["code"] == "missing_file"
+        response = client.post("/v1/files", content=b"--x\r\nbroken", headers={
+            "Content-Type": "multipart/form-data; boundary=x"})
+        assert response.status_code in (400, 422) and response.json()["error"]["param"] == "file"
