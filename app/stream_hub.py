@@ -112,6 +112,7 @@ class StreamHub:
 
     def __init__(self, redis_url: str):
         self.redis_url = redis_url
+        self.loop = asyncio.get_running_loop()
         # Blocking reads, one connection per viewed job, apart from the pool short commands share.
         self.reader = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S,
                                               socket_connect_timeout=5, health_check_interval=30)
@@ -189,8 +190,9 @@ _hubs: dict[int, StreamHub] = {}
 
 def hub_for(redis_url: str) -> StreamHub:
     """This event loop's hub (a loop's connections and tasks cannot serve another loop)."""
-    key = id(asyncio.get_running_loop())
-    hub = _hubs.get(key)
-    if hub is None or hub.redis_url != redis_url:
-        hub = _hubs[key] = StreamHub(redis_url)
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(id(loop))
+    # The hub keeps its loop alive, so a loop id is never reused while its hub is registered.
+    if hub is None or hub.loop is not loop or hub.redis_url != redis_url:
+        hub = _hubs[id(loop)] = StreamHub(redis_url)
     return hub
