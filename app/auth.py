@@ -57,8 +57,10 @@ def bearer_token(request: Request) -> str | None:
 async def _check_csrf(request: Request, principal: accounts.Principal) -> None:
     # Cookies ride along with cross-site requests; a token the page holds does not.
     sent = request.headers.get(CSRF_HEADER)
-    if sent is None and request.headers.get("content-type", "").startswith(
-            ("application/x-www-form-urlencoded", "multipart/form-data")):
+    # Only a small urlencoded form (bounded by the body limit) is parsed here. A multipart body is an upload:
+    # parsing it for the field would read it whole before the upload's own size limit applies, and the pages
+    # send their uploads with the header.
+    if sent is None and request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
         sent = (await request.form()).get(CSRF_FIELD)
     if not sent or not credentials.same(str(sent), principal.csrf_token or ""):
         raise Forbidden("The form is out of date or was sent from another site (CSRF check failed); "

@@ -291,3 +291,15 @@ def test_upload_that_is_not_multipart_or_has_no_file_is_a_clear_4xx(live_server,
         response = client.post("/v1/files", content=b"--x\r\nbroken", headers={
             "Content-Type": "multipart/form-data; boundary=x"})
         assert response.status_code in (400, 422) and response.json()["error"]["param"] == "file"
+
+
+@SQLITE_ONLY
+def test_a_browser_upload_without_the_csrf_header_is_refused_before_its_body_is_parsed(live_server, account):
+    """The CSRF check used to parse a multipart body, whole and without the upload's limit, to find the token."""
+    from app.auth import SESSION_COOKIE
+
+    cookie = {"Cookie": f"{SESSION_COOKIE}={account.session_cookie}"}
+    response = upload(live_server.url, cookie, chat_lines(50_000)[0], fields={"purpose": "fine-tune",
+                                                                          "csrf_token": account.csrf_token})
+    assert response.status_code == 403 and "CSRF" in response.text
+    assert httpx.get(f"{live_server.url}/v1/files", headers=account.headers).json()["data"] == []
