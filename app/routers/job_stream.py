@@ -24,7 +24,8 @@ from app.models import TERMINAL_STATUSES, Job
 from app.settings import get_settings
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
-_STREAM_ID = re.compile(r"^\d+-\d+$")
+_STREAM_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_STREAM_ID_PART_MAX = 2**64 - 1  # Redis refuses larger parts
 BLOCK_MS = stream_hub.BLOCK_MS
 
 
@@ -93,6 +94,11 @@ async def _updates(request: Request, hub: stream_hub.StreamHub, job_id: str, tea
             hub.leave(job_id, viewer)
 
 
+def _is_stream_id(value: str) -> bool:
+    return _STREAM_ID.fullmatch(value) is not None and all(int(part) <= _STREAM_ID_PART_MAX
+                                                           for part in value.split("-"))
+
+
 @router.get("/{job_id}/stream", summary="Live updates of a job (Server-Sent Events; Tuneboard extension)",
             responses={404: {"model": ErrorEnvelope}, 429: {"model": ErrorEnvelope},
                        200: {"content": {"text/event-stream": {}},
@@ -109,7 +115,7 @@ async def stream_job(request: Request, job_id: str, principal: PrincipalDep,
         return error_response(404, f"No fine-tuning job with id {job_id!r}.", param="fine_tuning_job_id",
                               code="job_not_found")
     start = last_event_id or after or streams.START
-    if not _STREAM_ID.match(start):
+    if not _is_stream_id(start):
         return error_response(400, f"Last-Event-ID {start!r} is not a stream id like 1712345678901-0",
                               param="Last-Event-ID", code="invalid_cursor")
     settings = get_settings()

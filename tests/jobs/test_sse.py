@@ -91,6 +91,11 @@ def test_stream_of_unknown_job_is_404_and_bad_cursor_is_400(live_server, account
                          headers={"Last-Event-ID": "yesterday", **account.headers}, timeout=10)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "Last-Event-ID"
+    # Look-alike digits, a trailing newline and parts past Redis's 64 bits are not stream ids either (no 500).
+    for cursor in ("\u0663-0", "1-0\n", "99999999999999999999-0"):
+        response = httpx.get(f"{live_server.url}/v1/fine_tuning/jobs/{job_id}/stream",
+                             params={"after": cursor}, headers=account.headers, timeout=10)
+        assert response.status_code == 400, cursor
 
 
 def test_after_step_leaves_out_stored_steps_but_resends_what_a_rewind_replaces(live_server, account):
