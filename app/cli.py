@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -46,14 +45,42 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _writable(directory: Path) -> str | None:
+def _writable(directory: Path, what: str = "the data directory") -> str | None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe = directory / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        return f"cannot write to the data directory {directory}: {exc.strerror}"
+        return f"cannot write to {what} {directory}: {exc.strerror}"
+    return None
+
+
+def _shown_url(url: str) -> str:
+    """A database URL as it may be printed: without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _prepare_database(settings) -> str | None:
+    """Create the folder a SQLite database lives in, then migrate; what went wrong, in one line, or None."""
+    from sqlalchemy.engine import make_url
+
+    from app.migrate import upgrade_database
+
+    url = make_url(settings.effective_database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        # SQLite creates the file but not its folder ("unable to open database file" otherwise).
+        problem = _writable(settings.data_dir) if settings.database_url is None else \
+            _writable(Path(url.database).parent, "the database's folder")
+        if problem:
+            return problem
+    try:
+        upgrade_database()
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__]
+        return f"cannot prepare the database {_shown_url(str(url))}: {cause[0]}"
     return None
 
 
@@ -76,17 +103,31 @@ def _wait_http(url: str, process: subprocess.Popen, timeout: float = 60) -> bool
     return False
 
 
-def _report_demo_model(process: subprocess.Popen, log: Path) -> None:
-    code = process.wait()
-    if code < 0:
-        return  # stopped by Ctrl-C along with everything else
-    state = "ready" if code == 0 else f"not prepared (see {log})"
-    print(f"Demo model HuggingFaceTB/SmolLM2-135M-Instruct {state}.", flush=True)
+DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# A first start converts the demo model in about a minute on a laptop's CPU; past this, `up` stops waiting.
+DEMO_MODEL_WAIT_SECONDS = 600
+
+
+def _wait_for_demo_model(converter: subprocess.Popen, log: Path, children, stop: dict) -> int | None:
+    """Wait for the demo model's preparation and say how it went, so the address and link print after it.
+
+    Returns None to go on, or the exit status for `up` when it was stopped or a child died meanwhile."""
+    from app.supervisor import wait_for_interrupt
+
+    if converter.poll() is None:
+        print(f"Preparing the demo model {DEMO_MODEL} (first start only, about a minute)...", flush=True)
+    if (code := wait_for_interrupt(children, stop, until=converter, timeout=DEMO_MODEL_WAIT_SECONDS)) is not None:
+        return code
+    code = converter.poll()
+    state = ("still being prepared; the first demo job waits for it" if code is None
+             else "ready" if code == 0 else f"not prepared (see {log})")
+    print(f"Demo model {DEMO_MODEL} {state}.", flush=True)
+    return None
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Run the web app, one worker and (unless configured otherwise) an embedded Redis, with SQLite."""
-    from app.supervisor import Children
+    from app.supervisor import Children, catch_stop_signals
 
     settings = get_settings()
     host, port = args.host or settings.host, args.port or settings.port
@@ -96,11 +137,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         return _fail(problem)
     children = Children()
     try:
-        return _start_and_wait(settings, host, port, children)
+        code = _start_and_wait(settings, host, port, children)
     except KeyboardInterrupt:  # Ctrl-C while starting: stop what started, without a traceback
-        return 130
+        code = 130
     finally:
+        catch_stop_signals()  # a second Ctrl-C while the children stop must not leave them running
         children.stop_all()
+    if code in (0, 130):  # stopped by Ctrl-C or SIGTERM
+        print(f"Tuneboard stopped; everything is kept in {settings.data_dir.resolve()} (a running job resumes "
+              "at the next `tuneboard up`).", flush=True)
+    return code
 
 
 def _start_embedded_redis(settings, web_port: int, children) -> str:
@@ -136,16 +182,13 @@ def _start_embedded_redis(settings, web_port: int, children) -> str:
 
 def _start_and_wait(settings, host: str, port: int, children) -> int:
     from app import storage
-    from app.migrate import upgrade_database
     from app.model_inventories import worker_stack_installed
     from app.redis_server import RedisUnavailable
     from app.supervisor import catch_stop_signals, wait_for_interrupt
 
     env = {**os.environ, "TUNEBOARD_DATA_DIR": str(settings.data_dir.resolve())}
-    try:
-        upgrade_database()
-    except Exception as exc:  # noqa: BLE001 - one line, not a traceback
-        return _fail(f"cannot prepare the database {settings.effective_database_url}: {exc}")
+    if problem := _prepare_database(settings):
+        return _fail(problem)
     try:
         storage.ping(settings)
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback
@@ -155,25 +198,30 @@ def _start_and_wait(settings, host: str, port: int, children) -> int:
             env["TUNEBOARD_REDIS_URL"] = _start_embedded_redis(settings, port, children)
         except RedisUnavailable as exc:
             return _fail(str(exc))
+    converter = None
     if worker_stack_installed():
         children.start("worker", worker_command([settings.default_queue], "local"), env,
                        log=settings.data_dir / "worker.log")
-        # First run converts the demo GGUF once (tens of seconds); the page works meanwhile.
-        log = settings.data_dir / "demo-model.log"
-        converter = children.start("demo model", [sys.executable, "-m", "workers.demo_model"], env, log=log,
+        # First run converts the demo GGUF once (tens of seconds), alongside the web server's start.
+        demo_log = settings.data_dir / "demo-model.log"
+        converter = children.start("demo model", [sys.executable, "-m", "workers.demo_model"], env, log=demo_log,
                                    one_shot=True)
-        threading.Thread(target=_report_demo_model, args=(converter, log), daemon=True).start()
     else:
         print("No worker started: the ML stack is not installed (pip install 'tuneboard[worker]').", flush=True)
+    # Migrated above already: the web app's own migration would only add its log lines to this terminal.
+    web_env = {**env, "TUNEBOARD_MIGRATE_ON_START": "false"}
     web = children.start("web", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host,
                                  "--port", str(port), "--log-level", "warning",
                                  # The app itself decides which proxies to believe (TUNEBOARD_TRUSTED_PROXIES).
-                                 "--no-proxy-headers"], env)
+                                 "--no-proxy-headers"], web_env)
     if not _wait_http(f"http://{host}:{port}/healthz", web):
         return _fail("the web server did not start; see the messages above.")
     link = first_run_link(f"http://{host}:{port}")
     # Caught before the address is printed: a Ctrl-C from then on is the normal way to stop, status 0.
     stop = catch_stop_signals()
+    # The address and the sign-in link come last, where the user looks: after the demo model's line.
+    if converter is not None and (code := _wait_for_demo_model(converter, demo_log, children, stop)) is not None:
+        return code
     print(f"Tuneboard is running at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
     if link:
         print(f"First start: sign in as the admin with this one-time link:\n    {link}", flush=True)
@@ -184,14 +232,12 @@ def cmd_web(args: argparse.Namespace) -> int:
     """Serve only the web app; Redis, the database and the workers are configured to run elsewhere."""
     import uvicorn
 
-    from app.migrate import upgrade_database
-
     settings = get_settings()
     host, port = args.host or settings.host, args.port or settings.port
     # The first-run link needs the schema: migrate here when the app would (the lifespan's second run is a
     # no-op); a fleet migrates beforehand and turns TUNEBOARD_MIGRATE_ON_START off.
-    if settings.migrate_on_start:
-        upgrade_database()
+    if settings.migrate_on_start and (problem := _prepare_database(settings)):
+        return _fail(problem)
     shown_host = "localhost" if host in ("0.0.0.0", "::") else host
     if link := first_run_link(f"http://{shown_host}:{port}"):
         print(f"First start: sign in as the admin with this one-time link:\n    {link}", flush=True)
@@ -226,10 +272,10 @@ def cmd_tokens_create(args: argparse.Namespace) -> int:
     """Print a new API token for a user (creating the first admin on a fresh install)."""
     from app import accounts
     from app.db import new_session
-    from app.migrate import upgrade_database
     from app.models import Team
 
-    upgrade_database()
+    if problem := _prepare_database(get_settings()):
+        return _fail(problem)
     with new_session() as session:
         accounts.ensure_first_admin(session, args.user)
         user = accounts.find_user(session, args.user)
@@ -249,10 +295,10 @@ def cmd_sign_in_link(args: argparse.Namespace) -> int:
     """Print a one-time browser sign-in link for a user (a lost invitation link or a forgotten password)."""
     from app import accounts, invitations
     from app.db import new_session
-    from app.migrate import upgrade_database
 
-    upgrade_database()
     settings = get_settings()
+    if problem := _prepare_database(settings):
+        return _fail(problem)
     with new_session() as session:
         user = accounts.find_user(session, args.user)
         if user is None:
@@ -274,10 +320,10 @@ def cmd_sign_in_link(args: argparse.Namespace) -> int:
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
     """Upgrade the configured database to the newest schema."""
-    from app.migrate import upgrade_database
-
-    upgrade_database()
-    print(f"database at {get_settings().effective_database_url} is up to date")
+    settings = get_settings()
+    if problem := _prepare_database(settings):
+        return _fail(problem)
+    print(f"database at {_shown_url(settings.effective_database_url)} is up to date")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,6 +60,46 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+def _disconnect_types() -> tuple[type[BaseException], ...]:
+    """What a request raises when its client went away: a browser closing a page, a reload, a dropped upload."""
+    found: list[type[BaseException]] = [ConnectionResetError, BrokenPipeError]
+    try:
+        from starlette.requests import ClientDisconnect
+        from uvicorn.protocols.utils import ClientDisconnected
+
+        found += [ClientDisconnect, ClientDisconnected]
+    except ImportError:  # a worker without the web extra logs no requests
+        pass
+    return tuple(found)
+
+
+def _server_stopping() -> bool:
+    """Whether the uvicorn server of this process has been asked to stop (it handles SIGTERM / SIGINT itself)."""
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+    return bool(getattr(server, "should_exit", False))
+
+
+class QuietClientDisconnects(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" traceback when the exception only says the client left,
+    and its note on a response left incomplete while the server stops (a live stream still open then)."""
+
+    INCOMPLETE = "ASGI callable returned without completing response."
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.disconnects = _disconnect_types()
+
+    def _is_disconnect(self, exc: BaseException | None) -> bool:
+        if isinstance(exc, BaseExceptionGroup):  # from a task group: every part must be a disconnect
+            return all(self._is_disconnect(part) for part in exc.exceptions)
+        return isinstance(exc, self.disconnects)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and self._is_disconnect(record.exc_info[1]):
+            return False
+        return not (record.msg == self.INCOMPLETE and _server_stopping())
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time, so a swapped stream (test capture) is never stale."""
 
@@ -89,6 +130,11 @@ def configure_logging(log_format: str, level: int | str = logging.INFO) -> None:
     # One access line per request: in JSON the middleware's structured line replaces uvicorn's; in text mode
     # (a laptop, where `tuneboard up` keeps uvicorn quiet) neither is written unless uvicorn is asked to.
     logging.getLogger("uvicorn.access").disabled = json_lines
+    # A client that leaves mid-request, or a page left open while the server stops, is normal: not an error.
+    server_errors = logging.getLogger("uvicorn.error")
+    for stale in [f for f in server_errors.filters if isinstance(f, QuietClientDisconnects)]:
+        server_errors.removeFilter(stale)
+    server_errors.addFilter(QuietClientDisconnects())
     # HTTP clients (the S3 store's, the terminal client's) log every request at INFO: noise, not operations.
     for name in ("httpx", "httpx2", "httpcore", "botocore", "boto3", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)

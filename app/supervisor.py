@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from app.settings import REPO_ROOT
 
 
@@ -48,21 +50,39 @@ class Children:
         return None
 
     def stop_all(self, timeout: float = 20.0) -> None:
-        """SIGTERM every child (its whole group), then SIGKILL what is left after the timeout."""
+        """Stop the children in reverse order of start, each (its whole group) ended before the next is asked:
+        SIGTERM, then SIGKILL after the timeout. Redis, started first, goes last: the web app and the worker
+        never lose it mid-stop (each loss would print a retry and a traceback)."""
         for _name, process in reversed(self.processes):
+            strays = _descendants(process.pid)
             if process.poll() is None:
                 _signal_group(process, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for _name, process in reversed(self.processes):
-            remaining = max(0.1, deadline - time.monotonic())
             try:
-                process.wait(timeout=remaining)
+                process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 _signal_group(process, signal.SIGKILL)
                 process.wait()
+            # What it started in a session of its own (the web app's model inventory) would outlive it.
+            for stray in strays:
+                _kill_stray(stray)
         # A child's own children (a Celery pool process) may outlive it; end the groups for good.
         for _name, process in self.processes:
             _signal_group(process, signal.SIGKILL)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _kill_stray(process: psutil.Process) -> None:
+    try:
+        if process.is_running():  # the same process still: psutil compares its start time, not only the pid
+            process.kill()
+    except psutil.Error:
+        pass
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
@@ -84,13 +104,22 @@ def catch_stop_signals() -> dict:
     return stop
 
 
-def wait_for_interrupt(children: Children, stop: dict) -> int:
-    """Block until Ctrl-C / SIGTERM or a child exits; returns the exit status for `up`."""
+def _child_exited(name: str, code: int) -> int:
+    """Say that a child ended on its own; returns the exit status for `up`."""
+    print(f"tuneboard: {name} exited with status {code}; stopping everything.", file=sys.stderr, flush=True)
+    return 1
+
+
+def wait_for_interrupt(children: Children, stop: dict, until: subprocess.Popen | None = None,
+                       timeout: float | None = None) -> int | None:
+    """Block until Ctrl-C / SIGTERM or a child exits, and return the exit status for `up`; with `until`, return
+    None as soon as that process ends or the timeout passes."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     while stop["signal"] is None:
         exited = children.first_exited()
         if exited is not None:
-            name, code = exited
-            print(f"tuneboard: {name} exited with status {code}; stopping everything.", file=sys.stderr, flush=True)
-            return 1
-        time.sleep(0.3)
+            return _child_exited(*exited)
+        if until is not None and (until.poll() is not None or (deadline is not None and time.monotonic() > deadline)):
+            return None
+        time.sleep(0.2)
     return 0

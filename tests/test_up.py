@@ -83,7 +83,9 @@ class UpProcess:
 
 def test_up_runs_a_job_end_to_end_and_ctrl_c_leaves_no_process(tmp_path, tiny_model_dir):
     port = free_port()
-    up = UpProcess(tmp_path, _fresh_env(TUNEBOARD_EMBEDDED_REDIS_PORT=str(free_port())), "--port", str(port))
+    # The tiny model's folder is a model root, as an admin would configure a folder of local models.
+    up = UpProcess(tmp_path, _fresh_env(TUNEBOARD_EMBEDDED_REDIS_PORT=str(free_port()),
+                                        TUNEBOARD_MODEL_ROOTS=str(tiny_model_dir.parent)), "--port", str(port))
     try:
         address = up.wait_for_line(r"Tuneboard is running at (http://\S+)/")[1]
         assert address == f"http://127.0.0.1:{port}"
