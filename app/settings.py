@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(7 * 24 * 3600, ge=1)
     stream_max_points: int = Field(200_000, ge=100, description="Redis stream cap per job (entries).")
     metrics_flush_seconds: float = Field(2.0, gt=0, description="How often a worker writes metrics to the DB.")
+    worker_preload: bool = Field(
+        True, description="Import torch, transformers and peft when a worker process starts, not after its "
+        "first job is claimed (off: a worker starts faster and smaller, and its first job waits instead).")
     max_upload_bytes: int = Field(512 * 1024**2, ge=1, description="Largest dataset upload accepted.")
 
     storage_url: str | None = Field(

@@ -1,11 +1,14 @@
-"""Queueing latency: from submitting a job to its first training step, minus the model load.
+"""Queueing latency: from submitting a job to its first training step, minus the model load, for a worker
+that imports the ML stack when its process starts (`workers.warm_start`, the default) and for one that
+leaves the import to its first job (TUNEBOARD_WORKER_PRELOAD=false, the behaviour before), in one run.
 
-A real Celery worker process (`python -m celery -A workers worker -Q <queue> -c 1`, started with
-tests.services.WorkerProcess, default settings apart from the queue) serves a fresh queue on a real
-Redis; the database is SQLite in a temp data dir. Jobs on the tests' tiny Llama (hidden 64, 2 layers;
-5 steps, batch 4, sequence length 64, fp32, logging every step) are launched one after the other
-with `app.launch.launch()` in this process (what `POST /v1/fine_tuning/jobs` calls after parsing the
-body; the model's inventory is computed before the first launch so every launch takes the same
+For each of the two, a real Celery worker process (`python -m celery -A workers worker -Q <queue> -c 1`,
+started with tests.services.WorkerProcess, default settings apart from the queue and the preload switch)
+serves a fresh queue on a real Redis; the database is SQLite in a temp data dir. Once the worker is ready
+(and, preloading, once its pool child has logged the preload), jobs on the tests' tiny Llama (hidden 64,
+2 layers; 5 steps, batch 4, sequence length 64, fp32, logging every step) are launched one after the
+other with `app.launch.launch()` in this process (what `POST /v1/fine_tuning/jobs` calls after parsing
+the body; the model's inventory is computed before the first launch so every launch takes the same
 path), each once the previous one has ended.
 
 Every time comes from the job's Redis stream, whose entry ids are the XADD times in milliseconds
@@ -17,20 +20,21 @@ Every time comes from the job's Redis stream, whose entry ids are the XADD times
 - training started: the `training_started` event (tokenised, PEFT-wrapped, Trainer built, on_train_begin)
 - first step: the first `metric` entry (step 1, logged as soon as it is done)
 
-Reported per job and as p50 / max over the jobs (the first job is "cold": the worker's child process
-imports torch / transformers / peft then; p50 / max are also given over the warm jobs alone):
-submit->claimed, claimed->first step (with its parts), model load, and submit->first step minus load.
-`--profile` then runs one more job in this process with `workers.job_runner.run_job` under cProfile
-and prints where the claim-to-first-step time goes.
+Reported per worker, per job and as p50 / max over the jobs (the first job is "cold", the worker's first;
+p50 / max are also given over the warm jobs alone): submit->claimed, claimed->first step (with its parts),
+model load, and submit->first step minus load; also the worker's start->ready and, preloading,
+start->preloaded (when its pool child is warm). `--profile` then runs one more job in this process with
+`workers.job_runner.run_job` under cProfile and prints where the claim-to-first-step time goes.
 
 Run from the repository root (needs the worker extra and a Redis server):
 
-    .venv/bin/python -m bench.queueing                   # 6 jobs (1 cold + 5 warm), about a minute
-    .venv/bin/python -m bench.queueing --quick           # 3 jobs
+    .venv/bin/python -m bench.queueing                   # 6 jobs per worker (1 cold + 5 warm), a few minutes
+    .venv/bin/python -m bench.queueing --quick           # 3 jobs per worker
+    .venv/bin/python -m bench.queueing --only preload    # one worker: preload (or: import-at-first-job)
     .venv/bin/python -m bench.queueing --json out.json   # also write every figure as JSON
     .venv/bin/python -m bench.queueing --profile         # plus one in-process run_job under cProfile
 
-Results are recorded in docs/benchmarks.md, "Queueing latency (bench/queueing.py)".
+Results are recorded in docs/benchmarks.md, "Queueing (bench/queueing.py)".
 """
 
 from __future__ import annotations
@@ -265,11 +269,88 @@ def summary_rows(lines: list[Timeline]) -> list[list[str]]:
     return [[name] + [h.fmt(v, 0) for v in values.values()] for name, values in summary(lines).items()]
 
 
+# Before, then after: each worker runs on its own, one after the other, in this order.
+MODES = {"import-at-first-job": "import at first job (TUNEBOARD_WORKER_PRELOAD=false, before)",
+         "preload": "preload: ML stack imported as the worker process starts (default, after)"}
+PRELOADED = re.compile(r"ML stack preloaded in (?P<seconds>[\d.]+) s")
+
+
+@dataclass
+class WorkerRun:
+    mode: str
+    start_to_ready_s: float
+    start_to_preloaded_s: float | None  # when the pool child logged its warm start
+    preload_s: float | None  # the child's own import time, from that line
+    lines: list[Timeline]
+
+
+def run_worker(mode: str, env: dict[str, str], work: Path, count: int, model_dir: Path, file_id: str, queue: str,
+               job_ids: list[str], account: h.Account, worker_names: list[str]) -> WorkerRun:
+    """Start a worker in this mode, wait until it is warm (preloading) or ready, run `count` jobs on it, stop it."""
+    from tests.services import WorkerProcess
+
+    name = f"bench-{mode}-{queue.rsplit('-', 1)[-1]}"
+    worker_names.append(name)
+    preload = mode == "preload"
+    h.progress(f"starting a Celery worker ({MODES[mode]}) on queue {queue}")
+    started = time.monotonic()
+    worker = WorkerProcess({**env, "TUNEBOARD_WORKER_PRELOAD": str(preload).lower()}, [queue], name,
+                           work / f"worker-{mode}.log")
+    try:
+        try:
+            worker.wait_ready(timeout=120)
+            ready = time.monotonic() - started
+            warm, preload_s = None, None
+            if preload:
+                deadline = time.monotonic() + 180
+                while not (found := PRELOADED.search(worker.log())) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if found is None:
+                    raise RuntimeError("the worker's pool child never logged its preload")
+                warm, preload_s = time.monotonic() - started, float(found["seconds"])
+            h.progress(f"worker ready after {ready:.1f} s" + (f", warm after {warm:.1f} s" if warm else "")
+                       + f"; running {count} jobs one after the other")
+            lines = run_jobs(count, model_dir, file_id, queue, job_ids, account)
+        except BaseException:
+            print(worker.log()[-4000:])
+            raise
+    finally:
+        worker.stop()
+    return WorkerRun(mode, ready, warm, preload_s, lines)
+
+
+def print_worker_run(run: WorkerRun) -> None:
+    print(f"\n### {MODES[run.mode]}\n")
+    warm = f"; start->pool child warm {run.start_to_preloaded_s:.1f} s (its import {run.preload_s:.1f} s)" \
+        if run.start_to_preloaded_s is not None else ""
+    print(f"worker start->ready {run.start_to_ready_s:.1f} s{warm}\n")
+    per_job = [[f"{i + 1}{' (cold)' if line.cold else ''}"] + [h.fmt(line.figures_ms[k], 0) for k in
+               ("submit->claimed", "claimed->first step", "model load", "submit->first step - load")]
+               for i, line in enumerate(run.lines)]
+    print(h.markdown_table(["job", "submit->claimed", "claimed->first step", "model load",
+                            "submit->first step - load"], per_job))
+    print()
+    print(h.markdown_table(["figure (ms)", "cold job", "warm p50", "warm max", "all p50", "all max"],
+                           summary_rows(run.lines)))
+
+
+def comparison_rows(runs: list[WorkerRun]) -> list[list[str]]:
+    """Cold job and warm p50 of the headline figures, one row per worker mode."""
+    rows = []
+    for run in runs:
+        figures = summary(run.lines)
+        rows.append([MODES[run.mode]] + [h.fmt(figures[name][which], 0) for name in
+                    ("claimed->first step", "  loaded->training started", "submit->first step")
+                    for which in ("cold", "warm_p50")])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.queueing", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 jobs (a smoke test)")
+    parser.add_argument("--quick", action="store_true", help="3 jobs per worker (a smoke test)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write every figure to this file")
-    parser.add_argument("--jobs", type=int, help="jobs in sequence, the first one cold (default 6, quick 3)")
+    parser.add_argument("--jobs", type=int, help="jobs in sequence per worker, the first one cold (default 6, quick 3)")
+    parser.add_argument("--only", choices=list(MODES), help="run one worker mode only (default: both, in one run)")
     parser.add_argument("--profile", action="store_true", help="one more job run in-process under cProfile")
     parser.add_argument("--redis-url", default=h.DEFAULT_REDIS_URL)
     args = parser.parse_args(argv)
@@ -280,56 +361,46 @@ def main(argv: list[str] | None = None) -> int:
 
     queue = f"bench-queueing-{uuid.uuid4().hex[:8]}"
     job_ids: list[str] = []
+    worker_names: list[str] = []
     profile_text = None
+    runs: list[WorkerRun] = []
     with tempfile.TemporaryDirectory(prefix="tuneboard-bench-queueing-") as tmp:
         work = Path(tmp)
         env = h.configure(work / "data", args.redis_url, TUNEBOARD_DEFAULT_QUEUE=queue)
         from app.db import new_session
         from app.settings import get_settings
-        from tests.services import WorkerProcess
         from tests.tiny_model import build_tiny_model
 
         h.quiet_transformers()
         h.progress("building the tiny model and computing its inventory")
-        model_dir = build_tiny_model(work / "tiny-llama")
+        # Under the data dir's models/ folder: the default model root, where local model folders must lie.
+        model_dir = build_tiny_model(get_settings().data_dir / "models" / "tiny-llama")
         wait_for_inventory(str(model_dir))
         account = h.bench_account()
         with new_session() as session:
             file_id = h.store_file(session, get_settings(), account, filename="train.jsonl",
                                    data=h.jsonl(h.chat_records(32))).id
-        h.progress(f"starting a Celery worker on queue {queue}")
-        worker_name = f"bench-{queue.rsplit('-', 1)[-1]}"
-        worker = WorkerProcess(env, [queue], worker_name, work / "worker.log")
         try:
-            try:
-                worker.wait_ready(timeout=120)
-                h.progress(f"worker ready; running {args.jobs} jobs one after the other")
-                lines = run_jobs(args.jobs, model_dir, file_id, queue, job_ids, account)
-            except BaseException:
-                print(worker.log()[-4000:])
-                raise
-            finally:
-                worker.stop()
+            for mode in [args.only] if args.only else list(MODES):
+                runs.append(run_worker(mode, env, work, args.jobs, model_dir, file_id, queue, job_ids, account,
+                                       worker_names))
             if args.profile:
                 h.progress("profiling one more job run in this process ...")
                 profile_text = profile_in_process(model_dir, file_id, queue, job_ids, account)
             h.progress("timing load_base of the same model in this process (the event's 0.1 s is too coarse)")
             loads_here = load_times_here(model_dir, repeats=5)
         finally:
-            # The worker's registry entry (app.worker_registry) would expire by itself; remove it now.
-            h.delete_job_keys(args.redis_url, job_ids, [queue], patterns=[f"tuneboard:worker:{worker_name}@*"])
+            # The workers' registry entries (app.worker_registry) would expire by themselves; remove them now.
+            h.delete_job_keys(args.redis_url, job_ids, [queue],
+                              patterns=[f"tuneboard:worker:{name}@*" for name in worker_names])
 
     print()
-    print(f"{len(lines)} jobs in sequence on one worker (-c 1); tiny Llama, 5 steps; times in ms")
-    print()
-    per_job = [[f"{i + 1}{' (cold)' if line.cold else ''}"] + [h.fmt(line.figures_ms[k], 0) for k in
-               ("submit->claimed", "claimed->first step", "model load", "submit->first step - load")]
-               for i, line in enumerate(lines)]
-    print(h.markdown_table(["job", "submit->claimed", "claimed->first step", "model load",
-                            "submit->first step - load"], per_job))
-    print()
-    print(h.markdown_table(["figure (ms)", "cold job", "warm p50", "warm max", "all p50", "all max"],
-                           summary_rows(lines)))
+    print(f"{args.jobs} jobs in sequence per worker (-c 1); tiny Llama, 5 steps; times in ms")
+    for run in runs:
+        print_worker_run(run)
+    print("\n### Side by side (ms)\n")
+    print(h.markdown_table(["worker", "claimed->first step: cold", "warm p50", "loaded->training started: cold",
+                            "warm p50", "submit->first step: cold", "warm p50"], comparison_rows(runs)))
     print(f"\nload_base of the same model in this process, warm: p50 {h.percentile(loads_here, 50):.0f} ms, "
           f"max {max(loads_here):.0f} ms over {len(loads_here)} loads")
     if profile_text:
@@ -338,8 +409,11 @@ def main(argv: list[str] | None = None) -> int:
         h.write_json(args.json, {
             "benchmark": "queueing", "machine": h.machine(), "versions": h.versions(),
             "settings": {k: v for k, v in vars(args).items() if k != "json"},
-            "jobs": [vars(line) | {"figures_ms": line.figures_ms} for line in lines],
-            "summary": {name.strip(): values for name, values in summary(lines).items()},
+            "workers": [{"mode": run.mode, "start_to_ready_s": run.start_to_ready_s,
+                         "start_to_preloaded_s": run.start_to_preloaded_s, "preload_s": run.preload_s,
+                         "jobs": [vars(line) | {"figures_ms": line.figures_ms} for line in run.lines],
+                         "summary": {name.strip(): values for name, values in summary(run.lines).items()}}
+                        for run in runs],
             "load_base_here_ms": loads_here, "profile": profile_text,
         })
     return 0

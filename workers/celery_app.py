@@ -1,16 +1,20 @@
-"""The worker-side Celery app: the shared settings from `app.queue`, the tasks, the reaper thread, and logging."""
+"""The worker-side Celery app: the shared settings from `app.queue`, the tasks, the reaper thread, logging, and
+the warm start of the process that runs tasks (`workers.warm_start`)."""
 
 from __future__ import annotations
 
-from celery.signals import setup_logging, worker_ready, worker_shutting_down
+from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready, worker_shutting_down
 
 from app.logging_setup import configure_logging
 from app.queue import make_celery
 from app.settings import get_settings
-from workers import reaper
+from workers import reaper, warm_start
 
 app = make_celery(get_settings())
 app.conf.include = ["workers.tasks"]
+# A pool child reports for work once its init (the ML stack's import, seconds) is done; Celery's default
+# 4 s would kill it as hung and fork another, for ever.
+app.conf.worker_proc_alive_timeout = 300
 
 
 @setup_logging.connect
@@ -30,3 +34,23 @@ def _start_reaper(sender=None, **_kwargs) -> None:
 @worker_shutting_down.connect
 def _stop_reaper(**_kwargs) -> None:
     reaper.stop()
+
+
+@worker_init.connect
+def _warm_start_single_process_pools(sender=None, **_kwargs) -> None:
+    # The solo and thread pools run tasks in this very process; the prefork pool's children warm up
+    # themselves (below), so that this parent, which forks them, never touches CUDA.
+    if sender is None or not get_settings().worker_preload:
+        return
+    from celery.concurrency import get_implementation
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+
+    pool = get_implementation(sender.pool_cls)
+    if not (isinstance(pool, type) and issubclass(pool, PreforkPool)):
+        warm_start.preload()
+
+
+@worker_process_init.connect
+def _warm_start_pool_child(**_kwargs) -> None:
+    if get_settings().worker_preload:
+        warm_start.preload()
