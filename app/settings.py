@@ -80,8 +80,8 @@ class Settings(BaseSettings):
     inventory_timeout_seconds: float = Field(
         300.0, gt=0, description="Longest a model inventory may take to compute on the web host before it fails.")
     metrics_token: SecretStr | None = Field(
-        None, description="Unset: /metrics is open, as Prometheus scrapers cannot sign in. Set: /metrics requires "
-        "`Authorization: Bearer <token>` (Prometheus: `authorization: {credentials: <token>}` in the scrape job).")
+        None, description="The bearer token a Prometheus scraper sends for /metrics (`authorization: {credentials: "
+        "<token>}` in the scrape job); without it only a signed-in admin reads /metrics, unless metrics_public.")
 
     @field_validator("storage_url")
     @classmethod

@@ -83,6 +83,8 @@ class WorkerProcess:
     def __init__(self, env: dict[str, str], queues: list[str], name: str, log_path: Path):
         self.name = name
         self.log_path = log_path
+        # Preloading (workers.warm_start), the pool process imports the ML stack before it takes a job.
+        self.preloads = env.get("TUNEBOARD_WORKER_PRELOAD", "true").lower() not in ("false", "0", "no", "off")
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(queues), "-c", "1",
@@ -91,12 +93,15 @@ class WorkerProcess:
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Block until the worker logs that it is ready to consume."""
+        """Block until the worker logs that it is ready to consume and its pool process that it is warm: from
+        then on a job sent to it starts at once."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker {self.name} exited at start:\n{self.log()}")
-            if b" ready." in self.log_path.read_bytes():
+            log = self.log_path.read_bytes()
+            warm = not self.preloads or b"ML stack preloaded" in log or b"could not preload the ML stack" in log
+            if b" ready." in log and warm:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"worker {self.name} not ready after {timeout} s:\n{self.log()}")
@@ -132,7 +137,7 @@ class ServerProcess:
         self.log_path = log_path
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning"],
+             "--log-level", "warning", "--no-proxy-headers"],  # as `tuneboard up`: the app picks its proxies
             cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -171,21 +171,26 @@ def retrieve_file(file_id: str, session: SessionDep, principal: PrincipalDep):
     return files.file_object(record) if record else _not_found(file_id)
 
 
-@router.get("/{file_id}/content", summary="Download a file's content", responses=ERRORS)
+@router.get("/{file_id}/content", summary="Download a file's content", response_class=Response,
+            responses={**ERRORS, 200: {"description": "The bytes as uploaded",
+                                       "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                           "format": "binary"}}}}})
 def file_content(file_id: str, session: SessionDep, principal: PrincipalDep):
-    """The bytes as uploaded."""
+    """The bytes as uploaded, streamed from the store (a dataset may be hundreds of MB)."""
     record = team_scoped(session, DataFile, file_id, principal)
     if record is None:
         return _not_found(file_id)
+    settings = get_settings()
     try:
-        content = storage.read_bytes(get_settings(), record.storage_key)
+        length = storage.size(settings, record.storage_key)
     except storage.ArtifactMissing:
         return error_response(404, f"File {file_id} is recorded but its content is missing from the artifact store.",
                               param="file_id", code="file_content_missing")
-    return Response(content, media_type="application/octet-stream")
+    return StreamingResponse(storage.iter_chunks(settings, record.storage_key), media_type="application/octet-stream",
+                             headers={"Content-Length": str(length)})
 
 
-@router.delete("/{file_id}", summary="Delete a file", responses=ERRORS)
+@router.delete("/{file_id}", summary="Delete a file", responses={**ERRORS, 409: {"model": ErrorEnvelope}})
 def delete_file(file_id: str, session: SessionDep, principal: PrincipalDep):
     """Delete a file that no job uses."""
     record = team_scoped(session, DataFile, file_id, principal)
