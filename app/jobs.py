@@ -2,7 +2,11 @@
 
 Every transition is one conditional UPDATE, so two workers (or a worker and the reaper) can never
 both win: a duplicate delivery finds nothing to claim, a worker whose lease was taken over cannot
-finish the job it lost. Functions take the session as a keyword; Redis only carries the news.
+finish the job it lost. Every other write of an attempt is fenced the same way where it lands: the
+database write starts by locking the job row while it is still that attempt's (`hold_attempt`), and
+its stream entries go through a Redis script that compares the job's current attempt, so a stale
+attempt's write is refused, not merely skipped by its good manners. Queued jobs the broker lost are
+sent again (`resend_stranded`). Functions take the session as a keyword; Redis only carries the news.
 Must not import torch or `workers`.
 """
 
@@ -13,29 +17,104 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app import streams
-from app.models import Checkpoint, Event, Job, now
-from app.queue import enqueue_training, get_celery
+from app.db import new_session
+from app.models import Checkpoint, Event, Job, Metric, now
+from app.queue import enqueue_training, get_celery, jobs_held_by_broker
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
+class AttemptFenced(Exception):  # noqa: N818 - a refusal, named after what happened
+    """A write by an attempt that no longer owns its job (reaped, taken over, or ended): refused."""
+
+    def __init__(self, job_id: str, attempt: int):
+        super().__init__(f"attempt {attempt} of job {job_id} no longer owns it")
+        self.job_id, self.attempt = job_id, attempt
+
+
+def hold_attempt(session: Session, job_id: str, attempt: int) -> None:
+    """Begin a write of this attempt: AttemptFenced unless the job is still running as this attempt.
+
+    A conditional UPDATE, so it takes the job row's lock (PostgreSQL) or the database's write lock (SQLite)
+    until the caller commits: no claim or reap lands between this check and the writes that follow it."""
+    session.commit()  # start a fresh transaction whose first statement is this lock
+    held = session.execute(
+        update(Job).where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
+        .values(attempts=Job.attempts).execution_options(synchronize_session=False)
+    )
+    if held.rowcount != 1:
+        session.rollback()
+        raise AttemptFenced(job_id, attempt)
+
+
+def is_current_attempt(session: Session, job_id: str, attempt: int) -> bool:
+    """Whether the job is running as this attempt."""
+    return session.scalar(select(func.count()).select_from(Job).where(
+        Job.id == job_id, Job.attempts == attempt, Job.status == "running")) == 1
+
+
+def publish_for_attempt(client: redis.Redis, job_id: str, attempt: int, type_: str, data: dict[str, Any], *,
+                        max_len: int) -> str:
+    """Append an attempt's update to the job's stream; AttemptFenced when a newer attempt owns the job.
+
+    Redis refuses unless its attempt key names this attempt. The key may be missing (Redis restarted without
+    persistence, or flushed): the database settles a refusal, and a current attempt raises the key again."""
+    entry = streams.publish_fenced(client, job_id, attempt, type_, data, max_len=max_len)
+    if entry is not None:
+        return entry
+    with new_session() as session:
+        if not is_current_attempt(session, job_id, attempt):
+            raise AttemptFenced(job_id, attempt)
+    if streams.raise_attempt(client, job_id, attempt) != attempt:
+        raise AttemptFenced(job_id, attempt)
+    entry = streams.publish_fenced(client, job_id, attempt, type_, data, max_len=max_len)
+    if entry is None:
+        raise AttemptFenced(job_id, attempt)
+    return entry
+
+
+def fence_attempts_before(client: redis.Redis | None, job_id: str, attempt: int) -> None:
+    """Refuse stream entries from every attempt older than `attempt` from now on (best effort: the database
+    fences them anyway)."""
+    if client is None:
+        return
+    try:
+        streams.raise_attempt(client, job_id, attempt)
+    except redis.RedisError:
+        log.warning("could not fence the stream of %s at attempt %s", job_id, attempt, exc_info=True)
+
+
 def add_event(session: Session, client: redis.Redis | None, job_id: str, message: str, *, level: str = "info",
-              type_: str = "message", data: dict[str, Any] | None = None, max_len: int = 200_000) -> Event:
-    """Record an event in the database (committed) and announce it on the job's stream."""
+              type_: str = "message", data: dict[str, Any] | None = None, max_len: int = 200_000,
+              attempt: int | None = None) -> Event:
+    """Record an event in the database (committed) and announce it on the job's stream.
+
+    With `attempt`, both writes are fenced by it: AttemptFenced when that attempt no longer owns the job."""
+    if attempt is not None:
+        hold_attempt(session, job_id, attempt)
     event = Event(job_id=job_id, message=message, level=level, type=type_, data=data)
     session.add(event)
     session.commit()
-    if client is not None:
-        try:
-            streams.publish(client, job_id, "event", event_payload(event), max_len=max_len)
-        except redis.RedisError:
-            log.warning("could not publish event of %s to Redis", job_id, exc_info=True)
+    _publish(client, job_id, "event", event_payload(event), max_len=max_len, attempt=attempt)
     return event
+
+
+def _publish(client: redis.Redis | None, job_id: str, type_: str, data: dict[str, Any], *, max_len: int,
+             attempt: int | None) -> None:
+    if client is None:
+        return
+    try:
+        if attempt is None:
+            streams.publish(client, job_id, type_, data, max_len=max_len)
+        else:
+            publish_for_attempt(client, job_id, attempt, type_, data, max_len=max_len)
+    except redis.RedisError:
+        log.warning("could not publish %s of %s to Redis", type_, job_id, exc_info=True)
 
 
 # OpenAI's event levels and types; Tuneboard's finer kind of event (queued, started, checkpoint...) is
@@ -51,16 +130,12 @@ def event_payload(event: Event) -> dict[str, Any]:
             "data": {**(event.data or {}), "kind": event.type}}
 
 
-def publish_status(client: redis.Redis | None, job: Job, *, max_len: int = 200_000) -> None:
-    """Tell stream readers the job's status changed."""
-    if client is None:
-        return
+def publish_status(client: redis.Redis | None, job: Job, *, max_len: int = 200_000,
+                   attempt: int | None = None) -> None:
+    """Tell stream readers the job's status changed (fenced by `attempt` when given)."""
     payload = {"status": job.status, "error": job_error(job), "step": job.step, "total_steps": job.total_steps,
                "trainable_params": job.trainable_params, "finished_at": job.finished_at}
-    try:
-        streams.publish(client, job.id, "status", payload, max_len=max_len)
-    except redis.RedisError:
-        log.warning("could not publish status of %s to Redis", job.id, exc_info=True)
+    _publish(client, job.id, "status", payload, max_len=max_len, attempt=attempt)
 
 
 def job_error(job: Job) -> dict[str, str] | None:
@@ -74,6 +149,7 @@ def submit(session: Session, client: redis.Redis | None, job: Job, settings: Set
     """Commit a new job as queued, then send its task; a broker failure fails the job visibly."""
     job.status = "queued"
     job.max_attempts = settings.max_attempts
+    job.sent_at = now()
     session.add(job)
     session.commit()
     add_event(session, client, job.id, f"Job queued on {job.queue}.", type_="queued",
@@ -141,6 +217,28 @@ def renew_lease(session: Session, job_id: str, worker: str, attempt: int, settin
     )
     session.commit()
     return result.rowcount == 1
+
+
+def rewind(session: Session, client: redis.Redis | None, job_id: str, attempt: int, step: int, *,
+           max_len: int) -> None:
+    """Forget the metric points past the checkpoint this attempt resumes from (they will be logged again), and
+    tell stream readers; AttemptFenced when the attempt no longer owns the job."""
+    hold_attempt(session, job_id, attempt)
+    session.execute(delete(Metric).where(Metric.job_id == job_id, Metric.step > step))
+    session.commit()
+    _publish(client, job_id, "rewind", {"step": step}, max_len=max_len, attempt=attempt)
+
+
+def record_checkpoint(session: Session, job_id: str, attempt: int, step: int, storage_key: str) -> None:
+    """Make a stored checkpoint the one a later attempt resumes from at its step; AttemptFenced when the
+    attempt no longer owns the job, so a stale attempt's files (under its own key) are never recorded."""
+    hold_attempt(session, job_id, attempt)
+    existing = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.step == step)).first()
+    if existing is None:
+        session.add(Checkpoint(job_id=job_id, step=step, storage_key=storage_key))
+    else:
+        existing.storage_key = storage_key
+    session.commit()
 
 
 def finish(session: Session, job_id: str, worker: str, attempt: int, status: str, **values: Any) -> bool:
@@ -229,9 +327,13 @@ def reap_expired(session: Session, client: redis.Redis | None, settings: Setting
             publish_status(client, session.get(Job, job_id), max_len=settings.stream_max_points)
     ended += _terminate_overdue_cancels(session, client, settings, moment)
     requeued = session.execute(
-        update(Job).where(*expired).values(status="queued", worker=None, lease_expires_at=None).returning(Job.id)
+        update(Job).where(*expired).values(status="queued", worker=None, lease_expires_at=None, sent_at=moment)
+        .returning(Job.id)
     ).scalars().all()
     session.commit()
+    for job_id in ended + list(requeued):
+        # The lost attempt may still be alive (frozen, partitioned): its stream entries are refused from now.
+        fence_attempts_before(client, job_id, session.scalar(select(Job.attempts).where(Job.id == job_id)) + 1)
     for job_id in requeued:
         job = session.get(Job, job_id)
         add_event(session, client, job_id,
@@ -240,6 +342,35 @@ def reap_expired(session: Session, client: redis.Redis | None, settings: Setting
         publish_status(client, job, max_len=settings.stream_max_points)
         try:
             enqueue_training(job_id, job.queue)
-        except Exception:  # noqa: BLE001 - the next reap pass cannot see it, so fail it visibly
-            fail_unclaimed(session, client, job_id, "queue_unreachable", "Could not requeue the job.", settings)
+        except Exception:  # noqa: BLE001 - it stays queued, and resend_stranded sends it once the broker is back
+            log.warning("could not requeue %s; it will be sent again when the broker answers", job_id, exc_info=True)
     return list(requeued), ended
+
+
+def resend_stranded(session: Session, client: redis.Redis, settings: Settings, *, grace_seconds: float) -> list[str]:
+    """Send again every queued job whose task the broker no longer holds (Redis restarted without persistence,
+    flushed, or a message lost any other way); returns their ids.
+
+    Only jobs sent more than grace_seconds ago count, and each is taken by one conditional UPDATE of its
+    sent_at, so of many reapers one sends it once. A job the broker held after all runs once anyway: the
+    claim lets one delivery win."""
+    cutoff = now() - grace_seconds
+    sent = func.coalesce(Job.sent_at, Job.created_at)
+    candidates = session.execute(select(Job.id, Job.queue).where(Job.status == "queued", sent < cutoff)).all()
+    if not candidates:
+        return []
+    held = jobs_held_by_broker(client, {queue for _, queue in candidates})
+    resent = []
+    for job_id, queue in candidates:
+        if job_id in held:
+            continue
+        taken = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued", sent < cutoff)
+                                .values(sent_at=now()).execution_options(synchronize_session=False))
+        session.commit()
+        if taken.rowcount != 1:
+            continue
+        enqueue_training(job_id, queue)
+        resent.append(job_id)
+        add_event(session, client, job_id, f"The job queue (Redis) had lost this job's message; sent it to {queue} "
+                  "again.", level="warning", type_="resent", max_len=settings.stream_max_points)
+    return resent

@@ -102,6 +102,8 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     cancel_requested_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     task_id: Mapped[str | None] = mapped_column(String(255), nullable=True)  # the Celery task running it
+    # When its task was last sent to the broker: a job queued longer than that without a message is sent again.
+    sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     step: Mapped[int] = mapped_column(Integer, default=0)
     total_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)

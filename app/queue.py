@@ -7,9 +7,15 @@ setting. Must not import torch or `workers`.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from collections.abc import Iterable
 from functools import cache
 
+import redis
 from celery import Celery
+from kombu.transport.redis import Channel
 
 from app.settings import Settings, get_settings
 
@@ -52,3 +58,44 @@ def get_celery() -> Celery:
 def enqueue_training(job_id: str, queue: str) -> None:
     """Send the training task for a committed job to the named queue."""
     get_celery().send_task(TRAIN_TASK, args=[job_id], queue=queue)
+
+
+def _queue_keys(queue: str) -> list[str]:
+    # Kombu's Redis transport keeps a list per queue and priority step, named as its Channel._q_for_pri does.
+    return [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in Channel.priority_steps]
+
+
+def _job_of_message(message: object) -> str | None:
+    """The job id a training task message carries, or None for any other message."""
+    try:
+        if message.get("headers", {}).get("task") != TRAIN_TASK:
+            return None
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return args[0] if args and isinstance(args[0], str) else None
+    except (AttributeError, ValueError, KeyError, IndexError, TypeError, binascii.Error):
+        return None
+
+
+def _loads(raw: str) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def jobs_held_by_broker(client: redis.Redis, queues: Iterable[str]) -> set[str]:
+    """Ids of the jobs whose training task the broker holds: waiting in one of these queues, or delivered to a
+    worker and not acked yet (Kombu's `unacked` hash: a job running, or about to be claimed)."""
+    pipe = client.pipeline(transaction=False)
+    for queue in sorted(set(queues)):
+        for key in _queue_keys(queue):
+            pipe.lrange(key, 0, -1)
+    pipe.hvals(Channel.unacked_key)
+    *lists, unacked = pipe.execute()
+    messages = [_loads(raw) for waiting in lists for raw in waiting]
+    # An unacked entry is [message, exchange, routing_key].
+    messages += [entry[0] for entry in map(_loads, unacked) if isinstance(entry, list) and entry]
+    return {job_id for job_id in map(_job_of_message, messages) if job_id is not None}

@@ -53,6 +53,47 @@ def publish(client: redis.Redis, job_id: str, type_: str, data: dict[str, Any], 
                        maxlen=max_len, approximate=True)
 
 
+def attempt_key(job_id: str) -> str:
+    """The Redis key holding the job's current attempt: only that attempt may append to the stream."""
+    return f"tuneboard:job:{job_id}:attempt"
+
+
+# Compared and appended in one script, so no newer claim can slip between the check and the XADD.
+# A missing key refuses too: the writer then asks the database, which is the truth, and raises the key again.
+_FENCED_XADD = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return false end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 't', ARGV[3], 'd', ARGV[4])
+"""
+# Monotonic: a stale attempt raising its own number can never lower the key below a newer one.
+_RAISE_ATTEMPT = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then current = tonumber(ARGV[1]) end
+redis.call('SET', KEYS[1], current, 'EX', ARGV[2])
+return current
+"""
+ATTEMPT_KEY_SECONDS = 30 * 86400
+
+
+def publish_fenced(client: redis.Redis, job_id: str, attempt: int, type_: str, data: dict[str, Any], *,
+                   max_len: int) -> str | None:
+    """Append one update for this attempt; None (nothing appended) unless it is the job's current attempt."""
+    data_json = json.dumps(data, separators=(",", ":"))
+    return client.register_script(_FENCED_XADD)(keys=[stream_key(job_id), attempt_key(job_id)],
+                                                args=[str(attempt), max_len, type_, data_json])
+
+
+def raise_attempt(client: redis.Redis, job_id: str, attempt: int) -> int:
+    """Make `attempt` the job's current one unless a newer one already is; returns the current attempt."""
+    return int(client.register_script(_RAISE_ATTEMPT)(keys=[attempt_key(job_id)],
+                                                      args=[attempt, ATTEMPT_KEY_SECONDS]))
+
+
+def current_attempt(client: redis.Redis, job_id: str) -> int | None:
+    """The attempt the stream accepts now (None when Redis lost the key)."""
+    value = client.get(attempt_key(job_id))
+    return int(value) if value is not None else None
+
+
 def decode(raw: list) -> list[StreamEntry]:
     """Turn XRANGE / XREAD entries into StreamEntry objects."""
     return [StreamEntry(entry_id, fields["t"], json.loads(fields["d"])) for entry_id, fields in raw]

@@ -3,6 +3,10 @@
 Each logged step is appended to the job's stream (browsers see it within milliseconds) and kept in
 memory until the next flush, which upserts the batch into `metrics` and moves the job's progress
 columns; so history survives a Redis flush while the hot loop does one XADD per logging step.
+
+Every write is fenced by the reporter's attempt where it lands (`app.jobs.hold_attempt`, and the stream's
+attempt script): once a newer attempt owns the job, the first refused write marks this attempt lost, every
+later write is dropped, and `should_stop` ends the training loop at its next step.
 """
 
 from __future__ import annotations
@@ -10,16 +14,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import delete, func, update
+from sqlalchemy import func, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from app import jobs, storage, streams
 from app.db import new_session
-from app.models import METRIC_FIELDS, Checkpoint, Job, Metric
+from app.jobs import AttemptFenced
+from app.models import METRIC_FIELDS, Job, Metric
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,7 +64,9 @@ class JobReporter:
     def on_start(self, *, total_steps: int, trainable_params: int, all_params: int, device: str,
                  resumed_from_step: int) -> None:
         """Record the run's shape and announce it."""
-        with new_session() as session:
+
+        def record(session) -> None:
+            jobs.hold_attempt(session, self.job_id, self.attempt)
             session.execute(update(Job).where(Job.id == self.job_id).values(
                 total_steps=total_steps, trainable_params=trainable_params, all_params=all_params, device=device,
                 step=resumed_from_step))
@@ -71,58 +80,74 @@ class JobReporter:
             self._event(session, f"Training {total_steps} steps on {device}, {where}; PEFT reports "
                                  f"{trainable_params:,} trainable of {all_params:,} parameters{match}.",
                         type_="training_started")
-            jobs.publish_status(self.client, job, max_len=self.settings.stream_max_points)
+            jobs.publish_status(self.client, job, max_len=self.settings.stream_max_points, attempt=self.attempt)
+
+        self._write(record)
 
     def on_log(self, *, step: int, epoch: float, metrics: dict[str, float]) -> None:
         """Stream one logged step now; keep it for the next database flush."""
+        if self.lease_lost.is_set():
+            return
         point = {"step": step, "epoch": epoch, **metrics}
-        try:
-            streams.publish(self.client, self.job_id, "metric", point, max_len=self.settings.stream_max_points)
-        except redis.RedisError:
-            log.warning("metric of %s step %s not streamed", self.job_id, step, exc_info=True)
+        self._stream("metric", point)
         with self._lock:
             row = self._pending.setdefault(step, {"job_id": self.job_id, "step": step})
             row.update({k: v for k, v in point.items() if k in METRIC_FIELDS and v is not None})
             self._progress = {"step": step, "epoch": epoch,
                               "trained_tokens": metrics.get("trained_tokens", self._progress.get("trained_tokens"))}
         if metrics.get("eval_loss") is not None:
-            with new_session() as session:
-                self._event(session, f"Evaluation at step {step}: eval loss {metrics['eval_loss']:.4f}.",
-                            type_="evaluation", data={"step": step, "eval_loss": metrics["eval_loss"]})
+            self._write(lambda session: self._event(
+                session, f"Evaluation at step {step}: eval loss {metrics['eval_loss']:.4f}.",
+                type_="evaluation", data={"step": step, "eval_loss": metrics["eval_loss"]}))
         if time.monotonic() - self._last_flush >= self.settings.metrics_flush_seconds:
             self.flush()
 
     def on_checkpoint(self, *, step: int, path: Path) -> None:
         """Persist pending metrics, then record the checkpoint so a later attempt can resume from it."""
         self.flush()
-        # Stored before it is recorded, so a checkpoint a later attempt finds is always complete in the store.
-        key = storage.publish_dir(self.settings, path)
-        with new_session() as session:
-            existing = session.query(Checkpoint).filter_by(job_id=self.job_id, step=step).one_or_none()
-            if existing is None:
-                session.add(Checkpoint(job_id=self.job_id, step=step, storage_key=key))
-            else:
-                existing.storage_key = key
-            session.commit()
+        if self.lease_lost.is_set():
+            return  # its files stay under this attempt's own key, which nothing records or reads
+
+        def record(session) -> None:
+            # Stored before it is recorded, so a checkpoint a later attempt finds is always complete in the store;
+            # the key is this attempt's own, so storing never touches what another attempt wrote.
+            jobs.record_checkpoint(session, self.job_id, self.attempt, step, storage.publish_dir(self.settings, path))
             self._event(session, f"Checkpoint saved at step {step}.", type_="checkpoint", data={"step": step})
 
-    def on_event(self, message: str, *, level: str = "info") -> None:
-        """A free-form event from the training code."""
-        with new_session() as session:
-            self._event(session, message, level=level)
+        self._write(record)
+
+    def on_event(self, message: str, *, level: str = "info", type_: str = "message", data: dict | None = None) -> None:
+        """An event of this attempt (free-form from the training code, or typed from the runner)."""
+        self._write(lambda session: self._event(session, message, level=level, type_=type_, data=data))
+
+    def publish_status(self, job: Job) -> None:
+        """Tell stream readers the job's status, as this attempt."""
+        try:
+            jobs.publish_status(self.client, job, max_len=self.settings.stream_max_points, attempt=self.attempt)
+        except AttemptFenced:
+            self._lose("the stream refused its status")
 
     def should_stop(self) -> bool:
-        """True once a cancel was requested or this attempt lost its lease."""
+        """True once a cancel was requested or this attempt lost the job (a refused write, a lost lease, or a
+        newer attempt named in Redis)."""
         if self.lease_lost.is_set() or self._cancelled:
             return True
         moment = time.monotonic()
         if moment - self._last_cancel_poll >= CANCEL_POLL_SECONDS:
             self._last_cancel_poll = moment
             try:
-                self._cancelled = streams.cancel_requested(self.client, self.job_id)
+                cancelled, current = self.client.mget(streams.cancel_key(self.job_id), streams.attempt_key(self.job_id))
+                self._cancelled = cancelled is not None
+                if current is not None and int(current) > self.attempt:
+                    self._lose("a newer attempt took the job over")
             except redis.RedisError:
                 log.warning("cancel flag of %s unreadable", self.job_id, exc_info=True)
-        return self._cancelled
+        return self._cancelled or self.lease_lost.is_set()
+
+    @property
+    def attempt_lost(self) -> bool:
+        """Whether this attempt lost the job: it must then write nothing more, not even a last checkpoint."""
+        return self.lease_lost.is_set()
 
     # --- housekeeping ----------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -133,20 +158,49 @@ class JobReporter:
             self._last_flush = time.monotonic()
         if not rows:
             return
-        with new_session() as session:
+
+        def record(session) -> None:
+            # The lock first: a stale attempt's rows never overwrite the points its successor logged.
+            jobs.hold_attempt(session, self.job_id, self.attempt)
             _upsert(session, rows)
             values = {k: v for k, v in progress.items() if v is not None}
-            session.execute(update(Job).where(Job.id == self.job_id, Job.attempts == self.attempt).values(**values))
+            session.execute(update(Job).where(Job.id == self.job_id).values(**values))
             session.commit()
+
+        self._write(record)
 
     def rewind_to(self, step: int) -> None:
         """Forget points past a checkpoint the run resumes from: they will be logged again."""
-        with new_session() as session:
-            session.execute(delete(Metric).where(Metric.job_id == self.job_id, Metric.step > step))
-            session.commit()
-        streams.publish(self.client, self.job_id, "rewind", {"step": step}, max_len=self.settings.stream_max_points)
+        self._write(lambda session: jobs.rewind(session, self.client, self.job_id, self.attempt, step,
+                                                max_len=self.settings.stream_max_points))
+
+    def _write(self, write: Callable[[Session], None]) -> None:
+        """Run one fenced write in its own session; a refusal marks this attempt lost instead of reaching the
+        training loop."""
+        if self.lease_lost.is_set():
+            return
+        try:
+            with new_session() as session:
+                write(session)
+        except AttemptFenced:
+            self._lose("a write was refused")
+
+    def _lose(self, why: str) -> None:
+        if not self.lease_lost.is_set():
+            log.warning("job %s: attempt %s lost the job (%s); stopping it and writing nothing more",
+                        self.job_id, self.attempt, why)
+        self.lease_lost.set()
+
+    def _stream(self, type_: str, data: dict[str, Any]) -> None:
+        try:
+            jobs.publish_for_attempt(self.client, self.job_id, self.attempt, type_, data,
+                                     max_len=self.settings.stream_max_points)
+        except AttemptFenced:
+            self._lose("the stream refused its entry")
+        except redis.RedisError:
+            log.warning("%s of %s not streamed", type_, self.job_id, exc_info=True)
 
     def _event(self, session, message: str, *, level: str = "info", type_: str = "message",
                data: dict | None = None) -> None:
         jobs.add_event(session, self.client, self.job_id, message, level=level, type_=type_, data=data,
-                       max_len=self.settings.stream_max_points)
+                       max_len=self.settings.stream_max_points, attempt=self.attempt)

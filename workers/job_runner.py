@@ -2,7 +2,9 @@
 
 The Celery task calls `run_job` with the job id only; everything else is re-read from the database,
 so a duplicate or late delivery is harmless (it finds nothing to claim) and a requeued job resumes
-from the newest checkpoint that the earlier attempt recorded.
+from the newest checkpoint that the earlier attempt recorded. Each attempt writes its checkpoints and
+adapter under its own key (`attempt_key`), and only a write fenced by the attempt makes them visible:
+an attempt that lost the job can never overwrite what its successor wrote.
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ def _datasets(settings: Settings, job: Job, config: JobConfig, session):
     return train, None
 
 
+def attempt_key(job_id: str, attempt: int) -> str:
+    """The storage key under which one attempt of a job writes its checkpoints and adapter."""
+    return f"{storage.job_dir_key(job_id)}/attempt-{attempt}"
+
+
 def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
     """Run one attempt of a job to its end; returns the status it ended with, or 'skipped'."""
     from workers.training import TrainingFailure, TrainingRun, train
@@ -76,13 +83,14 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
             return "skipped"
         job, attempt = claimed.job, claimed.attempt
         add_log_fields(team_id=job.team_id)
+        # From here on the stream takes entries from this attempt only, not from an earlier one still alive.
+        jobs.fence_attempts_before(client, job_id, attempt)
         reporter = JobReporter(settings, client, job_id, worker=worker, attempt=attempt)
         keeper = LeaseKeeper(settings, job_id, worker, attempt, reporter.lease_lost)
         keeper.start()
-        jobs.add_event(session, client, job_id, f"Started on worker {worker} (attempt {attempt} of "
-                       f"{job.max_attempts}).", type_="started", data={"worker": worker, "attempt": attempt},
-                       max_len=settings.stream_max_points)
-        jobs.publish_status(client, job, max_len=settings.stream_max_points)
+        reporter.on_event(f"Started on worker {worker} (attempt {attempt} of {job.max_attempts}).",
+                          type_="started", data={"worker": worker, "attempt": attempt})
+        reporter.publish_status(job)
         resume_from: Path | None = None
         if claimed.resume_from is not None:
             reporter.rewind_to(claimed.resume_from.step)
@@ -97,7 +105,7 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
             train_examples, eval_examples = _datasets(settings, job, config, session)
             run = TrainingRun(
                 job_id=job_id, config=config, train_examples=train_examples, eval_examples=eval_examples,
-                output_dir=storage.work_dir(settings, storage.job_dir_key(job_id)), resume_from=resume_from,
+                output_dir=storage.work_dir(settings, attempt_key(job_id, attempt)), resume_from=resume_from,
                 data_dir=settings.data_dir,
             )
             if reporter.should_stop():  # cancelled between the claim and here: do not load the model
@@ -107,8 +115,10 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
             values = {"step": result.global_step, "total_steps": result.total_steps,
                       "trained_tokens": result.trained_tokens, "final_metrics": result.final_metrics,
                       "trainable_params": result.trainable_params, "all_params": result.all_params}
-            if result.stopped:
-                status = "cancelled" if not reporter.lease_lost.is_set() else "lost"
+            if reporter.lease_lost.is_set():
+                status = "lost"  # its adapter, if any, stays unpublished under this attempt's own key
+            elif result.stopped:
+                status = "cancelled"
             else:
                 status = "succeeded"
                 values["adapter_key"] = storage.publish_dir(settings, result.adapter_dir)
@@ -124,10 +134,12 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
         finally:
             keeper.stopped.set()
             reporter.flush()
-            storage.discard_work(settings, storage.job_dir_key(job_id))
-        if status == "lost" or not jobs.finish(session, job_id, worker, attempt, status, **values):
+            # Only its own folder: a newer attempt of the job may be writing on this host too.
+            storage.discard_work(settings, attempt_key(job_id, attempt))
+        if reporter.lease_lost.is_set() or not jobs.finish(session, job_id, worker, attempt, status, **values):
             log.warning("job %s: this attempt lost the job before it ended; leaving it to its new owner", job_id)
             return "lost"
+        storage.discard_work(settings, storage.job_dir_key(job_id))  # the job ended here: drop every local copy
         _announce_end(session, client, settings, job_id, status)
         return status
 

@@ -56,14 +56,15 @@ def test_dataset_checkpoints_and_adapter_go_through_the_store(client, s3_bucket,
     assert job["status"] == "succeeded", job["error"]
 
     stored = _keys(s3_bucket, f"jobs/{job['id']}/")
-    assert f"jobs/{job['id']}/adapter/adapter_model.safetensors" in stored
-    assert f"jobs/{job['id']}/checkpoints/checkpoint-10/trainer_state.json" in stored
+    assert f"jobs/{job['id']}/attempt-1/adapter/adapter_model.safetensors" in stored
+    assert f"jobs/{job['id']}/attempt-1/checkpoints/checkpoint-10/trainer_state.json" in stored
     checkpoints = client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
     assert sorted(c["step_number"] for c in checkpoints) == [10, 20]
 
     archive = zipfile.ZipFile(io.BytesIO(client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter").content))
     s3, bucket = s3_bucket
-    in_store = s3.get_object(Bucket=bucket, Key=f"artifacts/jobs/{job['id']}/adapter/adapter_model.safetensors")
+    in_store = s3.get_object(Bucket=bucket,
+                             Key=f"artifacts/jobs/{job['id']}/attempt-1/adapter/adapter_model.safetensors")
     assert archive.read("adapter_model.safetensors") == in_store["Body"].read()
     single = client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter", params={"file": "adapter_config.json"})
     assert single.status_code == 200 and single.json()["r"] == 8
@@ -82,7 +83,8 @@ def test_a_job_resumes_on_a_second_worker_from_the_checkpoint_the_first_stored(c
     first.kill()
     last_checkpoint = max(c["step_number"] for c in
                           client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"])
-    assert f"jobs/{job['id']}/checkpoints/checkpoint-{last_checkpoint}/trainer_state.json" in _keys(s3_bucket, "jobs/")
+    assert (f"jobs/{job['id']}/attempt-1/checkpoints/checkpoint-{last_checkpoint}/trainer_state.json"
+            in _keys(s3_bucket, "jobs/"))
 
     second_dir = tmp_path / "host-b"
     rescuer = start_worker(name="rescuer", TUNEBOARD_DATA_DIR=str(second_dir))
@@ -94,7 +96,7 @@ def test_a_job_resumes_on_a_second_worker_from_the_checkpoint_the_first_stored(c
     assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 161))
     # The second host had never seen the checkpoint: it fetched it from the store, and dropped its copies after.
     bucket = s3_bucket[1]
-    assert (f"resuming from jobs/{job['id']}/checkpoints/checkpoint-{last_checkpoint}, fetched from "
+    assert (f"resuming from jobs/{job['id']}/attempt-1/checkpoints/checkpoint-{last_checkpoint}, fetched from "
             f"s3://{bucket}/artifacts") in rescuer.log()
     assert not (second_dir / "scratch" / "cache" / "jobs" / job["id"]).exists()
     assert not (second_dir / "scratch" / "work" / "jobs" / job["id"]).exists()

@@ -83,10 +83,11 @@ class ReporterCallback(TrainerCallback):
         if not self.stop_requested and self.reporter.should_stop():
             self.stop_requested = True
             # The Trainer logs and saves this step, then leaves its loop; an evaluation due now would
-            # only delay the stop.
+            # only delay the stop. An attempt that lost its job to a newer one keeps nothing: it stops at once.
+            keep = not getattr(self.reporter, "attempt_lost", False)
             control.should_training_stop = True
-            control.should_save = True
-            control.should_log = True
+            control.should_save = keep
+            control.should_log = keep
             control.should_evaluate = False
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:

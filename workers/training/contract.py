@@ -53,7 +53,10 @@ class TrainingRun:
 
 
 class Reporter(Protocol):
-    """Where progress goes. Called on the training thread: every method must return quickly."""
+    """Where progress goes. Called on the training thread: every method must return quickly.
+
+    A reporter may also have a boolean `attempt_lost`: True once a newer attempt owns the job, when
+    `should_stop` ends the run without a last log or checkpoint."""
 
     def on_start(
         self, *, total_steps: int, trainable_params: int, all_params: int, device: str, resumed_from_step: int

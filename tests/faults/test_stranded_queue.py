@@ -1,0 +1,90 @@
+"""A queued job is never stranded when Redis loses its queue, and a job sent twice runs once.
+
+The fault, on the real stack: a job queued while no worker serves its queue, then the broker's data
+lost (FLUSHALL on a Redis server of this test's own, as a restart without persistence would leave it).
+The reaper compares queued jobs with what the broker holds (the queue's lists and the workers' unacked
+messages) and sends again what nobody holds; the atomic claim makes any extra copy harmless.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from sqlalchemy import update
+
+from app import lease_reaper, queue
+from app.db import new_session
+from app.models import Job
+from tests.jobs.conftest import client, model_dir  # noqa: F401 - fixtures this module uses
+from tests.jobs.helpers import all_events, chat_records, launch, metric_steps, upload, wait_for, wait_until_finished
+
+LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
+TRAINING = {"batch_size": 4, "learning_rate": 5e-3, "sequence_length": 64, "precision": "fp32", "logging_steps": 1,
+            "warmup_ratio": 0.0, "lr_scheduler": "constant"}
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    """A Redis server of this test's own (the embedded 6.2 `tuneboard up` ships), which it may flush whole."""
+    from app.redis_server import start_embedded_redis
+    from tests.services import free_port
+
+    port = free_port()
+    process = start_embedded_redis(tmp_path / "redis", port)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def _broker(tuneboard_env):
+    import redis
+
+    return redis.Redis.from_url(tuneboard_env.redis_url, decode_responses=True, socket_timeout=10)
+
+
+def test_a_queued_job_whose_message_redis_lost_runs_when_a_worker_comes(
+        client, start_worker, model_dir, tuneboard_env):  # noqa: F811 - the imported fixtures
+    job = launch(client, model_dir, upload(client, chat_records())["id"], lora=LORA,
+                 training={**TRAINING, "max_steps": 10, "save_steps": 10})
+    broker = _broker(tuneboard_env)
+    assert broker.llen(tuneboard_env.queue) == 1
+    broker.flushall()  # the queue, its message and every stream: what a restart without persistence leaves
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "queued"
+
+    start_worker()
+    ready = time.monotonic()
+    job = wait_until_finished(client, job["id"], timeout=90)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 1
+    # Within a few reaper passes of the worker being there (a pass every 2 s, a 6 s grace after the last send).
+    assert time.monotonic() - ready < 60
+    messages = [e["message"] for e in all_events(client, job["id"])]
+    assert sum("had lost this job's message" in m for m in messages) == 1, messages
+    assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 11))
+
+
+def test_a_job_the_broker_still_holds_is_not_sent_again_and_a_job_sent_twice_runs_once(
+        client, start_worker, model_dir, tuneboard_env):  # noqa: F811 - the imported fixtures
+    job = launch(client, model_dir, upload(client, chat_records())["id"], lora=LORA,
+                 training={**TRAINING, "max_steps": 120, "save_steps": 60})
+    with new_session() as session:  # sent long ago: only its waiting message keeps it from being sent again
+        session.execute(update(Job).where(Job.id == job["id"]).values(sent_at=Job.sent_at - 3600))
+        session.commit()
+    assert lease_reaper.resend_once() == []
+    broker = _broker(tuneboard_env)
+    assert broker.llen(tuneboard_env.queue) == 1
+
+    worker = start_worker()
+    wait_for(client, job["id"], lambda j: j["status"] == "running" and j["progress"]["step"] >= 1, what="running")
+    # Taken by the worker, its message left the queue's list for the worker's unacked set: still held.
+    assert broker.llen(tuneboard_env.queue) == 0
+    assert job["id"] in queue.jobs_held_by_broker(broker, [tuneboard_env.queue])
+
+    queue.enqueue_training(job["id"], tuneboard_env.queue)  # and sent a second time all the same
+    job = wait_until_finished(client, job["id"], timeout=180)
+    assert job["status"] == "succeeded" and job["attempts"] == 1
+    kinds = [e["data"]["kind"] for e in all_events(client, job["id"])]
+    assert kinds.count("started") == 1 and "resent" not in kinds
+    assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 121))
+    wait_for(client, job["id"], lambda _j: "nothing to claim" in worker.log(), timeout=30, what="the copy skipped")
