@@ -298,16 +298,17 @@ def run_worker(mode: str, env: dict[str, str], work: Path, count: int, model_dir
                            work / f"worker-{mode}.log")
     try:
         try:
-            worker.wait_ready(timeout=120)
-            ready = time.monotonic() - started
-            warm, preload_s = None, None
-            if preload:
-                deadline = time.monotonic() + 180
-                while not (found := PRELOADED.search(worker.log())) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if found is None:
-                    raise RuntimeError("the worker's pool child never logged its preload")
-                warm, preload_s = time.monotonic() - started, float(found["seconds"])
+            ready, warm, found = None, None, None
+            deadline = time.monotonic() + 180
+            while (ready is None or (preload and warm is None)) and time.monotonic() < deadline:
+                log = worker.log()
+                if ready is None and " ready." in log:
+                    ready = time.monotonic() - started
+                if warm is None and (found := PRELOADED.search(log)):
+                    warm = time.monotonic() - started
+                time.sleep(0.05)
+            worker.wait_ready(timeout=1)  # says why, if the worker is not ready by now
+            preload_s = float(found["seconds"]) if found else None
             h.progress(f"worker ready after {ready:.1f} s" + (f", warm after {warm:.1f} s" if warm else "")
                        + f"; running {count} jobs one after the other")
             lines = run_jobs(count, model_dir, file_id, queue, job_ids, account)
