@@ -228,6 +228,15 @@ def _pattern_checks(settings: LoraSettings, targets: frozenset[str] | str) -> li
     return checks
 
 
+def check_pattern_cost(settings: LoraSettings, module_names: list[str]) -> None:
+    """PatternTooCostly when the settings' patterns would take PEFT too long against these module names.
+
+    The estimate checks this with the model's inventory; a worker checks it again with the loaded model,
+    since a job may have been launched before the inventory existed."""
+    targets = settings.target_modules if isinstance(settings.target_modules, str) else frozenset()
+    check_cost(_pattern_checks(settings, targets), [name for name in module_names if name])
+
+
 def select_modules(inventory: Inventory, settings: LoraSettings) -> Selection:
     """The modules LoRA adapts (with their rank and alpha) and the modules saved in full."""
     targets = resolve_targets(inventory, settings)

@@ -426,6 +426,18 @@ def test_a_dataset_with_nothing_to_learn_is_a_dataset_problem(tiny_dir, tmp_path
     assert caught.value.code == "dataset_problem"
 
 
+def test_a_backtracking_pattern_fails_the_job_before_peft_matches_it(tiny_dir, tmp_path):
+    """A job launched before its model's inventory existed had no estimate, so no pattern check: the worker checks
+    again instead of letting PEFT's `re` hold it for minutes."""
+    config = tiny_config(tiny_dir)
+    config.lora.target_modules = "(?:.|.){0,28}X"
+    started = time.perf_counter()
+    with pytest.raises(TrainingFailure) as caught:
+        train(make_run(config, tmp_path), RecordingReporter())
+    assert caught.value.code == "unsupported" and "target_modules" in caught.value.reason
+    assert time.perf_counter() - started < 60
+
+
 def test_chat_data_needs_a_chat_template(tokenizer):
     from copy import deepcopy
 

@@ -77,6 +77,8 @@ def _wrap_with_lora(model: Any, run: TrainingRun) -> Any:
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
+    from app.training.matching import check_pattern_cost
+    from app.training.pattern_cost import PatternTooCostly
     from workers.lora_config import to_peft_config
 
     settings = run.config.training
@@ -87,6 +89,10 @@ def _wrap_with_lora(model: Any, run: TrainingRun) -> Any:
         )
     # The LoRA A matrices are initialised randomly: seed first so a job is reproducible.
     set_seed(settings.seed)
+    try:
+        check_pattern_cost(run.config.lora, [name for name, _ in model.named_modules()])
+    except PatternTooCostly as exc:  # PEFT's `re` matching would hold this worker for minutes
+        raise TrainingFailure("unsupported", exc.message) from exc
     try:
         peft_model = get_peft_model(model, to_peft_config(run.config.lora))
     except ValueError as exc:  # e.g. "Target modules {...} not found in the base model"
