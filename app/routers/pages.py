@@ -152,7 +152,8 @@ async def estimate_fragment(request: Request, settings: SettingsDep, principal: 
 
 @router.post("/launch", response_class=HTMLResponse)
 async def launch_job(request: Request, settings: SettingsDep, session: SessionDep, principal: PrincipalDep):
-    """Launch the configured job and open its page; a problem re-renders the page with it beside its field."""
+    """Launch the configured job and open its page; a refusal re-renders the form with every value kept, the
+    reasons beside their fields and listed at the Launch button."""
     form = await request.form()
     state = _parse(form, principal)
     config = job_config(state)
@@ -162,11 +163,24 @@ async def launch_job(request: Request, settings: SettingsDep, session: SessionDe
             job = launch(session, settings, principal, config, training_file=str(values["training_file"]),
                          validation_file=str(values["validation_file"]) or None, suffix=str(values["suffix"]) or None,
                          queue=str(values["queue"]) or None)
+            if _is_htmx(request):  # htmx follows HX-Redirect with a full page load of the job
+                return HTMLResponse("", headers={"HX-Redirect": f"/jobs/{job.id}"})
             return RedirectResponse(f"/jobs/{job.id}", status_code=303)
         except LaunchError as exc:
             name = {"load_in_4bit": "precision"}.get(exc.param.split(".")[-1], exc.param.split(".")[-1])
             state.errors[name if name in values else "launch"] = exc.message
-    return _render(request, "configure.html", _context(state, settings, principal), status_code=422)
+    context = _context(state, settings, principal, drawn_for=form.get("drawn_for") or None)
+    context["launch_failed"] = True
+    if _is_htmx(request):
+        # 200 so htmx swaps it in (it drops 4xx bodies); the address bar keeps the configuration page.
+        return _render(request, "configure_main.html", context)
+    return _render(request, "configure.html", context, status_code=422)
+
+
+@router.get("/launch", include_in_schema=False)
+def launch_reloaded() -> RedirectResponse:
+    """A reload of the no-script launch answer (the URL /launch) goes back to the configuration page."""
+    return RedirectResponse("/", status_code=303)
 
 
 @router.get("/models/search", response_class=HTMLResponse)

@@ -152,6 +152,12 @@
     // A new data card (upload or demo dataset) changes the examples the advice and run plan use.
     const swapped = event.detail.target || event.detail.elt;
     if (swapped && swapped.id === "data-card" && byId("training_file")) fire(byId("training_file"));
+    // A refused launch: bring its reasons to where the user is looking, the Launch button, and focus them.
+    const problems = byId("launch-problems");
+    if (problems && swapped && swapped.id === "configure") {
+      problems.focus({ preventScroll: true });
+      problems.scrollIntoView({ block: "center" });
+    }
   });
   document.addEventListener("DOMContentLoaded", () => { syncAlpha(); syncBoxes(); });
 })();
