@@ -36,10 +36,20 @@ class StreamEntry:
     data: dict[str, Any]
 
 
+# Pinned, not redis-py's defaults (8.x: 5 s): no command of this client blocks (the live streams' blocking reads
+# have their own client, app.stream_hub), so a reply overdue by 10 s means a dead connection; a Redis that is
+# down refuses at once, and one that does not answer must not hold a training step or a request for long.
+SOCKET_TIMEOUT_SECONDS = 10.0
+CONNECT_TIMEOUT_SECONDS = 3.0
+HEALTH_CHECK_SECONDS = 30
+
+
 @cache
 def client_for(url: str) -> redis.Redis:
     """A pooled Redis client per URL (decoded strings)."""
-    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_SECONDS,
+                                socket_connect_timeout=CONNECT_TIMEOUT_SECONDS, socket_keepalive=True,
+                                health_check_interval=HEALTH_CHECK_SECONDS)
 
 
 def get_redis() -> redis.Redis:
@@ -74,24 +84,23 @@ return current
 ATTEMPT_KEY_SECONDS = 30 * 86400
 
 
+@cache
+def _script(client: redis.Redis, source: str):
+    # Registered once per client: later calls send only its SHA (EVALSHA), as a plain XADD sends its fields.
+    return client.register_script(source)
+
+
 def publish_fenced(client: redis.Redis, job_id: str, attempt: int, type_: str, data: dict[str, Any], *,
                    max_len: int) -> str | None:
     """Append one update for this attempt; None (nothing appended) unless it is the job's current attempt."""
     data_json = json.dumps(data, separators=(",", ":"))
-    return client.register_script(_FENCED_XADD)(keys=[stream_key(job_id), attempt_key(job_id)],
-                                                args=[str(attempt), max_len, type_, data_json])
+    return _script(client, _FENCED_XADD)(keys=[stream_key(job_id), attempt_key(job_id)],
+                                         args=[str(attempt), max_len, type_, data_json])
 
 
 def raise_attempt(client: redis.Redis, job_id: str, attempt: int) -> int:
     """Make `attempt` the job's current one unless a newer one already is; returns the current attempt."""
-    return int(client.register_script(_RAISE_ATTEMPT)(keys=[attempt_key(job_id)],
-                                                      args=[attempt, ATTEMPT_KEY_SECONDS]))
-
-
-def current_attempt(client: redis.Redis, job_id: str) -> int | None:
-    """The attempt the stream accepts now (None when Redis lost the key)."""
-    value = client.get(attempt_key(job_id))
-    return int(value) if value is not None else None
+    return int(_script(client, _RAISE_ATTEMPT)(keys=[attempt_key(job_id)], args=[attempt, ATTEMPT_KEY_SECONDS]))
 
 
 def decode(raw: list) -> list[StreamEntry]:
