@@ -17,6 +17,7 @@ from app.models import DataFile, Job
 from app.settings import Settings
 from app.training.estimate import EstimateRequest, TrainingKnobs, estimate
 from app.training.job_config import JobConfig
+from app.training.limits import ImpossibleSettings, check_rank_limits, memory_over_every_worker
 
 
 class LaunchError(ValueError):
@@ -47,6 +48,10 @@ def estimate_at_launch(config: JobConfig, examples: int, has_validation: bool, s
         result = estimate(inventory, EstimateRequest(model=config.model, lora=config.lora, training=knobs))
     except EstimateError as exc:
         raise LaunchError(f"lora.{exc.field}", exc.message, code="invalid_lora_config") from exc
+    try:
+        check_rank_limits(result.modules, config.lora.r)
+    except ImpossibleSettings as exc:
+        raise LaunchError(f"lora.{exc.field}", exc.message, code="rank_above_layer", status=exc.status) from exc
     return result.model_dump(mode="json")
 
 
@@ -79,9 +84,12 @@ def launch(session: Session, settings: Settings, principal: Principal, config: J
         _require_qlora_worker(queue or settings.default_queue)
     examples = train.examples - (int(train.examples * split / 100) if split else 0)
     has_validation = validation is not None or split > 0
+    launch_estimate = estimate_at_launch(config, examples, has_validation, settings)
+    if launch_estimate is not None:
+        _require_memory_fits(launch_estimate["memory"]["total"], queue or settings.default_queue)
     job = Job(model=config.model, queue=queue or settings.default_queue, config=config.model_dump(mode="json"),
               team_id=principal.team.id, created_by=principal.user.id,
-              estimate=estimate_at_launch(config, examples, has_validation, settings),
+              estimate=launch_estimate,
               training_file_id=train.id, validation_file_id=validation.id if validation else None,
               suffix=suffix, metadata_=metadata)
     return jobs.submit(session, _redis_or_none(), job, settings)
@@ -94,6 +102,15 @@ def _require_known_queue(queue: str, settings: Settings) -> None:
     if queue not in allowed:
         raise LaunchError("queue", f"queue: no live worker serves {queue!r} and no admin configured it "
                           f"(TUNEBOARD_QUEUES); allowed: {', '.join(allowed)}", code="unknown_queue")
+
+
+def _require_memory_fits(memory_total: int, queue: str) -> None:
+    client = _redis_or_none()
+    workers = worker_registry.queues_served(worker_registry.live_workers(client)).get(queue, []) if client else []
+    reason = memory_over_every_worker(memory_total, queue,
+                                      [(w.hostname, w.device, w.gpu_memory_bytes) for w in workers])
+    if reason:
+        raise LaunchError("queue", f"queue: {reason}", status=422, code="exceeds_worker_memory")
 
 
 def _require_qlora_worker(queue: str) -> None:
