@@ -6,6 +6,7 @@ import time
 
 from fastapi.templating import Jinja2Templates
 
+from app.adapter_card import adapter_name, trained_on_chat
 from app.settings import get_settings
 
 
@@ -82,4 +83,5 @@ def user_teams(request) -> dict:
 
 templates = Jinja2Templates(directory=str(get_settings().templates_dir), context_processors=[user_teams])
 templates.env.filters.update(thousands=thousands, human_bytes=human_bytes, compact=compact, datetime=datetime_utc,
-                             clock=clock, day_time=day_time, iso=iso, duration=duration)
+                             clock=clock, day_time=day_time, iso=iso, duration=duration, adapter_name=adapter_name,
+                             trained_on_chat=trained_on_chat)

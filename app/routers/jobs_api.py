@@ -7,6 +7,7 @@ previous page, `has_more` says whether another page follows. Creating honours an
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Literal
 
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import Text, cast, or_, select
 from sqlalchemy.orm import Session
 
-from app import idempotency, jobs, metric_downsampling, storage, streams
+from app import adapter_card, idempotency, jobs, metric_downsampling, storage, streams
 from app.accounts import Principal
 from app.api_errors import ErrorEnvelope, error_response, validation_param
 from app.auth import PrincipalDep, team_scoped
@@ -265,7 +266,7 @@ def _downsampled_metrics(session: Session, job_id: str, after_step: int, max_poi
 @router.get("/{job_id}/adapter", summary="Download the trained adapter (Tuneboard extension)",
             response_class=Response, responses={**ERRORS, 200: ADAPTER_DOWNLOAD})
 def download_adapter(job_id: str, session: SessionDep, principal: PrincipalDep, file: AdapterFile | None = None):
-    """A zip of adapter_model.safetensors and adapter_config.json, or one of them with `file`."""
+    """A zip of adapter_model.safetensors, adapter_config.json and a model card, or one of the two with `file`."""
     job = team_scoped(session, Job, job_id, principal)
     if job is None:
         return _not_found(job_id)
@@ -285,6 +286,11 @@ def download_adapter(job_id: str, session: SessionDep, principal: PrincipalDep, 
                                  media_type="application/octet-stream",
                                  headers={"Content-Disposition": f'attachment; filename="{file}"',
                                           "Content-Length": str(sizes[file])})
-    entries = ((name, storage.iter_chunks(settings, f"{job.adapter_key}/{name}")) for name in names)
+    adapter_config = json.loads(storage.read_bytes(settings, f"{job.adapter_key}/adapter_config.json"))
+    card = adapter_card.model_card(session, job, adapter_config).encode()
+    entries = [*((name, storage.iter_chunks(settings, f"{job.adapter_key}/{name}")) for name in names),
+               ("README.md", [card])]
+    # Named after the run, so a user's downloads of several runs tell themselves apart.
+    filename = f"{adapter_card.adapter_name(job)}.zip"
     return StreamingResponse(stream_zip(entries), media_type="application/zip",
-                             headers={"Content-Disposition": f'attachment; filename="{job_id}-adapter.zip"'})
+                             headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -130,6 +130,7 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
 
     from workers.base_models import load_base
     from workers.tokenization import PaddingCollator
+    from workers.training.adapter_metadata import name_base_model
     from workers.training.arguments import training_arguments
     from workers.training.callbacks import ReporterCallback, RunAlreadyComplete, TuneboardTrainer
 
@@ -192,6 +193,7 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
     else:
         run.adapter_dir.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(run.adapter_dir)
+        name_base_model(run.adapter_dir, run.config.model.strip())
         adapter_dir = run.adapter_dir
         reporter.on_event(f"Saved the adapter after {state.global_step} steps.")
 
