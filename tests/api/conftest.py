@@ -19,9 +19,10 @@ def sdk_client(base_url: str, api_key: str):
     return OpenAI(base_url=base_url + "/v1", api_key=api_key, max_retries=0, timeout=60)
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def configured_queues(tuneboard_env, monkeypatch):
-    """The made-up queues these tests send jobs to, configured by an admin (jobs go only to known queues)."""
+    """The made-up queues these tests send jobs to, configured by an admin (jobs go only to known queues); autouse,
+    so it is set before any live server of a test starts, whatever order the test names its fixtures in."""
     from app.settings import get_settings
 
     monkeypatch.setenv("TUNEBOARD_QUEUES", CONFIGURED_QUEUES)
