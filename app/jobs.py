@@ -146,7 +146,8 @@ def job_error(job: Job) -> dict[str, str] | None:
 
 
 def submit(session: Session, client: redis.Redis | None, job: Job, settings: Settings) -> Job:
-    """Commit a new job as queued, then send its task; a broker failure fails the job visibly."""
+    """Commit a new job as queued, then send its task; while the broker is away the job stays queued (the reaper
+    sends it once Redis answers), so a job is never failed for an outage."""
     job.status = "queued"
     job.max_attempts = settings.max_attempts
     job.sent_at = now()
@@ -156,9 +157,13 @@ def submit(session: Session, client: redis.Redis | None, job: Job, settings: Set
               max_len=settings.stream_max_points)
     try:
         enqueue_training(job.id, job.queue)
-    except Exception as exc:  # noqa: BLE001 - any broker error means the job will never run
-        fail_unclaimed(session, client, job.id, "queue_unreachable",
-                       f"Could not reach the job queue (Redis): {exc}", settings)
+    except Exception as exc:  # noqa: BLE001 - any broker error: the job stays queued, and the reaper sends it
+        # The job is stored, so nothing is lost: the reaper's reconciliation (resend_stranded) sends every queued
+        # job that no broker message holds once Redis answers again.
+        log.warning("job %s: the job queue (Redis) did not answer (%s); it stays queued", job.id, exc)
+        add_event(session, client, job.id, "The job queue (Redis) did not answer; the job stays queued and is sent "
+                  "as soon as it is back.", level="warning", type_="queue_unreachable",
+                  max_len=settings.stream_max_points)
     session.refresh(job)
     return job
 
@@ -273,13 +278,30 @@ def cancel(session: Session, client: redis.Redis | None, job: Job, settings: Set
         .execution_options(synchronize_session=False)
     )
     session.commit()
+    session.refresh(job)
+    if job.status == "running" and job.cancel_requested:
+        # The database is the truth (the worker reads it every few seconds); the Redis flag is the fast path,
+        # raised again by every request, so a retry after an outage or a restart that lost it still reaches the loop.
+        _raise_cancel_flag(client, job.id)
     if running.rowcount:
-        if client is not None:
-            streams.request_cancel(client, job.id)
         add_event(session, client, job.id, "Cancel requested; stopping at the next step.", type_="cancel_requested",
                   max_len=settings.stream_max_points)
-    session.refresh(job)
     return job
+
+
+def _raise_cancel_flag(client: redis.Redis | None, job_id: str) -> None:
+    if client is None:
+        return
+    try:
+        streams.request_cancel(client, job_id)
+    except redis.RedisError as exc:
+        log.warning("job %s: cancel recorded, but Redis did not take its flag (%s); the worker reads the database",
+                    job_id, exc)
+
+
+def cancel_recorded(session: Session, job_id: str) -> bool:
+    """Whether a cancel of the job is recorded in the database, however the Redis flag fared."""
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
 def _terminate_overdue_cancels(session: Session, client, settings: Settings, moment: float) -> list[str]:

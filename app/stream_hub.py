@@ -6,6 +6,7 @@ user with a hundred tabs starved the shared pool and each published point cost o
 `Viewer` of the job; it starts with the first viewer and ends with the last. A joining (or lagging)
 viewer catches up with XRANGE from its own Last-Event-ID, and entries it then also gets from the feed
 are skipped by id, so nothing is lost or repeated. Also counts each user's open streams for the cap.
+While Redis is away every read waits and retries (one warning per outage), so viewers stay connected.
 Must not import torch or `workers`.
 """
 
@@ -16,8 +17,10 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
+import redis
 import redis.asyncio as aioredis
 from sse_starlette.sse import ServerSentEvent
 
@@ -31,6 +34,25 @@ SOCKET_TIMEOUT_S = BLOCK_MS / 1000 + 10
 # A viewer this far behind (a slow client) stops being fed and catches up from Redis when it drains.
 QUEUE_LIMIT = 5_000
 _RETRY_S = 1.0
+# Short: a Redis that is down refuses at once, and one that does not answer must not hold a viewer's page.
+CONNECT_TIMEOUT_S = 5
+HEALTH_CHECK_S = 30
+# How far back a resumed stream looks for the last step its client holds (a few events sit between steps).
+STEP_LOOKBACK = 200
+T = TypeVar("T")
+
+
+async def until_redis_answers(what: str, call: Callable[[], Awaitable[T]]) -> T:
+    """call()'s result, retried every second while Redis is away (a viewer that leaves cancels the wait)."""
+    warned = False
+    while True:
+        try:
+            return await call()
+        except redis.RedisError as exc:
+            if not warned:
+                log.warning("%s: Redis did not answer (%s); retrying until it does", what, exc)
+                warned = True
+            await asyncio.sleep(_RETRY_S)
 
 
 def frame(entry: streams.StreamEntry) -> bytes:
@@ -115,9 +137,11 @@ class StreamHub:
         self.loop = asyncio.get_running_loop()
         # Blocking reads, one connection per viewed job, apart from the pool short commands share.
         self.reader = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S,
-                                              socket_connect_timeout=5, health_check_interval=30)
+                                              socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                              health_check_interval=HEALTH_CHECK_S)
         self.commands = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S,
-                                                socket_connect_timeout=5, health_check_interval=30)
+                                                socket_connect_timeout=CONNECT_TIMEOUT_S,
+                                                health_check_interval=HEALTH_CHECK_S)
         self.feeds: dict[str, JobFeed] = {}
         self.open_streams: dict[str, int] = defaultdict(int)
         self._joining: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -144,7 +168,9 @@ class StreamHub:
             feed = self.feeds.get(job_id)
             if feed is None:
                 # Start after the stream's current last entry: the viewer's XRANGE covers everything up to it.
-                newest = await self.commands.xrevrange(streams.stream_key(job_id), count=1)
+                key = streams.stream_key(job_id)
+                newest = await until_redis_answers(f"live stream of job {job_id}",
+                                                   lambda: self.commands.xrevrange(key, count=1))
                 feed = self.feeds[job_id] = JobFeed(self, job_id, newest[0][0] if newest else streams.START)
                 feed.task = asyncio.create_task(feed.run(), name=f"stream feed {job_id}")
             feed.viewers.add(viewer)
@@ -166,12 +192,25 @@ class StreamHub:
         """Every stored entry after last_id, oldest first (XRANGE in pages)."""
         key = streams.stream_key(job_id)
         while True:
-            raw = await self.commands.xrange(key, min=f"({last_id}" if last_id != streams.START else "-", count=1000)
+            after = f"({last_id}" if last_id != streams.START else "-"
+            raw = await until_redis_answers(f"live stream of job {job_id}",
+                                            lambda after=after: self.commands.xrange(key, min=after, count=1000))
             if not raw:
                 return
             for entry in streams.decode(raw):
                 last_id = entry.id
                 yield entry
+
+    async def step_at(self, job_id: str, entry_id: str) -> int | None:
+        """The highest step a client that saw the stream up to entry_id holds: that of the newest metric (or rewind)
+        at or before it; None when the stream no longer has such an entry (recreated, or trimmed)."""
+        raw = await until_redis_answers(
+            f"live stream of job {job_id}",
+            lambda: self.commands.xrevrange(streams.stream_key(job_id), max=entry_id, count=STEP_LOOKBACK))
+        for entry in streams.decode(raw):
+            if entry.type in ("metric", "rewind") and isinstance(entry.data.get("step"), int):
+                return entry.data["step"]
+        return None
 
     async def close(self) -> None:
         """Stop every feed and drop the connections (at shutdown)."""

@@ -32,6 +32,8 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 # How often the loop asks Redis whether a cancel was requested; seconds, so a stop lands within ~1 s.
 CANCEL_POLL_SECONDS = 0.5
+# How often it asks the database, which records every cancel even when Redis was away when it was sent.
+CANCEL_DB_POLL_SECONDS = 2.0
 
 
 def _upsert(session, rows: list[dict[str, Any]]) -> None:
@@ -57,7 +59,11 @@ class JobReporter:
         self._progress: dict[str, Any] = {}
         self._last_flush = time.monotonic()
         self._last_cancel_poll = 0.0
+        self._last_db_cancel_poll = 0.0
         self._cancelled = False
+        self._redis_failing = False  # warn once per Redis outage, not once a poll
+        self._unstreamed = False  # a step missed the stream: the database must have it before the next entry
+        self._logged_step = 0  # the step this attempt logged last (or resumed from): stream readers spot gaps by it
         self._lock = threading.Lock()
 
     # --- the Reporter protocol -------------------------------------------------------------------------
@@ -82,6 +88,7 @@ class JobReporter:
                         type_="training_started")
             jobs.publish_status(self.client, job, max_len=self.settings.stream_max_points, attempt=self.attempt)
 
+        self._logged_step = resumed_from_step
         self._write(record)
 
     def on_log(self, *, step: int, epoch: float, metrics: dict[str, float]) -> None:
@@ -89,7 +96,12 @@ class JobReporter:
         if self.lease_lost.is_set():
             return
         point = {"step": step, "epoch": epoch, **metrics}
-        self._stream("metric", point)
+        if self._unstreamed:
+            # Steps logged while Redis was away reach the database before the next stream entry does, so a reader
+            # that sees the gap (previous_step past what it holds) finds them there.
+            self.flush()
+        self._stream("metric", {**point, "previous_step": self._logged_step})
+        self._logged_step = step
         with self._lock:
             row = self._pending.setdefault(step, {"job_id": self.job_id, "step": step})
             row.update({k: v for k, v in point.items() if k in METRIC_FIELDS and v is not None})
@@ -140,9 +152,24 @@ class JobReporter:
                 self._cancelled = cancelled is not None
                 if current is not None and int(current) > self.attempt:
                     self._lose("a newer attempt took the job over")
-            except redis.RedisError:
-                log.warning("cancel flag of %s unreadable", self.job_id, exc_info=True)
+                self._redis_failing = False
+            except redis.RedisError as exc:
+                if not self._redis_failing:
+                    log.warning("cancel flag of %s unreadable (%s); the database is asked meanwhile", self.job_id, exc)
+                self._redis_failing = True
+        if not self._cancelled and moment - self._last_db_cancel_poll >= CANCEL_DB_POLL_SECONDS:
+            self._last_db_cancel_poll = moment
+            self._cancelled = self._cancel_recorded()
         return self._cancelled or self.lease_lost.is_set()
+
+    def _cancel_recorded(self) -> bool:
+        """Whether the database records a cancel: the truth, which a cancel sent while Redis was away reached."""
+        try:
+            with new_session() as session:
+                return jobs.cancel_recorded(session, self.job_id)
+        except Exception:  # noqa: BLE001 - a database hiccup must not stop training; the next poll asks again
+            log.warning("cancel state of %s unreadable from the database", self.job_id, exc_info=True)
+            return False
 
     @property
     def attempt_lost(self) -> bool:
@@ -171,6 +198,7 @@ class JobReporter:
 
     def rewind_to(self, step: int) -> None:
         """Forget points past a checkpoint the run resumes from: they will be logged again."""
+        self._logged_step = step
         self._write(lambda session: jobs.rewind(session, self.client, self.job_id, self.attempt, step,
                                                 max_len=self.settings.stream_max_points))
 
@@ -195,10 +223,14 @@ class JobReporter:
         try:
             jobs.publish_for_attempt(self.client, self.job_id, self.attempt, type_, data,
                                      max_len=self.settings.stream_max_points)
+            self._unstreamed = False
         except AttemptFenced:
             self._lose("the stream refused its entry")
-        except redis.RedisError:
-            log.warning("%s of %s not streamed", type_, self.job_id, exc_info=True)
+        except redis.RedisError as exc:
+            if not self._unstreamed:  # once per outage: the steps are kept in the database meanwhile
+                log.warning("%s of %s not streamed (%s); later steps go to the database until Redis answers",
+                            type_, self.job_id, exc)
+            self._unstreamed = True
 
     def _event(self, session, message: str, *, level: str = "info", type_: str = "message",
                data: dict | None = None) -> None:

@@ -1,7 +1,8 @@
 """Following a job's SSE stream to its end, across dropped connections.
 
 The stream's event ids are Redis stream ids; after a drop the client reconnects with the last id it
-saw in Last-Event-ID, so the server resumes right after it: no point is shown twice or lost. The
+saw in Last-Event-ID, and the last step it holds, so the server resumes right after it (sending from
+its database any step the stream lost meanwhile): no point is shown twice or lost. The
 `end` event closes a finished job's stream; the job object fetched then is the final word (its
 status, error, final metrics), since a stream trimmed or flushed on the server may lack the status.
 """
@@ -39,6 +40,7 @@ class Follower:
                  sleep: Callable[[float], None] = time.sleep):
         self.client, self.job_id, self.display, self.sleep = client, job_id, display, sleep
         self.last_event_id: str | None = None
+        self.last_step: int | None = None  # the highest step shown, lowered by rewinds
         self.status: str | None = None
         self._failures = 0
 
@@ -47,7 +49,8 @@ class Follower:
         while True:
             reason = "the server closed the stream"
             try:
-                for event in self.client.stream_events(self.job_id, self.last_event_id, on_open=self._opened):
+                for event in self.client.stream_events(self.job_id, self.last_event_id, on_open=self._opened,
+                                                       after_step=self.last_step):
                     if event.event == "end":
                         job = self.client.get_job(self.job_id)
                         if job["status"] in TERMINAL:
@@ -82,6 +85,8 @@ class Follower:
             self.last_event_id = event.id
         data = event.data
         if event.event == "metric":
+            if isinstance(data.get("step"), int):
+                self.last_step = max(self.last_step or 0, data["step"])
             self.display.metric(data, event.id)
         elif event.event == "status":
             self.status = data.get("status") or self.status
@@ -89,5 +94,6 @@ class Follower:
         elif event.event == "event":
             self.display.message(format_event(data))
         elif event.event == "rewind" and isinstance(data.get("step"), int):
+            self.last_step = min(self.last_step, data["step"]) if self.last_step is not None else None
             self.display.rewind(data["step"])
         # Other types (a newer server's) are skipped: the stream is meant to grow.

@@ -191,16 +191,18 @@ class Client:
         """GET /v1/fine_tuning/jobs/{id}."""
         return self._request("GET", f"/v1/fine_tuning/jobs/{job_id}")
 
-    def stream_events(self, job_id: str, last_event_id: str | None = None,
-                      on_open: Callable[[], None] | None = None) -> Iterator[SseEvent]:
+    def stream_events(self, job_id: str, last_event_id: str | None = None, on_open: Callable[[], None] | None = None,
+                      *, after_step: int | None = None) -> Iterator[SseEvent]:
         """The job's live updates after last_event_id, until the server closes the stream.
 
-        Raises ApiError for an answer other than 200 and lets httpx.TransportError through when the
-        connection drops, so the caller can reconnect from the last id it saw.
+        `after_step` is the last step the caller holds: the server sends, from its database, any step the
+        stream lost past it. Raises ApiError for an answer other than 200 and lets httpx.TransportError
+        through when the connection drops, so the caller can reconnect from the last id it saw.
         """
         headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_event_id} if last_event_id else {})}
+        params = {"after_step": after_step} if after_step is not None else {}
         timeout = httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT)
-        with self._http.stream("GET", f"/v1/fine_tuning/jobs/{job_id}/stream", headers=headers,
+        with self._http.stream("GET", f"/v1/fine_tuning/jobs/{job_id}/stream", headers=headers, params=params,
                                timeout=timeout) as response:
             if response.status_code != 200:
                 response.read()

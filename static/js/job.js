@@ -122,14 +122,23 @@
     }
   }
 
+  // The highest step on the chart: what the page holds, so a reopened stream sends only what is newer (and, from
+  // the server's database, any step its Redis stream lost meanwhile).
+  function heldStep(fallback) {
+    return points.size ? Math.max(...points.keys()) : fallback;
+  }
+
   // Steps up to `afterStep` came from the stored metrics, so the stream leaves them out; `afterId` resumes
-  // after a stream entry. EventSource reconnects with the same URL, so the URL must stay right: after a
-  // rewind below afterStep the page reopens the stream with the lower bar.
+  // after a stream entry. EventSource would reconnect with the same URL, so the page reopens the stream itself
+  // with the steps it holds now: after a drop, and after a rewind below afterStep (with the lower bar).
   function connect(afterStep, afterId) {
     const query = new URLSearchParams();
     if (afterStep !== null) query.set("after_step", afterStep);
     if (afterId) query.set("after", afterId);
     source = new EventSource(`${api}/stream?${query}`);
+    let lastId = afterId;
+    const seen = (e) => { if (e.lastEventId) lastId = e.lastEventId; };
+    ["metric", "rewind", "event", "status"].forEach((type) => source.addEventListener(type, seen));
     source.addEventListener("metric", (e) => {
       const point = JSON.parse(e.data);
       merge(point);
@@ -150,9 +159,14 @@
     source.addEventListener("status", (e) => onStatus(JSON.parse(e.data)));
     source.addEventListener("end", () => { source.close(); page.dataset.streamEnded = "true"; });
     source.addEventListener("error", () => {
-      // EventSource retries a dropped connection by itself, but gives up for good on a refused one (e.g. 429:
-      // this user has too many live views open): say why instead of freezing silently.
-      if (source.readyState === EventSource.CLOSED && !page.dataset.streamEnded) explainRefusal(source.url);
+      if (page.dataset.streamEnded) return;
+      // A refused stream is closed for good (e.g. 429: this user has too many live views open): say why instead
+      // of freezing silently.
+      if (source.readyState === EventSource.CLOSED) { explainRefusal(source.url); return; }
+      // A dropped one: reopen it with the steps held now, rather than let EventSource resend the first URL's bar.
+      const dropped = source;
+      dropped.close();
+      setTimeout(() => { if (source === dropped) connect(heldStep(afterStep), lastId); }, 1000);
     });
   }
 
