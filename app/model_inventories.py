@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from app import offloaded
+from app import hub_lookup, offloaded
 from app.model_ids import UnknownModel, resolve_model_id
 from app.safe_paths import inside
 from app.settings import Settings, get_settings
@@ -34,7 +34,7 @@ class InventoryUnavailable(Exception):
     """
 
     def __init__(self, model_id: str, message: str, *, computing: bool = False, status: int = 404,
-                 code: str = "model_not_found", refused: bool = False):
+                 code: str = "model_not_found", refused: bool = False, suggestions: list[str] | None = None):
         super().__init__(message)
         self.model_id = model_id
         self.message = message
@@ -42,6 +42,7 @@ class InventoryUnavailable(Exception):
         self.status = 202 if computing else status
         self.code = "computing" if computing else code
         self.refused = refused
+        self.suggestions = suggestions or []  # catalog ids that look like a mistyped one
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +114,8 @@ def get_inventory(model_id: str, settings: Settings) -> Inventory:
         return load_inventory(out)
     if source.is_local:
         _check_local_config(source)
+    elif not out.with_suffix(".error").is_file():
+        _check_on_hub(source.model_id)
     if not worker_stack_installed():
         raise InventoryUnavailable(
             source.model_id,
@@ -130,6 +133,25 @@ def get_inventory(model_id: str, settings: Settings) -> Inventory:
                                        code="model_too_large", refused=True) from None
         raise InventoryUnavailable(source.model_id, f"Could not build the module inventory: {reason}") from None
     return load_inventory(out)
+
+
+def _check_on_hub(model_id: str) -> None:
+    """Refuse a hub id the hub does not know, and say so at once when the hub cannot be asked; a model in this
+    host's Hugging Face cache is computed from there without asking."""
+    if hub_lookup.in_local_cache(model_id):
+        return
+    answer, why = hub_lookup.look_up(model_id)
+    if answer == "exists":
+        return
+    suggestions = hub_lookup.similar_catalog_ids(model_id)
+    hint = f" Did you mean {' or '.join(suggestions)}?" if suggestions else ""
+    if answer == "missing":
+        raise InventoryUnavailable(model_id, f"No model {model_id!r} on the Hugging Face hub: {why}. Check the "
+                                   f"spelling (owner/name).{hint}", refused=True, suggestions=suggestions)
+    raise InventoryUnavailable(model_id, f"Offline: cannot look up {model_id!r} on the Hugging Face hub ({why}), "
+                               f"and it is not in this host's model cache.{hint} Check the spelling, or connect "
+                               "this host to huggingface.co and try again.", status=503, code="hub_unreachable",
+                               suggestions=suggestions)
 
 
 def _cache_path(source: ModelSource, settings: Settings) -> Path:
@@ -151,6 +173,7 @@ def cached_inventory(model_id: str, settings: Settings) -> Inventory | None:
 
 def forget_failure(model_id: str, settings: Settings) -> None:
     """Drop a cached failure so the next request tries again (after the user fixed the cause)."""
+    hub_lookup.forget(model_id.strip())
     try:
         offloaded.forget_failure(_cache_path(resolve_source(model_id, settings), settings))
     except InventoryUnavailable:

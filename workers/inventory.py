@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.source or not args.out:
         parser.error("give SOURCE and --out, or --catalog")
+    # Bounded waits on the hub (huggingface_hub reads these when first imported): an unreachable hub fails in
+    # seconds rather than retrying for half a minute.
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
     try:
         inventory = inventory_from_source(args.source)
     except ConfigTooLarge as exc:
@@ -185,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except UnknownModel as exc:
         print(f"UnknownModelError: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # transformers' wording for a missing repo, a missing config or no network
+        print(f"ModelLookupError: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
 
 from app import forms
 from app.accounts import Principal
@@ -24,6 +25,7 @@ from app.training import catalog
 from app.training.block_diagram import block_diagram
 from app.training.estimate import estimate
 from app.training.export import to_python, to_yaml
+from app.training.limits import check_rank_limits
 from app.training.matching import EstimateError
 from app.training.presets import presets_for
 
@@ -57,11 +59,18 @@ def _context(state: forms.FormState, settings: Settings, principal: Principal, *
     values = state.values
     context: dict = {"values": values, "errors": state.errors, "catalog": catalog.entries(), "result": None,
                      "diagram": None, "presets": [], "pending": None, "unavailable": None, "drawn_for": drawn_for,
+                     "suggestions": [],
                      **launch_context(values, settings, principal)}
     try:
         inventory = get_inventory(str(values["model"]), settings)
     except InventoryUnavailable as exc:
         context["pending" if exc.computing else "unavailable"] = exc.message
+        context["suggestions"] = exc.suggestions
+        previous = cached_inventory(drawn_for, settings) if drawn_for and not exc.computing else None
+        if previous is not None:
+            # Keep the form the user filled in (drawn on the last model that worked) beside the message.
+            diagram = block_diagram(previous)
+            context.update(diagram=diagram, presets=presets_for(diagram), inventory=previous)
         return context
     diagram = block_diagram(inventory)
     presets = presets_for(diagram)
@@ -76,7 +85,9 @@ def _context(state: forms.FormState, settings: Settings, principal: Principal, *
     if state.request is None:
         return context
     try:
-        context["result"] = estimate(inventory, state.request)
+        result = estimate(inventory, state.request)
+        check_rank_limits(result.modules, state.request.lora.r)  # PEFT accepts it; no layer has that rank
+        context["result"] = result
         _add_queue_advice(context, values, settings)
         context["python"] = to_python(state.request.lora)
         context["yaml"] = to_yaml(state.request.lora)
@@ -134,8 +145,10 @@ async def configure_post(request: Request, settings: SettingsDep, principal: Pri
     state = _parse(form, principal)
     if form.get("retry") == "1":
         forget_failure(str(state.values["model"]), settings)
-    context = _context(state, settings, principal, model_changed=form.get("model_changed") == "1",
-                       drawn_for=form.get("drawn_for") or None)
+    # Off the event loop: a model new to this host is looked up on the hub (a few seconds at most).
+    context = await run_in_threadpool(_context, state, settings, principal,
+                                      model_changed=form.get("model_changed") == "1",
+                                      drawn_for=form.get("drawn_for") or None)
     return _render(request, "configure_main.html" if _is_htmx(request) else "configure.html", context)
 
 
@@ -143,7 +156,8 @@ async def configure_post(request: Request, settings: SettingsDep, principal: Pri
 async def estimate_fragment(request: Request, settings: SettingsDep, principal: PrincipalDep):
     """The estimate panel for the posted form; without HTMX, the whole page with the panel filled in."""
     form = await request.form()
-    context = _context(_parse(form, principal), settings, principal)
+    context = await run_in_threadpool(_context, _parse(form, principal), settings, principal,
+                                      drawn_for=form.get("drawn_for") or None)
     if _is_htmx(request):
         # Errors and advice sit beside their fields, outside the panel: refresh them out of band.
         return _render(request, "partials/estimate.html", {**context, "oob": True})

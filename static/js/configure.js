@@ -118,6 +118,8 @@
     if (preset) { applyPreset(preset); return; }
     const result = event.target.closest(".result");
     if (result) { chooseModel(result.dataset.modelId); return; }
+    const suggestion = event.target.closest("[data-suggest-model]");
+    if (suggestion) { chooseModel(suggestion.dataset.suggestModel); return; }
     const tab = event.target.closest(".tab");
     if (tab) { exportTab = tab.dataset.tab; showTab(); return; }
     const copy = event.target.closest("[data-copy]");
@@ -153,6 +155,9 @@
     const swapped = event.detail.target || event.detail.elt;
     if (swapped && swapped.id === "data-card" && byId("training_file")) fire(byId("training_file"));
     // A refused launch: bring its reasons to where the user is looking, the Launch button, and focus them.
+    // A model id that could not be looked up: keep its message in view beside the model field.
+    const unavailable = byId("inventory-unavailable");
+    if (unavailable && swapped && swapped.id === "configure") byId("model").closest(".card").scrollIntoView({ block: "start" });
     const problems = byId("launch-problems");
     if (problems && swapped && swapped.id === "configure") {
       problems.focus({ preventScroll: true });

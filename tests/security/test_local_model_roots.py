@@ -136,7 +136,9 @@ def test_a_model_folder_under_a_root_is_usable(client, roots, training_file):
 def test_hub_ids_are_still_hub_ids(client, training_file):
     # Not folders, whatever the web host's working directory holds (this repository has `app/`, `tests/`).
     for model in ("app", "openai-community/gpt2"):
-        assert client.post(ESTIMATE, json={"model": model}).status_code in (200, 202)
+        response = client.post(ESTIMATE, json={"model": model})
+        # 503: looked up on the hub, which the tests cannot reach (HF_HUB_OFFLINE): a hub id, not a folder.
+        assert response.status_code in (200, 202) or response.json()["error"]["code"] == "hub_unreachable"
 
 
 def test_the_worker_refuses_a_folder_outside_the_roots(roots, tmp_path):
