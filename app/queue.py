@@ -20,6 +20,9 @@ from kombu.transport.redis import Channel
 from app.settings import Settings, get_settings
 
 TRAIN_TASK = "tuneboard.train_job"
+BROKER_SOCKET_TIMEOUT_SECONDS = 30.0
+BROKER_CONNECT_TIMEOUT_SECONDS = 5.0
+BROKER_HEALTH_CHECK_SECONDS = 25
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -36,7 +39,15 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         worker_concurrency=1,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_seconds},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_seconds,
+            # Pinned (Kombu passes None, so a command on a connection that died silently would wait forever):
+            # longer than Kombu's 1 s BRPOP, short to connect; its health checks find a half-open connection.
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_SECONDS,
+            "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
+            "socket_keepalive": True,
+            "health_check_interval": BROKER_HEALTH_CHECK_SECONDS,
+        },
         # Task events on by default so Flower and `celery events` work as they are.
         worker_send_task_events=True,
         task_send_sent_event=True,

@@ -67,7 +67,7 @@ def start_embedded_redis(directory: Path, port: int, *, timeout: float = 15.0,
     ]
     # Its own session: Ctrl-C reaches `tuneboard up`, which stops Redis last, after the worker and web.
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=2.0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
