@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from app import streams
 from app.db import new_session
 from app.models import Checkpoint, Event, Job, Metric, now
-from app.queue import enqueue_training, get_celery, jobs_held_by_broker
+from app.queue import broker_holdings, enqueue_training, get_celery
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -378,13 +378,14 @@ def resend_stranded(session: Session, client: redis.Redis, settings: Settings, *
     claim lets one delivery win."""
     cutoff = now() - grace_seconds
     sent = func.coalesce(Job.sent_at, Job.created_at)
-    candidates = session.execute(select(Job.id, Job.queue).where(Job.status == "queued", sent < cutoff)).all()
+    candidates = session.execute(
+        select(Job.id, Job.queue, Job.task_id).where(Job.status == "queued", sent < cutoff)).all()
     if not candidates:
         return []
-    held = jobs_held_by_broker(client, {queue for _, queue in candidates})
+    holdings = broker_holdings(client, {queue for _, queue, _ in candidates})
     resent = []
-    for job_id, queue in candidates:
-        if job_id in held:
+    for job_id, queue, claimed_task_id in candidates:
+        if holdings.will_run(job_id, claimed_task_id):
             continue
         taken = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued", sent < cutoff)
                                 .values(sent_at=now()).execution_options(synchronize_session=False))

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cache
 
 import redis
@@ -97,16 +98,42 @@ def _loads(raw: str) -> object:
         return None
 
 
-def jobs_held_by_broker(client: redis.Redis, queues: Iterable[str]) -> set[str]:
-    """Ids of the jobs whose training task the broker holds: waiting in one of these queues, or delivered to a
-    worker and not acked yet (Kombu's `unacked` hash: a job running, or about to be claimed)."""
+def _task_of_message(message: object) -> str | None:
+    try:
+        return message["headers"]["id"]
+    except (KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerHoldings:
+    """The training tasks the broker holds: jobs with a message waiting in a queue's list, and the task ids
+    delivered to a worker and not acked yet, by job."""
+
+    waiting: frozenset[str]
+    delivered: dict[str, frozenset[str]]
+
+    def will_run(self, job_id: str, claimed_task_id: str | None) -> bool:
+        """Whether a held message can still claim the queued job: one waiting, or one delivered that is not the
+        delivery a lost attempt already claimed (its worker may be gone for good, the message unacked for days)."""
+        return job_id in self.waiting or bool(self.delivered.get(job_id, frozenset()) - {claimed_task_id})
+
+
+def broker_holdings(client: redis.Redis, queues: Iterable[str]) -> BrokerHoldings:
+    """What the broker holds of these queues' training tasks: their lists, and Kombu's `unacked` hash."""
     pipe = client.pipeline(transaction=False)
     for queue in sorted(set(queues)):
         for key in _queue_keys(queue):
             pipe.lrange(key, 0, -1)
     pipe.hvals(Channel.unacked_key)
     *lists, unacked = pipe.execute()
-    messages = [_loads(raw) for waiting in lists for raw in waiting]
+    waiting = frozenset(job_id for raw in (raw for held in lists for raw in held)
+                        if (job_id := _job_of_message(_loads(raw))) is not None)
+    delivered: dict[str, set[str]] = {}
     # An unacked entry is [message, exchange, routing_key].
-    messages += [entry[0] for entry in map(_loads, unacked) if isinstance(entry, list) and entry]
-    return {job_id for job_id in map(_job_of_message, messages) if job_id is not None}
+    for entry in map(_loads, unacked):
+        message = entry[0] if isinstance(entry, list) and entry else None
+        job_id, task_id = _job_of_message(message), _task_of_message(message)
+        if job_id is not None and task_id is not None:
+            delivered.setdefault(job_id, set()).add(task_id)
+    return BrokerHoldings(waiting, {job_id: frozenset(tasks) for job_id, tasks in delivered.items()})

@@ -37,6 +37,11 @@ def redis_url(tmp_path):
     process.wait(timeout=10)
 
 
+def _claimed_task(job_id: str) -> str | None:
+    with new_session() as session:
+        return session.get(Job, job_id).task_id
+
+
 def _broker(tuneboard_env):
     import redis
 
@@ -77,9 +82,13 @@ def test_a_job_the_broker_still_holds_is_not_sent_again_and_a_job_sent_twice_run
 
     worker = start_worker()
     wait_for(client, job["id"], lambda j: j["status"] == "running" and j["progress"]["step"] >= 1, what="running")
-    # Taken by the worker, its message left the queue's list for the worker's unacked set: still held.
+    # Taken by the worker, its message left the queue's list for the worker's unacked set: held, as the delivery
+    # the running attempt claimed (which, if that worker died, would not count as a message that can still run it).
     assert broker.llen(tuneboard_env.queue) == 0
-    assert job["id"] in queue.jobs_held_by_broker(broker, [tuneboard_env.queue])
+    holdings = queue.broker_holdings(broker, [tuneboard_env.queue])
+    running = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+    assert holdings.delivered.get(job["id"]) and not holdings.will_run(job["id"], _claimed_task(job["id"]))
+    assert running["status"] == "running"
 
     queue.enqueue_training(job["id"], tuneboard_env.queue)  # and sent a second time all the same
     job = wait_until_finished(client, job["id"], timeout=180)
@@ -88,3 +97,25 @@ def test_a_job_the_broker_still_holds_is_not_sent_again_and_a_job_sent_twice_run
     assert kinds.count("started") == 1 and "resent" not in kinds
     assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 121))
     wait_for(client, job["id"], lambda _j: "nothing to claim" in worker.log(), timeout=30, what="the copy skipped")
+
+
+def test_a_requeued_job_whose_message_was_lost_is_sent_again_though_its_dead_workers_delivery_stays_unacked(
+        client, start_worker, model_dir, tuneboard_env):  # noqa: F811 - the imported fixtures
+    doomed = start_worker(name="doomed")
+    job = launch(client, model_dir, upload(client, chat_records())["id"], lora=LORA,
+                 training={**TRAINING, "max_steps": 60, "save_steps": 10})
+    wait_for(client, job["id"], lambda j: j["progress"]["step"] >= 12, what="step 12")
+    doomed.kill()  # its delivery is never acked: Kombu keeps it in `unacked` until the visibility timeout (days)
+    broker = _broker(tuneboard_env)
+    wait_for(client, job["id"], lambda j: j["status"] == "queued" and broker.llen(tuneboard_env.queue) == 1,
+             timeout=60, what="the requeue")
+    broker.delete(tuneboard_env.queue)  # and the requeue's message is lost
+    assert queue.broker_holdings(broker, [tuneboard_env.queue]).delivered.get(job["id"])
+
+    start_worker(name="rescuer")
+    job = wait_until_finished(client, job["id"], timeout=180)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 2 and job["worker"].startswith("rescuer@")
+    messages = [e["message"] for e in all_events(client, job["id"])]
+    assert sum("had lost this job's message" in m for m in messages) == 1, messages
+    assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 61))
