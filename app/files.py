@@ -35,7 +35,7 @@ def store_upload_file(session: Session, settings: Settings, principal: Principal
     with path.open("rb") as source:
         described = summarise_file(source, filename, column_mapping=column_mapping)
     return _record(session, settings, principal, filename, size, described, purpose, column_mapping,
-                   lambda key: storage.get_store(settings).put_file(key, path))
+                   lambda key: storage.save_file(settings, key, path))
 
 
 def store_upload(session: Session, settings: Settings, principal: Principal, *, filename: str, data: bytes,

@@ -131,6 +131,8 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
             log.exception("job %s failed", job_id)
             values = {"error_code": "internal_error", "error_message": f"{type(exc).__name__}: {exc}",
                       "error_traceback": traceback.format_exc()}
+            if (store_failure := storage.store_failure(settings, exc)) is not None:  # the store's fault: say so
+                values.update(error_code="artifact_store_failed", error_message=str(store_failure))
         finally:
             keeper.stopped.set()
             reporter.flush()

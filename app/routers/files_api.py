@@ -32,7 +32,7 @@ from app.upload_form import read_upload_form
 router = APIRouter(prefix="/v1/files", tags=["files"])
 ERRORS = {400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}}
 UPLOAD_ERRORS = {**ERRORS, 409: {"model": ErrorEnvelope}, 413: {"model": ErrorEnvelope},
-                 422: {"model": ErrorEnvelope}}
+                 422: {"model": ErrorEnvelope}, 503: {"model": ErrorEnvelope}}
 # The route reads its multipart body itself (to enforce the size limit while reading), so FastAPI cannot
 # derive this part of the schema.
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -74,6 +74,10 @@ def _store(session: Session, principal: Principal, filename: str, path: Path, pu
         return Response(json.dumps(body), status_code=400, media_type="application/json")
     except files.UploadTooLarge as exc:
         return error_response(413, str(exc), param="file", code="file_too_large")
+    except storage.StoreUnavailable as exc:
+        # The server's store, not the file: 503 (retry later), naming the store and why, with nothing recorded.
+        return error_response(503, f"{exc} The file was not stored; retry once the store is fixed.",
+                              type_="server_error", param="file", code="artifact_store_unavailable")
     return files.file_object(record)
 
 
