@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.job_requests import BASE_LEARNING_RATE
@@ -104,3 +104,61 @@ def metric_point(metric: Metric) -> dict[str, Any]:
     return {"step": metric.step, "epoch": metric.epoch, "loss": metric.loss, "eval_loss": metric.eval_loss,
             "learning_rate": metric.learning_rate, "grad_norm": metric.grad_norm,
             "tokens_per_second": metric.tokens_per_second}
+
+
+# The worker's events that open each phase before the first step (workers/job_runner.py, base_models.py,
+# job_reporter.py), newest first: the latest one seen says where the job is.
+_PHASES = (("Training ", "Running the first training step…"),
+           ("Loaded ", "Tokenizing the training data…"),
+           ("Started on worker ", "Loading the base model…"))
+
+
+def job_phase(session: Session, job: Job) -> str | None:
+    """Where a job that has logged no step yet is: queued at position N, loading, tokenizing, first step."""
+    if job.is_finished or job.step > 0:
+        return None
+    if job.status == "queued":
+        ahead = session.scalar(select(func.count()).select_from(Job).where(
+            Job.status == "queued", Job.queue == job.queue, Job.created_at < job.created_at)) or 0
+        return f"Queued at position {ahead + 1} on queue {job.queue}: waiting for a worker."
+    recent = session.scalars(select(Event.message).where(Event.job_id == job.id)
+                             .order_by(Event.id.desc()).limit(50)).all()
+    for message in recent:
+        for opening, phase in _PHASES:
+            if message.startswith(opening):
+                return phase
+    return "Starting on a worker…"
+
+
+def _eta_text(seconds: float) -> str:
+    hours, rest = divmod(int(round(seconds)), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes}m" if hours else f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def progress_figures(session: Session, job: Job) -> dict[str, str]:
+    """Tokens/s, ETA and latest loss as the page shows them, from what is stored (no wait for the next step)."""
+    figures = {"tps": "—", "eta": "—", "loss": "—"}
+    if job.status == "succeeded":
+        figures["eta"] = "done"
+    final = job.final_metrics or {}
+    if final.get("tokens_per_second"):
+        figures["tps"] = f"{final['tokens_per_second']:,.0f}"
+    if final.get("loss") is not None:
+        figures["loss"] = f"{final['loss']:.4f}"
+    if job.is_finished and final:
+        return figures
+    latest = session.scalars(select(Metric).where(Metric.job_id == job.id, Metric.loss.is_not(None))
+                             .order_by(Metric.step.desc()).limit(1)).first()
+    if latest is not None:
+        figures["loss"] = f"{latest.loss:.4f}"
+    rate = session.scalars(select(Metric).where(Metric.job_id == job.id, Metric.tokens_per_second.is_not(None))
+                           .order_by(Metric.step.desc()).limit(1)).first()
+    if rate is not None:
+        figures["tps"] = f"{rate.tokens_per_second:,.0f}"
+    first = session.scalars(select(Metric).where(Metric.job_id == job.id).order_by(Metric.step).limit(1)).first()
+    if (not job.is_finished and job.total_steps and latest is not None and first is not None
+            and latest.step > first.step):
+        per_step = (latest.created_at - first.created_at) / (latest.step - first.step)
+        figures["eta"] = _eta_text(max(0.0, per_step * (job.total_steps - job.step)))
+    return figures

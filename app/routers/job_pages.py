@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from app import job_labels
 from app.auth import PrincipalDep, team_scoped
 from app.db import SessionDep
-from app.job_views import checkpoint_steps_metrics
+from app.job_views import checkpoint_steps_metrics, job_phase, progress_figures
 from app.models import Checkpoint, DataFile, Event, Job, User
 from app.templating import templates, wants_fragment
 
@@ -48,6 +48,7 @@ def _context(session: Session, job: Job) -> dict:
         "validation_file": session.get(DataFile, job.validation_file_id) if job.validation_file_id else None,
         "config_yaml": yaml.safe_dump(job.config, sort_keys=False),
         "label_errors": {}, "drafts": {}, "saved": None,
+        "phase": job_phase(session, job), "figures": progress_figures(session, job),
     }
 
 

@@ -36,13 +36,24 @@
     return splits.map((v) => (v !== 0 && Math.abs(v) < 0.01 ? v.toExponential(1) : String(+v.toPrecision(3))));
   }
 
+  // Steps are whole numbers: ticks at 1, 2, 5, 10... steps, never 1.5.
+  const STEP_INCRS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000];
+  // A y axis as wide as its longest label (e.g. "2.0e-4"), so no label is clipped at the chart's edge.
+  function axisSize(_u, values) {
+    const longest = values ? Math.max(0, ...values.map((v) => String(v).length)) : 4;
+    return Math.max(40, 8 * longest + 18);
+  }
+
   function makePlot(el, labels, colors, scales) {
     const width = Math.max(300, el.clientWidth);
     return new uPlot({
       width, height: 240,
+      // The legend names the series; a value beside each name appears only while the cursor is on the chart
+      // (live legends read "--" until hovered).
+      legend: { live: false },
       scales: { x: { time: false }, ...scales },
-      axes: [{ label: "step" }, { scale: "y", values: tickLabels },
-        ...(scales.y2 ? [{ scale: "y2", side: 1, grid: { show: false }, values: tickLabels }] : [])],
+      axes: [{ label: "step", incrs: STEP_INCRS }, { scale: "y", values: tickLabels, size: axisSize },
+        ...(scales.y2 ? [{ scale: "y2", side: 1, grid: { show: false }, values: tickLabels, size: axisSize }] : [])],
       series: [{ label: "step" }, ...labels.map((label, i) => ({
         label, stroke: colors[i], width: 2, scale: i === 1 && scales.y2 ? "y2" : "y", spanGaps: true,
         points: { show: label === "eval loss", size: 6 },
@@ -54,6 +65,12 @@
     drawPending = false;
     if (typeof uPlot === "undefined") { scheduleDraw(); return; }
     const s = series();
+    byId("chart-empty").hidden = s.steps.length > 0;
+    // No blank axes before the first step: the charts appear (and are measured) with their first point.
+    if (!s.steps.length && !lossPlot) return;
+    byId("chart-pair").hidden = false;
+    const phase = byId("job-phase");
+    if (phase) phase.hidden = true;
     if (!lossPlot) {
       lossPlot = makePlot(byId("loss-chart"), ["train loss", "eval loss"], ["#3b5bdb", "#e8590c"], { y: {} });
       lrPlot = makePlot(byId("lr-chart"), ["learning rate", "grad norm"], ["#2b8a3e", "#ae3ec9"], { y: {}, y2: {} });
@@ -63,7 +80,6 @@
     const chart = byId("loss-chart");
     chart.dataset.points = String(s.steps.length);
     chart.dataset.lastStep = String(s.steps.length ? s.steps[s.steps.length - 1] : 0);
-    byId("chart-empty").hidden = s.steps.length > 0;
   }
 
   function scheduleDraw() {
@@ -155,7 +171,11 @@
         connect(step, e.lastEventId);
       }
     });
-    source.addEventListener("event", (e) => addEvent(JSON.parse(e.data)));
+    source.addEventListener("event", (e) => {
+      addEvent(JSON.parse(e.data));
+      // Before the first step each event may open a new phase (loading, tokenizing): show it at the top.
+      if (!points.size) refreshSummary();
+    });
     source.addEventListener("status", (e) => onStatus(JSON.parse(e.data)));
     source.addEventListener("end", () => { source.close(); page.dataset.streamEnded = "true"; });
     source.addEventListener("error", () => {
@@ -226,7 +246,7 @@
   });
 
   // Exposed for the browser tests and for the curious: the steps currently on the chart.
-  window.tuneboardJob = { steps: () => series().steps, points };
+  window.tuneboardJob = { steps: () => series().steps, points, plots: () => [lossPlot, lrPlot] };
 
   // A job that had ended when the page was rendered has every point in the database and every event on the
   // page: replaying its stream would only resend them (up to the stream's cap, 200,000 entries).
