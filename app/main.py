@@ -108,7 +108,8 @@ def _serve_schema(app: FastAPI, dependencies: list) -> None:
     def documented() -> dict:
         # Errors the envelope handler, the body limit and the NUL guard answer outside any route's own
         # declaration, documented as they are sent. In place and idempotent, on FastAPI's cached schema.
-        return document_nul_refusal(document_body_limit(document_error_envelope(generated())))
+        return _document_token_auth(
+            document_nul_refusal(document_body_limit(document_error_envelope(generated()))))
 
     app.openapi = documented
 
@@ -119,6 +120,19 @@ def _serve_schema(app: FastAPI, dependencies: list) -> None:
     @app.get("/docs", include_in_schema=False, dependencies=dependencies)
     def api_docs() -> HTMLResponse:
         return HTMLResponse(API_DOCS_PAGE)
+
+
+def _document_token_auth(schema: dict) -> dict:
+    """Declare the API token (Authorization: Bearer), so Swagger UI offers its Authorize button."""
+    schema.setdefault("components", {}).setdefault("securitySchemes", {})["apiToken"] = {
+        "type": "http", "scheme": "bearer",
+        "description": "An API token from your account page (Account → API tokens). The browser's own "
+                       "session also works on this page, for reading."}
+    schema.setdefault("security", [{"apiToken": []}])
+    for probe in ("/healthz", "/readyz", "/metrics"):  # for probes and scrapers: no sign-in
+        for operation in schema.get("paths", {}).get(probe, {}).values():
+            operation["security"] = []
+    return schema
 
 
 # Swagger UI from our own npm install, not a CDN (a self-hosted install may have no internet access), started
@@ -133,8 +147,10 @@ API_DOCS_PAGE = """<!doctype html>
 <link rel="icon" href="/vendor/swagger-ui-dist/favicon-32x32.png">
 <script src="/vendor/swagger-ui-dist/swagger-ui-bundle.js" defer></script>
 <script src="/static/js/swagger-init.js" defer></script>
+<link rel="stylesheet" href="/static/css/docs.css">
 </head>
-<body><div id="swagger-ui"></div></body>
+<body><nav class="docs-bar"><a href="/" id="back-to-app">← Tuneboard</a><a href="/jobs">Jobs</a>
+<a href="/account">API tokens</a></nav><div id="swagger-ui"></div></body>
 </html>
 """
 

@@ -42,8 +42,11 @@
   function options(series, width) {
     return {
       width, height: 340,
+      // Whole steps only (no 1.5 ticks); the legend names the runs without "--" values until hovered.
+      legend: { live: false },
       scales: { x: { time: false } },
-      axes: [{ label: "step" }, { label: "loss" }],
+      axes: [{ label: "step", incrs: [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000, 2000, 5000, 10000, 20000,
+        50000, 100000, 200000] }, { label: "loss" }],
       series: [{ label: "step" }, ...series.map((s) => s.kind === "train"
         ? { label: `${s.job.name} · train`, stroke: s.job.colour, width: 2, spanGaps: true, points: { show: false } }
         : { label: `${s.job.name} · eval`, stroke: s.job.colour, fill: s.job.colour, width: 0, paths: () => null,

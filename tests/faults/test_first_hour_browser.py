@@ -101,3 +101,156 @@ def test_failed_launch_shows_its_reason_at_the_button_keeps_the_url_and_every_va
     assert response.ok and page.url.rstrip("/") == live_server.url.rstrip("/")
     assert not page.problems, page.problems
     context.close()
+
+
+def _queued_job(live_server, account, suffix: str) -> str:
+    from tests.jobs.helpers import chat_records, json_lines
+
+    upload = httpx.post(f"{live_server.url}/v1/files", headers=account.headers, data={"purpose": "fine-tune"},
+                        files={"file": ("train.jsonl", json_lines(chat_records(8)))}).json()
+    job = httpx.post(f"{live_server.url}/v1/fine_tuning/jobs", headers=account.headers, json={
+        "model": "HuggingFaceTB/SmolLM2-135M-Instruct", "training_file": upload["id"], "suffix": suffix})
+    assert job.status_code == 200, job.text
+    return job.json()["id"]
+
+
+def _store(job_id: str, *, status: str, step: int, total_steps: int | None, events=(), metrics=()) -> None:
+    """Put a job in the state a worker leaves it in (status, progress, events, metric rows), in the database."""
+    from app.db import new_session
+    from app.models import Event, Job, Metric
+
+    with new_session() as session:
+        job = session.get(Job, job_id)
+        job.status, job.step, job.total_steps = status, step, total_steps
+        job.started_at = job.created_at + 1
+        session.add_all(Event(job_id=job_id, message=m) for m in events)
+        session.add_all(Metric(job_id=job_id, **m) for m in metrics)
+        session.commit()
+
+
+def test_job_page_before_the_first_step_shows_its_phase_at_the_top_and_no_blank_charts(browser, live_server,
+                                                                                        account):
+    first = _queued_job(live_server, account, "first")
+    second = _queued_job(live_server, account, "second")
+    context, page = _tab(browser, live_server, account)
+    page.goto(f"/jobs/{second}")
+    phase = page.locator("#job-phase")
+    expect(phase).to_contain_text("Queued at position 2")
+    assert phase.bounding_box()["y"] < 300, "the phase belongs at the top"
+    note = page.locator("#chart-empty")
+    expect(note).to_be_visible()
+    assert note.bounding_box()["y"] + note.bounding_box()["height"] < 900, "the waiting note must be in view"
+    expect(page.locator("#loss-chart canvas")).to_have_count(0)
+    expect(page.locator("#chart-pair")).to_be_hidden()
+    expect(page.locator("#progress-step")).to_have_text("—")
+    _shot(page, "12-queued")
+    # Running, model loaded: the phase says tokenizing.
+    _store(first, status="running", step=0, total_steps=None,
+           events=["Started on worker w1 (attempt 1 of 3).", "Loaded SmolLM2 in 2.0 s (float32, cpu)."])
+    page.goto(f"/jobs/{first}")
+    expect(page.locator("#job-phase")).to_contain_text("Tokenizing")
+    # Cancelled before it started: no "ETA done".
+    httpx.post(f"{live_server.url}/v1/fine_tuning/jobs/{second}/cancel", headers=account.headers)
+    page.goto(f"/jobs/{second}")
+    expect(page.locator("#job-status")).to_have_text("cancelled")
+    expect(page.locator("#progress-eta")).to_have_text("—")
+    expect(page.locator("#job-phase")).to_have_count(0)
+    assert not page.problems, page.problems
+    context.close()
+
+
+def test_returning_to_a_running_job_fills_every_figure_from_stored_data_at_once(browser, live_server, account):
+    job_id = _queued_job(live_server, account, "mid-run")
+    base = 1_700_000_000.0
+    metrics = [{"step": s, "loss": 3.0 - 0.1 * s, "learning_rate": 2e-4 * (1 - s / 20), "grad_norm": 1.5,
+                "tokens_per_second": 1234.0 + s, "epoch": s / 20, "created_at": base + 2 * s} for s in range(1, 6)]
+    _store(job_id, status="running", step=5, total_steps=20, metrics=metrics)
+    context, page = _tab(browser, live_server, account)
+    page.goto(f"/jobs/{job_id}")
+    # Rendered with the page, before any new step: 2 s a step, 15 steps to go.
+    expect(page.locator("#progress-loss")).to_have_text("2.5000")
+    expect(page.locator("#progress-tps")).to_have_text("1,239")
+    expect(page.locator("#progress-eta")).to_have_text("30s")
+    expect(page.locator("#progress-step")).to_have_text("5 / 20")
+    expect(page.locator("#job-phase")).to_have_count(0)
+    page.wait_for_function("() => window.tuneboardJob && window.tuneboardJob.steps().length === 5")
+    expect(page.locator("#loss-chart canvas")).to_have_count(1)
+    _shot(page, "12-mid-run")
+    _assert_readable_charts(page)
+    assert not page.problems, page.problems
+    context.close()
+
+
+PHONE = 400
+
+
+def _overflow(page) -> int:
+    return page.evaluate("document.scrollingElement.scrollWidth")
+
+
+# The elements that stick out past the viewport's right edge, for the failure message.
+_OFFENDERS = """() => [...document.querySelectorAll("body *")].filter((el) => {
+  const box = el.getBoundingClientRect(); return box.width > 0 && box.right > document.documentElement.clientWidth + 0.5;
+}).slice(0, 8).map((el) => `${el.tagName.toLowerCase()}#${el.id}.${el.className} right=${Math.round(el.getBoundingClientRect().right)}`)"""
+
+
+def test_every_page_fits_a_400px_phone(browser, live_server, account):
+    first = _queued_job(live_server, account, "phone-one")
+    second = _queued_job(live_server, account, "phone-two")
+    context, page = _tab(browser, live_server, account, width=PHONE, height=800)
+    widths = {}
+    for path, ready in [("/", "#peft-line"), ("/jobs", "#history-results"), (f"/jobs/{first}", "#job-status"),
+                        (f"/compare?ids={first},{second}", "main"), ("/account", "main"), ("/team", "main"),
+                        ("/docs", "#swagger-ui .information-container")]:
+        page.goto(path)
+        page.wait_for_selector(ready)
+        page.wait_for_timeout(300)
+        width = _overflow(page)
+        widths[path] = width if width <= PHONE else (width, page.evaluate(_OFFENDERS))
+        _shot(page, "14-phone" + path.split("?")[0].replace("/", "-").rstrip("-"))
+    assert all(width == PHONE for width in widths.values()), widths
+    # The top bar keeps Team, the account and Sign out on screen.
+    page.goto("/")
+    for selector in ("a[href='/team']", "#account-link", "#sign-out"):
+        box = page.locator(selector).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE, (selector, box)
+    # The account and team pages: padded, their inputs styled like the rest of the app.
+    page.goto("/account")
+    main = page.locator("main").bounding_box()
+    assert main["x"] >= 12 or page.evaluate("parseFloat(getComputedStyle(document.querySelector('main')).paddingLeft)") >= 12
+    border = page.locator("input[name=current_password]").evaluate("e => getComputedStyle(e).borderTopColor")
+    assert border == "rgb(207, 212, 220)", border
+    page.goto("/team")
+    assert page.locator("input[type=email]").evaluate("e => getComputedStyle(e).borderTopColor") == "rgb(207, 212, 220)"
+    # /docs leads back to the app, and offers Authorize for an API token.
+    page.goto("/docs")
+    expect(page.locator("#back-to-app")).to_have_attribute("href", "/")
+    expect(page.locator(".btn.authorize")).to_be_visible()
+    context.close()
+    context, signed_out = browser.new_context(base_url=live_server.url, viewport={"width": PHONE, "height": 800}), None
+    signed_out = context.new_page()
+    signed_out.goto("/login")
+    assert _overflow(signed_out) <= PHONE
+    context.close()
+
+
+# What uPlot drew on its canvases (ticks, axis widths), read from the plots the page exposes for tests.
+_AXES = """() => window.tuneboardJob.plots().map((plot) => plot.axes.map((axis) => {
+  const context = document.createElement("canvas").getContext("2d");
+  context.font = Array.isArray(axis.font) ? axis.font[0] : axis.font;
+  const values = (axis._values || []).filter((v) => v !== null && v !== "");
+  return { values, size: axis._size, widest: Math.max(0, ...values.map((v) => context.measureText(v).width)) };
+}))"""
+
+
+def _assert_readable_charts(page) -> None:
+    """Whole-step ticks, learning-rate labels that fit their axis, legends without "--"."""
+    loss_axes, lr_axes = page.evaluate(_AXES)
+    for axes in (loss_axes, lr_axes):
+        assert axes[0]["values"] and all(float(v).is_integer() for v in axes[0]["values"]), axes[0]
+    lr_axis = lr_axes[1]
+    assert any("e-4" in v for v in lr_axis["values"]), lr_axis
+    # uPlot draws a label after the tick (10 px) and a gap (5 px): the rest of the axis must hold it.
+    assert lr_axis["size"] >= lr_axis["widest"] + 15, f"learning-rate labels clipped: {lr_axis}"
+    legends = page.locator(".u-legend").all_inner_texts()
+    assert legends and not any("--" in text for text in legends), legends
