@@ -145,12 +145,13 @@ def _check_on_hub(model_id: str) -> None:
         return
     suggestions = hub_lookup.similar_catalog_ids(model_id)
     hint = f" Did you mean {' or '.join(suggestions)}?" if suggestions else ""
+    # Offline is a 404 as well (not found from here; the code tells it apart), as when a child failed to fetch it.
     if answer == "missing":
         raise InventoryUnavailable(model_id, f"No model {model_id!r} on the Hugging Face hub: {why}. Check the "
                                    f"spelling (owner/name).{hint}", refused=True, suggestions=suggestions)
     raise InventoryUnavailable(model_id, f"Offline: cannot look up {model_id!r} on the Hugging Face hub ({why}), "
                                f"and it is not in this host's model cache.{hint} Check the spelling, or connect "
-                               "this host to huggingface.co and try again.", status=503, code="hub_unreachable",
+                               "this host to huggingface.co and try again.", status=404, code="hub_unreachable",
                                suggestions=suggestions)
 
 

@@ -89,7 +89,7 @@ def test_the_api_says_offline_at_once_for_an_unknown_hub_id(live_server, account
                           headers=account.headers, timeout=30)
     assert time.monotonic() - started < 5
     error = response.json()["error"]
-    assert response.status_code == 503 and error["code"] == "hub_unreachable", response.text
+    assert response.status_code == 404 and error["code"] == "hub_unreachable", response.text
     assert "Offline" in error["message"] and "HuggingFaceTB/SmolLM2-135M-Instruct" in error["message"]
 
 

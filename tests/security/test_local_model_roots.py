@@ -137,7 +137,7 @@ def test_hub_ids_are_still_hub_ids(client, training_file):
     # Not folders, whatever the web host's working directory holds (this repository has `app/`, `tests/`).
     for model in ("app", "openai-community/gpt2"):
         response = client.post(ESTIMATE, json={"model": model})
-        # 503: looked up on the hub, which the tests cannot reach (HF_HUB_OFFLINE): a hub id, not a folder.
+        # hub_unreachable: looked up on the hub, which the tests cannot reach (HF_HUB_OFFLINE): a hub id, not a folder.
         assert response.status_code in (200, 202) or response.json()["error"]["code"] == "hub_unreachable"
 
 

@@ -107,8 +107,8 @@ def test_config_the_worker_cannot_build_ends_in_a_404_with_its_reason(client, tm
 
 def test_hub_id_that_cannot_be_fetched_says_offline_at_once(client, monkeypatch):
     # The web app asks the hub itself (app/hub_lookup.py) rather than starting a child that would fail later;
-    # offline (HF_HUB_OFFLINE, as in every test) and not in the local cache is a 503 that says so.
+    # offline (HF_HUB_OFFLINE, as in every test) and not in the local cache is a 404 that says so.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     response = client.post(ESTIMATE, json={"model": "nobody/no-such-model"})
-    assert response.status_code == 503 and response.json()["error"]["code"] == "hub_unreachable"
+    assert response.status_code == 404 and response.json()["error"]["code"] == "hub_unreachable"
     assert response.json()["error"]["message"].startswith("Offline: cannot look up 'nobody/no-such-model'")
