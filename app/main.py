@@ -129,9 +129,15 @@ def _document_token_auth(schema: dict) -> dict:
         "description": "An API token from your account page (Account → API tokens). The browser's own "
                        "session also works on this page, for reading."}
     schema.setdefault("security", [{"apiToken": []}])
-    for probe in ("/healthz", "/readyz", "/metrics"):  # for probes and scrapers: no sign-in
-        for operation in schema.get("paths", {}).get(probe, {}).values():
-            operation["security"] = []
+    unauthorized = {"description": "No valid API token (or session)", "headers": {"WWW-Authenticate": {
+        "schema": {"type": "string"}}}, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}}
+    for path, path_item in schema.get("paths", {}).items():
+        for operation in path_item.values():
+            if path in ("/healthz", "/readyz", "/metrics"):  # for probes and scrapers: no sign-in
+                operation["security"] = []
+            else:
+                operation.setdefault("responses", {}).setdefault("401", unauthorized)
     return schema
 
 
