@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from fastapi import FastAPI, Request
@@ -9,6 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.storage import StoreUnavailable
+
+logger = logging.getLogger(__name__)
 
 
 class ErrorBody(BaseModel):
@@ -111,6 +116,15 @@ def install_error_handlers(app: FastAPI) -> None:
                                   type_="invalid_request_error" if exc.status_code < 500 else "server_error")
         response.headers.update(exc.headers or {})  # e.g. Allow on a 405
         return response
+
+    @app.exception_handler(StoreUnavailable)
+    async def _store_unavailable(request: Request, exc: StoreUnavailable):
+        # Any route that reads or writes the artifact store (a download, a preview): the store's name and the
+        # cause tell an operator what to fix, where a bare 500 tells nothing.
+        logger.warning("%s %s: %s", request.method, request.url.path, exc)
+        if not is_api_path(request.url.path):
+            return PlainTextResponse(str(exc), status_code=503)
+        return error_response(503, str(exc), type_="server_error", code="artifact_store_unavailable")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

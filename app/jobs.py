@@ -168,18 +168,6 @@ def submit(session: Session, client: redis.Redis | None, job: Job, settings: Set
     return job
 
 
-def fail_unclaimed(session: Session, client, job_id: str, code: str, message: str, settings: Settings) -> None:
-    """Fail a job that is still queued (nobody will run it)."""
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == "queued")
-        .values(status="failed", error_code=code, error_message=message, finished_at=now())
-    )
-    session.commit()
-    if result.rowcount:
-        add_event(session, client, job_id, message, level="error", type_="failed", max_len=settings.stream_max_points)
-        publish_status(client, session.get(Job, job_id), max_len=settings.stream_max_points)
-
-
 @dataclass(frozen=True, slots=True)
 class Claim:
     job: Job

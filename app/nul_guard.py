@@ -103,7 +103,8 @@ class NulGuardMiddleware:
             await _refuse(send, _refusal(param or None, "the query string"))
             return
         kind = _content_type(scope)
-        if kind != b"application/x-www-form-urlencoded" and not (kind == b"application/json" or kind.endswith(b"+json")):
+        is_json = kind == b"application/json" or kind.endswith(b"+json")
+        if kind != b"application/x-www-form-urlencoded" and not is_json:
             await self.app(scope, receive, send)
             return
         # JSON and form bodies are small (TUNEBOARD_MAX_JSON_BODY_BYTES, enforced before this runs).

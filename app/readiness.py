@@ -29,7 +29,7 @@ _pool = ThreadPoolExecutor(max_workers=6, thread_name_prefix="readyz")
 
 @cache
 def _probe_client(url: str) -> redis.Redis:
-    # Not the shared client: that one has no socket timeouts, as stream readers block on purpose.
+    # Not the shared client: a probe needs its own short limits, below the shared client's socket timeout.
     return redis.Redis.from_url(url, socket_timeout=CHECK_TIMEOUT_SECONDS,
                                 socket_connect_timeout=CHECK_TIMEOUT_SECONDS)
 

@@ -136,13 +136,15 @@ def save_file(settings: Settings, key: str, source: Path) -> None:
 
 
 def read_bytes(settings: Settings, key: str) -> bytes:
-    """The content of an artifact; ArtifactMissing when there is none."""
-    return get_store(settings).get_bytes(key)
+    """The content of an artifact; ArtifactMissing when there is none, StoreUnavailable when the store fails."""
+    with _failures_named(settings, f"reading {key}"):
+        return get_store(settings).get_bytes(key)
 
 
 def size(settings: Settings, key: str) -> int:
-    """Bytes stored under a key; ArtifactMissing when there is none."""
-    return get_store(settings).size(key)
+    """Bytes stored under a key; ArtifactMissing when there is none, StoreUnavailable when the store fails."""
+    with _failures_named(settings, f"reading {key}"):
+        return get_store(settings).size(key)
 
 
 def iter_chunks(settings: Settings, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
@@ -151,8 +153,9 @@ def iter_chunks(settings: Settings, key: str, chunk_size: int = 1024 * 1024) -> 
 
 
 def list_objects(settings: Settings, prefix: str) -> list[StoredObject]:
-    """Every artifact under a folder-like prefix."""
-    return get_store(settings).list(prefix)
+    """Every artifact under a folder-like prefix; StoreUnavailable when the store fails."""
+    with _failures_named(settings, f"listing {prefix}"):
+        return get_store(settings).list(prefix)
 
 
 def delete(settings: Settings, key: str) -> None:

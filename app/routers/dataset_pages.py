@@ -24,6 +24,7 @@ from app.model_inventories import InventoryUnavailable
 from app.models import DataFile
 from app.routers.files_api import parse_column_mapping
 from app.settings import REPO_ROOT, get_settings
+from app.storage import StoreUnavailable
 from app.store_keys import ArtifactMissing
 from app.templating import templates
 from app.upload_form import read_upload_form
@@ -70,7 +71,7 @@ def _store_page_upload(session, principal, upload: UploadFile, values: dict, con
         values["training_file"] = record.id
     except DatasetInvalid as exc:
         context.update(upload_problems=exc.problems, upload_total=exc.total, upload_name=upload.filename)
-    except (ValueError, files.UploadTooLarge) as exc:
+    except (ValueError, files.UploadTooLarge, StoreUnavailable) as exc:
         context.update(upload_problems=[{"message": str(exc)}], upload_total=1, upload_name=upload.filename)
 
 

@@ -120,3 +120,40 @@ def test_an_upload_to_a_bucket_that_is_gone_answers_503_naming_the_bucket(s3_buc
     message = response.json()["error"]["message"]
     assert f"The artifact store (s3://{bucket}/artifacts at " in message, message
     assert "NoSuchBucket" in message, message
+
+
+
+@pytest.fixture
+def unreachable_s3_store(tuneboard_env, monkeypatch):
+    """This test's Tuneboard pointed at an S3 endpoint where nothing listens (a store that is down)."""
+    from app.settings import get_settings
+    from tests.services import free_port
+
+    values = {"TUNEBOARD_STORAGE_URL": "s3://tuneboard-down/artifacts", "AWS_ACCESS_KEY_ID": "test",
+              "TUNEBOARD_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "AWS_SECRET_ACCESS_KEY": "test"}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    tuneboard_env.env.update(values)
+    get_settings.cache_clear()
+    yield values["TUNEBOARD_S3_ENDPOINT_URL"]
+    get_settings.cache_clear()
+
+
+@SQLITE_ONLY
+def test_a_download_from_a_store_that_is_down_answers_503_naming_the_store(unreachable_s3_store, live_server,
+                                                                           account):
+    """Reads name the store too: a route whose store fails answers 503 with its name, not a bare 500."""
+    from app.db import new_session
+    from app.models import DataFile
+
+    with new_session() as session:
+        record = DataFile(filename="train.jsonl", bytes=10, format="chat", examples=1, summary={},
+                          storage_key="datasets/file-x/train.jsonl", team_id=account.team_id,
+                          created_by=account.user_id)
+        session.add(record)
+        session.commit()
+        file_id = record.id
+    response = httpx.get(f"{live_server.url}/v1/files/{file_id}/content", headers=account.headers, timeout=120)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "artifact_store_unavailable"
+    assert "The artifact store (s3://tuneboard-down/artifacts at " in response.json()["error"]["message"]
