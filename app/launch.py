@@ -108,7 +108,7 @@ def _require_memory_fits(memory_total: int, queue: str) -> None:
     client = _redis_or_none()
     workers = worker_registry.queues_served(worker_registry.live_workers(client)).get(queue, []) if client else []
     reason = memory_over_every_worker(memory_total, queue,
-                                      [(w.hostname, w.device, w.gpu_memory_bytes) for w in workers])
+                                      [(w.hostname, w.device, w.training_memory_bytes) for w in workers])
     if reason:
         raise LaunchError("queue", f"queue: {reason}", status=422, code="exceeds_worker_memory")
 

@@ -22,6 +22,12 @@ class WorkerInfo:
     gpu_memory_bytes: int | None
     seen_at: float
     qlora: bool = False  # CUDA and bitsandbytes present: 4-bit QLoRA can run here
+    ram_bytes: int | None = None
+
+    @property
+    def training_memory_bytes(self) -> int | None:
+        """What a run on this worker must fit in: its GPU's memory, or its RAM when it trains on the CPU."""
+        return self.gpu_memory_bytes if self.device != "cpu" else self.ram_bytes
 
 
 def announce(client: redis.Redis, info: dict, ttl_seconds: float) -> None:
@@ -38,7 +44,8 @@ def live_workers(client: redis.Redis) -> list[WorkerInfo]:
             continue  # expired between SCAN and MGET
         data = json.loads(raw)
         infos.append(WorkerInfo(data["hostname"], tuple(data.get("queues", ())), data.get("device", "cpu"),
-                                data.get("gpu_memory_bytes"), data.get("seen_at", 0.0), bool(data.get("qlora"))))
+                                data.get("gpu_memory_bytes"), data.get("seen_at", 0.0), bool(data.get("qlora")),
+                                data.get("ram_bytes")))
     return infos
 
 

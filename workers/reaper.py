@@ -13,6 +13,8 @@ import shutil
 import socket
 import subprocess
 
+import psutil
+
 from app import streams, worker_registry
 from app.lease_reaper import ReaperThread, interval_seconds
 from app.models import now
@@ -24,7 +26,8 @@ _thread: ReaperThread | None = None
 def announce(hostname: str, queues: list[str], ttl: float) -> None:
     """Publish this worker's queues and device, valid for ttl seconds."""
     info = {"hostname": hostname, "host": socket.gethostname(), "queues": queues, "seen_at": now(),
-            **_device_info()}
+            # A CPU worker trains in RAM: launch refuses a run larger than every worker's memory, RAM included.
+            "ram_bytes": psutil.virtual_memory().total, **_device_info()}
     worker_registry.announce(streams.get_redis(), info, ttl)
 
 

@@ -91,3 +91,25 @@ def test_a_run_bigger_than_every_live_workers_memory_is_a_422_naming_the_queue_a
     assert _job(client, file_id, training=huge).status_code == 200
     # A run that fits is accepted.
     assert _job(client, file_id).status_code == 200
+
+
+def test_a_run_bigger_than_a_cpu_workers_ram_is_refused(client, tuneboard_env, start_worker):
+    """A CPU worker trains in RAM: the real worker announces its RAM, and launch judges the run against it."""
+    import psutil
+
+    start_worker(TUNEBOARD_WORKER_PRELOAD="false")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        served = worker_registry.queues_served(worker_registry.live_workers(streams.get_redis()))
+        workers = served.get(tuneboard_env.queue, [])
+        if workers:
+            break
+        time.sleep(0.2)
+    assert [w.device for w in workers] == ["cpu"] and workers[0].ram_bytes == psutil.virtual_memory().total
+    file_id = upload(client, chat_records(24))["id"]
+    beyond_ram = {"sequence_length": 8192, "batch_size": 64, "gradient_checkpointing": False}
+    response = _job(client, file_id, training=beyond_ram)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "exceeds_worker_memory" and f"(cpu on {workers[0].hostname})" in error["message"]
+    assert _job(client, file_id).status_code == 200  # a run that fits the worker's RAM is accepted
