@@ -41,7 +41,9 @@ def test_live_curve_survives_a_reload_and_ends_complete(browser, live_server, st
     assert page.locator("#progress-step").inner_text().endswith(f"/ {STEPS}")
 
     page.reload()
-    page.wait_for_function(f"() => window.tuneboardJob.steps().length > {len(before)}", timeout=60_000)
+    # Guarded: right after the reload the page's deferred script may not have defined it yet.
+    page.wait_for_function(f"() => window.tuneboardJob && window.tuneboardJob.steps().length > {len(before)}",
+                           timeout=60_000)
     after = page.evaluate(steps)
     assert after == list(range(1, len(after) + 1)), "a gap or a duplicate after the reload"
     assert api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "running", "reloaded after the run"
