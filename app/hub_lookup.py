@@ -9,6 +9,7 @@ in the local Hugging Face cache needs no answer at all. Must not import torch or
 from __future__ import annotations
 
 import difflib
+import os
 import threading
 import time
 from typing import Literal
@@ -28,7 +29,9 @@ def in_local_cache(model_id: str) -> bool:
     """Whether the model's config.json is in this host's Hugging Face cache (a worker here can load it offline)."""
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(model_id, "config.json")
+    # huggingface_hub reads HF_HUB_CACHE once, at import; a process whose environment names another cache later
+    # (a test, an embedding app) would look in the wrong place.
+    found = try_to_load_from_cache(model_id, "config.json", cache_dir=os.environ.get("HF_HUB_CACHE") or None)
     return isinstance(found, str)
 
 

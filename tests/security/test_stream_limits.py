@@ -10,6 +10,7 @@ an idle stream stays quiet. Real uvicorn, real Redis, real SSE clients.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import time
 from urllib.parse import urlparse
@@ -22,6 +23,12 @@ from app import streams
 from tests.jobs.helpers import stored_job
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no database question here
+
+
+def run_in_own_loop(scenario) -> None:
+    """asyncio.run in a thread of its own: a session's Playwright (sync API) keeps a loop running in this one."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, scenario()).result()
 
 
 def _job(account) -> str:
@@ -102,7 +109,7 @@ def test_one_user_with_120_streams_gets_429_past_the_cap_and_another_team_still_
                 for response in opened:
                     await response.aclose()
 
-    asyncio.run(scenario())
+    run_in_own_loop(scenario)
 
 
 @SQLITE_ONLY
@@ -138,7 +145,7 @@ def test_a_job_with_many_viewers_uses_one_redis_reader(live_server, account, mak
                 await asyncio.sleep(0.2)
             assert _blocked_xreads(tuneboard_env.redis_url) == 0
 
-    asyncio.run(scenario())
+    run_in_own_loop(scenario)
 
 
 @SQLITE_ONLY
@@ -157,7 +164,7 @@ def test_an_idle_stream_logs_no_error_and_still_delivers_the_next_point(live_ser
                 await asyncio.wait_for(_read_events(response, 1, events), 10)
                 assert json.loads(events[0]["data"]) == {"step": 7, "loss": 0.5}
 
-    asyncio.run(scenario())
+    run_in_own_loop(scenario)
     log = live_server.log_path.read_text(errors="replace")
     assert "Traceback" not in log and "Error" not in log, log[-3000:]
 
