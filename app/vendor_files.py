@@ -1,8 +1,8 @@
 """`/vendor`: the front-end library files the pages load, from node_modules, and nothing else of it.
 
 node_modules holds whole packages (package.json files, sources, the lock file, packages nobody loads); only
-the files named here are served, so the install's dependency tree and versions stay private. Must not
-import torch or `workers`.
+the files named here are served, so the install's dependency tree and versions stay private.
+Must not import torch or `workers`.
 """
 
 from __future__ import annotations
