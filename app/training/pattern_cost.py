@@ -33,6 +33,9 @@ MAX_PATTERN_ENTRIES = 256  # list entries / dict keys of one field
 _PLAIN = re.compile(r"[\w.-]*")
 
 
+_BUSY = "the server was too busy to check the pattern; try again"
+
+
 class PatternTooCostly(ValueError):
     """A pattern whose matching work exceeds the budget; `field` names the setting."""
 
@@ -62,6 +65,8 @@ def check_cost(checks: Sequence[PatternCheck], names: Sequence[str]) -> None:
     needed = tuple(c for c in checks if not is_plain(c.shown))
     if needed:
         failure = _verdict(needed, tuple(names))
+        if failure is not None and failure[1].endswith(_BUSY):
+            _verdict.cache_clear()  # a busy host is no verdict on the pattern: check it again next time
         if failure is not None:
             raise PatternTooCostly(*failure)
 
@@ -98,7 +103,7 @@ def _watch(child: subprocess.Popen, payload: str, checks: tuple[PatternCheck, ..
         if chunk is None:
             check = checks[current]
             if not started:
-                return check.field, f"{check.field}: the server was too busy to check the pattern; try again"
+                return check.field, f"{check.field}: {_BUSY}"
             return check.field, (
                 f"{check.field}: the pattern {check.shown!r} takes more than {WORK_BUDGET_SECONDS * 1000:.0f} ms to "
                 f"match against this model's {count:,} module names with Python's re, as PEFT does; write it "
