@@ -2,7 +2,7 @@
 # Tuneboard's images for a fleet (docker-compose.yml, docs/deploy.md):
 #   docker build --target web -t tuneboard-web .        the dashboard and API; no torch, no CUDA
 #   docker build --target worker -t tuneboard-worker .  a Celery GPU worker with the `worker` extra
-# Both install the project editable from /app: app/settings.py and app/migrate.py find templates/, static/,
+# Both install the project editable from /app: app/settings.py and app/ops/migrate.py find templates/, static/,
 # node_modules/, alembic.ini and migrations/ next to the `app` package, so the code stays where it was copied.
 
 ARG PYTHON_IMAGE=python:3.11-slim

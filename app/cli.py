@@ -67,7 +67,7 @@ def _prepare_database(settings) -> str | None:
     """Create the folder a SQLite database lives in, then migrate; what went wrong, in one line, or None."""
     from sqlalchemy.engine import make_url
 
-    from app.migrate import upgrade_database
+    from app.ops.migrate import upgrade_database
 
     url = make_url(settings.effective_database_url)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
@@ -112,7 +112,7 @@ def _wait_for_demo_model(converter: subprocess.Popen, log: Path, children, stop:
     """Wait for the demo model's preparation and say how it went, so the address and link print after it.
 
     Returns None to go on, or the exit status for `up` when it was stopped or a child died meanwhile."""
-    from app.supervisor import wait_for_interrupt
+    from app.ops.supervisor import wait_for_interrupt
 
     if converter.poll() is None:
         print(f"Preparing the demo model {DEMO_MODEL} (first start only, about a minute)...", flush=True)
@@ -127,7 +127,7 @@ def _wait_for_demo_model(converter: subprocess.Popen, log: Path, children, stop:
 
 def cmd_up(args: argparse.Namespace) -> int:
     """Run the web app, one worker and (unless configured otherwise) an embedded Redis, with SQLite."""
-    from app.supervisor import Children, catch_stop_signals
+    from app.ops.supervisor import Children, catch_stop_signals
 
     settings = get_settings()
     host, port = args.host or settings.host, args.port or settings.port
@@ -151,7 +151,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _start_embedded_redis(settings, web_port: int, children) -> str:
     """Start the embedded Redis as a child; returns its URL (RedisUnavailable says why it could not start)."""
-    from app.redis_server import RedisUnavailable, start_embedded_redis
+    from app.ops.redis_server import RedisUnavailable, start_embedded_redis
 
     configured = settings.embedded_redis_port
     if configured is not None:
@@ -181,18 +181,18 @@ def _start_embedded_redis(settings, web_port: int, children) -> str:
 
 
 def _start_and_wait(settings, host: str, port: int, children) -> int:
-    from app import storage
-    from app.model_inventories import worker_stack_installed
-    from app.redis_server import RedisUnavailable
-    from app.supervisor import catch_stop_signals, wait_for_interrupt
+    from app.base_models.inventories import worker_stack_installed
+    from app.ops.redis_server import RedisUnavailable
+    from app.ops.supervisor import catch_stop_signals, wait_for_interrupt
+    from app.storage import artifacts
 
     env = {**os.environ, "TUNEBOARD_DATA_DIR": str(settings.data_dir.resolve())}
     if problem := _prepare_database(settings):
         return _fail(problem)
     try:
-        storage.ping(settings)
+        artifacts.ping(settings)
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback
-        return _fail(f"cannot use the artifact store {storage.get_store(settings).describe()}: {exc}")
+        return _fail(f"cannot use the artifact store {artifacts.get_store(settings).describe()}: {exc}")
     if settings.redis_url is None:
         try:
             env["TUNEBOARD_REDIS_URL"] = _start_embedded_redis(settings, port, children)
@@ -257,60 +257,60 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def first_run_link(base_url: str) -> str | None:
     """On an install with no users: create the admin and return a one-time sign-in URL for them."""
-    from app import accounts
+    from app.accounts import users
     from app.db import new_session
 
     with new_session() as session:
-        created = accounts.ensure_first_admin(session)
+        created = users.ensure_first_admin(session)
         if created is None:
             return None
         user, team = created
-        return f"{base_url}/login/link/{accounts.create_sign_in_link(session, user, team)}"
+        return f"{base_url}/login/link/{users.create_sign_in_link(session, user, team)}"
 
 
 def cmd_tokens_create(args: argparse.Namespace) -> int:
     """Print a new API token for a user (creating the first admin on a fresh install)."""
-    from app import accounts
+    from app.accounts import users
     from app.db import new_session
-    from app.models import Team
+    from app.tables import Team
 
     if problem := _prepare_database(get_settings()):
         return _fail(problem)
     with new_session() as session:
-        accounts.ensure_first_admin(session, args.user)
-        user = accounts.find_user(session, args.user)
+        users.ensure_first_admin(session, args.user)
+        user = users.find_user(session, args.user)
         if user is None:
             return _fail(f"no user {args.user}; invite them from the Team page first")
-        teams = accounts.memberships(session, user)
+        teams = users.memberships(session, user)
         team = next((t for t, _ in teams if args.team is None or t.name == args.team), None)
         if team is None:
             names = ", ".join(t.name for t, _ in teams) or "none"
             return _fail(f"{args.user} is not in team {args.team!r} (their teams: {names})")
-        _, plaintext = accounts.create_api_token(session, user, session.get(Team, team.id), args.name)
+        _, plaintext = users.create_api_token(session, user, session.get(Team, team.id), args.name)
     print(plaintext)
     return 0
 
 
 def cmd_sign_in_link(args: argparse.Namespace) -> int:
     """Print a one-time browser sign-in link for a user (a lost invitation link or a forgotten password)."""
-    from app import accounts, invitations
+    from app.accounts import invitations, users
     from app.db import new_session
 
     settings = get_settings()
     if problem := _prepare_database(settings):
         return _fail(problem)
     with new_session() as session:
-        user = accounts.find_user(session, args.user)
+        user = users.find_user(session, args.user)
         if user is None:
             return _fail(f"no user {args.user}; invite them from the Team page first")
         # Their teams first, then the teams that invited them: following the link accepts that invitation.
-        teams = [team for team, _ in accounts.memberships(session, user)]
+        teams = [team for team, _ in users.memberships(session, user)]
         teams += [team for _, team in invitations.pending_for_user(session, user)]
         team = next((t for t in teams if args.team is None or t.name == args.team), None)
         if team is None:
             names = ", ".join(t.name for t in teams) or "none"
             return _fail(f"{args.user} is neither in nor invited to team {args.team!r} (their teams: {names})")
-        token = accounts.create_sign_in_link(session, user, team)
+        token = users.create_sign_in_link(session, user, team)
     base = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
     print(f"{base}/login/link/{token}")
     print(f"One-time link for {user.email} in {team.name}, valid for a day; it replaces any earlier link. Signed in "
@@ -329,7 +329,7 @@ def cmd_migrate(_args: argparse.Namespace) -> int:
 
 def cmd_inventory(args: argparse.Namespace) -> int:
     """Compute and cache the module inventory of a model outside the catalog (needs the worker extra)."""
-    from app.model_inventories import resolve_source, worker_stack_installed
+    from app.base_models.inventories import resolve_source, worker_stack_installed
 
     if not worker_stack_installed():
         return _fail("computing inventories needs the worker extra: pip install 'tuneboard[worker]'")

@@ -11,34 +11,30 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from app import metrics
-from app.api_errors import document_error_envelope, install_auth_handlers, install_error_handlers
-from app.auth import current_principal
-from app.body_limit import BodyLimitMiddleware, document_body_limit
-from app.lease_reaper import ReaperThread
-from app.logging_setup import configure_logging
-from app.migrate import upgrade_database
-from app.nul_guard import NulGuardMiddleware, document_nul_refusal
-from app.routers import (
-    account_pages,
-    auth_pages,
-    compare_pages,
-    dataset_pages,
-    estimate_api,
-    files_api,
-    history_pages,
-    job_pages,
-    job_stream,
-    jobs_api,
-    models_api,
-    operations,
-    pages,
-)
-from app.security_headers import SecurityHeadersMiddleware
+from app.accounts import pages as account_pages
+from app.accounts import sign_in_pages
+from app.accounts.auth import current_principal
+from app.base_models import api as models_api
+from app.configure import estimate_api
+from app.configure import page as configure_page
+from app.datasets import files_api
+from app.datasets import pages as dataset_pages
+from app.estimator import catalog
+from app.estimator.inventory import load_inventory
+from app.jobs import api as jobs_api
+from app.jobs import compare_pages, history_pages, stream_api
+from app.jobs import pages as job_pages
+from app.jobs.lease_reaper import ReaperThread
+from app.ops import metrics
+from app.ops import routes as ops_routes
+from app.ops.logging_setup import configure_logging
+from app.ops.migrate import upgrade_database
 from app.settings import get_settings
-from app.training import catalog
-from app.training.inventory import load_inventory
-from app.vendor_files import VendorFiles
+from app.web.api_errors import document_error_envelope, install_auth_handlers, install_error_handlers
+from app.web.body_limit import BodyLimitMiddleware, document_body_limit
+from app.web.nul_guard import NulGuardMiddleware, document_nul_refusal
+from app.web.security_headers import SecurityHeadersMiddleware
+from app.web.vendor_files import VendorFiles
 
 
 @asynccontextmanager
@@ -88,11 +84,11 @@ def create_app() -> FastAPI:
         # Only listed proxies are believed; anyone else could write X-Forwarded-For themselves.
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxy_list)
     # Probes and scrapers cannot sign in; /metrics has its own optional token.
-    app.include_router(operations.router)
-    app.include_router(auth_pages.router)
+    app.include_router(ops_routes.router)
+    app.include_router(sign_in_pages.router)
     signed_in = [Depends(current_principal)]
-    for module in (pages, history_pages, job_pages, compare_pages, dataset_pages, account_pages, models_api,
-                   estimate_api, files_api, jobs_api, job_stream):
+    for module in (configure_page, history_pages, job_pages, compare_pages, dataset_pages, account_pages, models_api,
+                   estimate_api, files_api, jobs_api, stream_api):
         app.include_router(module.router, dependencies=signed_in)
     _serve_schema(app, signed_in)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")

@@ -125,9 +125,9 @@ def configure(data_dir: Path, redis_url: str, **extra: str) -> dict[str, str]:
     """Aim Tuneboard's settings at data_dir (SQLite inside) and redis_url; migrate; return a subprocess env.
 
     Sets the TUNEBOARD_* variables in this process too and clears the settings cache, as the tests'
-    `tuneboard_env` fixture does, so in-process calls (`app.launch`, `workers.job_runner`) see them.
+    `tuneboard_env` fixture does, so in-process calls (`app.jobs.launch`, `workers.job_runner`) see them.
     """
-    from app.migrate import upgrade_database
+    from app.ops.migrate import upgrade_database
     from app.settings import get_settings
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,7 @@ def delete_job_keys(url: str, job_ids: Iterable[str], queues: Iterable[str] = ()
 class Account:
     """The benchmark's own user and team (when Tuneboard has accounts): who owns its files and jobs."""
 
-    principal: Any = None  # app.accounts.Principal
+    principal: Any = None  # app.accounts.users.Principal
     token: str | None = None  # an API token of that user in that team
 
     @property
@@ -207,18 +207,18 @@ class Account:
 def bench_account() -> Account:
     """A fresh user (admin of a fresh team) with an API token, in the configured database."""
     try:
-        from app import accounts
+        from app.accounts import users
     except ImportError:  # a Tuneboard without accounts
         return Account()
     from app.db import new_session
 
     tag = uuid.uuid4().hex[:8]
     with new_session() as session:
-        user = accounts.create_user(session, f"bench-{tag}@localhost", name="bench")
-        team = accounts.create_team(session, f"bench-{tag}")
-        accounts.set_membership(session, user, team, "admin")
-        _, token = accounts.create_api_token(session, user, team, "bench")
-    return Account(accounts.Principal(user, team, "admin", "token"), token)
+        user = users.create_user(session, f"bench-{tag}@localhost", name="bench")
+        team = users.create_team(session, f"bench-{tag}")
+        users.set_membership(session, user, team, "admin")
+        _, token = users.create_api_token(session, user, team, "bench")
+    return Account(users.Principal(user, team, "admin", "token"), token)
 
 
 def _with_principal(function, account: Account, *args: Any) -> tuple:
@@ -227,16 +227,16 @@ def _with_principal(function, account: Account, *args: Any) -> tuple:
 
 
 def store_file(session, settings, account: Account, *, filename: str, data: bytes) -> Any:
-    """`app.files.store_upload` as the API calls it (a fine-tune dataset, no column mapping)."""
-    from app.files import store_upload
+    """`app.datasets.files.store_upload` as the API calls it (a fine-tune dataset, no column mapping)."""
+    from app.datasets.files import store_upload
 
     return store_upload(*_with_principal(store_upload, account, session, settings), filename=filename, data=data,
                         purpose="fine-tune", column_mapping=None)
 
 
 def launch_job(session, settings, account: Account, config, **kwargs: Any) -> Any:
-    """`app.launch.launch` as `POST /v1/fine_tuning/jobs` calls it, for the benchmark's account."""
-    from app.launch import launch
+    """`app.jobs.launch.launch` as `POST /v1/fine_tuning/jobs` calls it, for the benchmark's account."""
+    from app.jobs.launch import launch
 
     return launch(*_with_principal(launch, account, session, settings), config, **kwargs)
 

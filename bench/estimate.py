@@ -116,12 +116,12 @@ def _progress(phase: str, index: int, total: int, case: Case, text: str) -> None
 
 def build_cases(filters: list[str]) -> list[Case]:
     """Every catalog model (or those whose id contains one of `filters`) with its attention+MLP config."""
-    from app.model_inventories import get_inventory
+    from app.base_models.inventories import get_inventory
+    from app.estimator import catalog
+    from app.estimator.block_diagram import block_diagram
+    from app.estimator.estimate import EstimateRequest, estimate
+    from app.estimator.presets import presets_for
     from app.settings import get_settings
-    from app.training import catalog
-    from app.training.block_diagram import block_diagram
-    from app.training.estimate import EstimateRequest, estimate
-    from app.training.presets import presets_for
 
     settings = get_settings()
     cases = []
@@ -146,9 +146,9 @@ def build_cases(filters: list[str]) -> list[Case]:
 
 def measure_server(cases: list[Case], iterations: int, warmup: int) -> None:
     """Time get_inventory + estimate in this process, the way the route handler calls them."""
-    from app.model_inventories import get_inventory
+    from app.base_models.inventories import get_inventory
+    from app.estimator.estimate import estimate
     from app.settings import get_settings
-    from app.training.estimate import estimate
 
     settings = get_settings()
     full_collections: list[float] = []  # pause of each gen-2 (full) garbage collection, ms
@@ -277,14 +277,14 @@ def _authorise(client: Any, case: Case) -> bool:
     """If the API answers 401, create an admin and an API token in the server's (temporary) database."""
     if client.post(ESTIMATE_PATH, json=case.payload).status_code != 401:
         return False
-    from app import accounts
+    from app.accounts import users
     from app.db import new_session
 
     with new_session() as session:
-        created = accounts.ensure_first_admin(session, "bench@localhost")
+        created = users.ensure_first_admin(session, "bench@localhost")
         if created is None:
             raise RuntimeError("the temporary database already has users")
-        _, token = accounts.create_api_token(session, *created, "bench/estimate.py")
+        _, token = users.create_api_token(session, *created, "bench/estimate.py")
     client.headers["Authorization"] = f"Bearer {token}"
     return True
 

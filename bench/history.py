@@ -3,10 +3,10 @@ job's metrics, each against a trivial endpoint of the same app measured in the s
 
 The benchmark owns its throw-away database: SQLite in a temp data dir by default, or (with `--database-url`)
 a fresh database it creates on a PostgreSQL server and drops at the end. It migrates it with Alembic
-(`app.migrate.upgrade_database`, as the tests do) and seeds it with bulk Core inserts of the app's own
+(`app.ops.migrate.upgrade_database`, as the tests do) and seeds it with bulk Core inserts of the app's own
 tables:
 
-- team "bench-main": an admin (created with `accounts.ensure_first_admin`, as bench/estimate.py does) and
+- team "bench-main": an admin (created with `users.ensure_first_admin`, as bench/estimate.py does) and
   five members; 10,000 jobs over nine months: statuses (mostly succeeded, some failed, cancelled, running,
   queued), eight catalog models, several LoRA configs with their launch estimates, launchers, suffixes,
   notes, tags, `metadata` (project, experiment), finished jobs with final losses and runtimes;
@@ -92,7 +92,7 @@ def create_postgres_database(server_url: str) -> tuple[str, Any]:
 
 def configure(data_dir: Path, database_url: str, redis_url: str) -> dict[str, str]:
     """Aim the settings (here and in the server's environment) at this database; migrate it; return the env."""
-    from app.migrate import upgrade_database
+    from app.ops.migrate import upgrade_database
     from app.settings import get_settings
 
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -125,12 +125,12 @@ def _weighted(rng: random.Random, table) -> str:
 
 def _configs(rng: random.Random) -> dict[tuple[str, int], tuple[dict, dict | None]]:
     """Per (model, rank): a validated JobConfig dump and its launch estimate, computed once."""
-    from app.launch import estimate_at_launch
-    from app.model_inventories import get_inventory
+    from app.base_models.inventories import get_inventory
+    from app.estimator.block_diagram import block_diagram
+    from app.estimator.job_config import JobConfig
+    from app.estimator.presets import presets_for
+    from app.jobs.launch import estimate_at_launch
     from app.settings import get_settings
-    from app.training.block_diagram import block_diagram
-    from app.training.job_config import JobConfig
-    from app.training.presets import presets_for
 
     settings = get_settings()
     found = {}
@@ -148,7 +148,7 @@ def _configs(rng: random.Random) -> dict[tuple[str, int], tuple[dict, dict | Non
 def _job_rows(rng: random.Random, count: int, team_id: str, user_ids: list[str], file_ids: list[str],
               configs: dict, end: float, prefix: str) -> list[dict[str, Any]]:
     """`count` job rows over the 270 days before `end`, with the variety a busy team's history has."""
-    from app.models import new_id
+    from app.tables import new_id
 
     times = sorted(end - rng.random() * 270 * DAY for _ in range(count))
     rows = []
@@ -234,25 +234,25 @@ def seed(jobs: int, points: int, long_steps: int, other_jobs: int, seed_value: i
     """Fill the configured (empty, migrated) database; progress lines as it goes."""
     from sqlalchemy import text
 
-    from app import accounts
+    from app.accounts import users
     from app.db import get_engine, new_session
-    from app.models import DataFile, Job, Metric, new_id
+    from app.tables import DataFile, Job, Metric, new_id
 
     started = time.monotonic()
     rng = random.Random(seed_value)
     end = time.time() - 3600
     with new_session() as session:
-        admin, team = accounts.ensure_first_admin(session, "admin@bench.localhost")
-        _, token = accounts.create_api_token(session, admin, team, "bench/history.py")
+        admin, team = users.ensure_first_admin(session, "admin@bench.localhost")
+        _, token = users.create_api_token(session, admin, team, "bench/history.py")
         team.name = "bench-main"
         members = [admin]
         for i in range(5):
-            user = accounts.create_user(session, f"member{i}@bench.localhost", name=f"Member {i}")
-            accounts.set_membership(session, user, team, "member")
+            user = users.create_user(session, f"member{i}@bench.localhost", name=f"Member {i}")
+            users.set_membership(session, user, team, "member")
             members.append(user)
-        other_user = accounts.create_user(session, "someone@other.localhost", name="Other")
-        other_team = accounts.create_team(session, "bench-other")
-        accounts.set_membership(session, other_user, other_team, "admin")
+        other_user = users.create_user(session, "someone@other.localhost", name="Other")
+        other_team = users.create_team(session, "bench-other")
+        users.set_membership(session, other_user, other_team, "admin")
         session.commit()
         user_ids, team_id, other_team_id, other_user_id = \
             [u.id for u in members], team.id, other_team.id, other_user.id
@@ -345,13 +345,13 @@ class Case:
 
 def _cursor(team_id: str, query: dict[str, str], depth: int) -> str:
     """The history's page cursor after the first `depth` rows of this view (a deep page)."""
-    from app import job_history
     from app.db import new_session
+    from app.jobs import history
 
-    filters = job_history.HistoryFilters.from_query(query)
+    filters = history.HistoryFilters.from_query(query)
     with new_session() as session:
-        found = session.execute(job_history.history_query(team_id, filters, limit=depth)).all()
-    return job_history.encode_cursor(filters.sort, filters.order, found[-1].sort_value, found[-1].Job.id)
+        found = session.execute(history.history_query(team_id, filters, limit=depth)).all()
+    return history.encode_cursor(filters.sort, filters.order, found[-1].sort_value, found[-1].Job.id)
 
 
 def build_cases(seeded: Seeded) -> list[Case]:

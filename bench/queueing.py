@@ -7,7 +7,7 @@ started with tests.services.WorkerProcess, default settings apart from the queue
 serves a fresh queue on a real Redis; the database is SQLite in a temp data dir. Once the worker is ready
 (and, preloading, once its pool child has logged the preload), jobs on the tests' tiny Llama (hidden 64,
 2 layers; 5 steps, batch 4, sequence length 64, fp32, logging every step) are launched one after the
-other with `app.launch.launch()` in this process (what `POST /v1/fine_tuning/jobs` calls after parsing
+other with `app.jobs.launch.launch()` in this process (what `POST /v1/fine_tuning/jobs` calls after parsing
 the body; the model's inventory is computed before the first launch so every launch takes the same
 path), each once the previous one has ended.
 
@@ -88,7 +88,7 @@ class Timeline:
 
 
 def job_config(model_dir: Path) -> Any:
-    from app.training.job_config import JobConfig
+    from app.estimator.job_config import JobConfig
 
     return JobConfig.model_validate({
         "model": str(model_dir),
@@ -99,7 +99,7 @@ def job_config(model_dir: Path) -> Any:
 
 
 def wait_for_inventory(model: str, timeout: float = 180) -> None:
-    from app.model_inventories import InventoryUnavailable, get_inventory
+    from app.base_models.inventories import InventoryUnavailable, get_inventory
     from app.settings import get_settings
 
     deadline = time.monotonic() + timeout
@@ -116,7 +116,7 @@ def wait_for_inventory(model: str, timeout: float = 180) -> None:
 
 def wait_finished(job_id: str, timeout: float) -> str:
     from app.db import new_session
-    from app.models import TERMINAL_STATUSES, Job
+    from app.tables import TERMINAL_STATUSES, Job
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -129,7 +129,7 @@ def wait_finished(job_id: str, timeout: float) -> str:
 
 
 def timeline(job_id: str, cold: bool, submit: float, returned: float, status: str) -> Timeline:
-    from app import streams
+    from app.jobs import streams
 
     entries = streams.read_since(streams.get_redis(), job_id, count=100_000)
 
@@ -176,7 +176,7 @@ def run_jobs(count: int, model_dir: Path, file_id: str, queue: str, job_ids: lis
         job_ids.append(job_id)
         status = wait_finished(job_id, timeout=300)
         if status != "succeeded":
-            from app.models import Job
+            from app.tables import Job
 
             with new_session() as session:
                 job = session.get(Job, job_id)
@@ -217,7 +217,7 @@ def profile_in_process(model_dir: Path, file_id: str, queue: str, job_ids: list[
     import pstats
 
     from app.db import new_session
-    from app.models import Job
+    from app.tables import Job
     from workers.job_runner import run_job
 
     config = job_config(model_dir)
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             h.progress("timing load_base of the same model in this process (the event's 0.1 s is too coarse)")
             loads_here = load_times_here(model_dir, repeats=5)
         finally:
-            # The workers' registry entries (app.worker_registry) would expire by themselves; remove them now.
+            # The workers' registry entries (app.fleet.worker_registry) would expire by themselves; remove them now.
             h.delete_job_keys(args.redis_url, job_ids, [queue],
                               patterns=[f"tuneboard:worker:{name}@*" for name in worker_names])
 

@@ -5,13 +5,13 @@ The real web app runs under uvicorn in a subprocess (`uvicorn app.main:app`, log
 configuration a fresh job row (status running) is created and N clients open
 `GET /v1/fine_tuning/jobs/{id}/stream` with httpx.AsyncClient (one asyncio loop, uvloop when
 installed, one HTTP connection per client) and parse the SSE lines. Once every client has received a
-warm-up entry, a publisher *process* (standing in for the worker) calls `app.streams.publish(...)`
+warm-up entry, a publisher *process* (standing in for the worker) calls `app.jobs.streams.publish(...)`
 for a metric point at a fixed rate (20 points/s for 10 s by default), each payload carrying the send
 time (`time.time()` just before the XADD). A client timestamps an event when its blank line ends it
 (when EventSource would dispatch it); latency = arrival - send time, one sample per point per client.
 
 Configurations: 1, 100 and 1,000 clients (viewers of one job; the per-user stream cap is lifted for the
-run). The server reads each job's stream once (app.stream_hub) and fans it out; the baseline rows, in
+run). The server reads each job's stream once (app.jobs.stream_hub) and fans it out; the baseline rows, in
 the same run, are the old approach's reading side: one `XREAD BLOCK` loop per viewer straight against
 Redis (redis.asyncio, a connection each, no HTTP), 1 and the largest count. Beside p50 / p99 / max it
 reports the CPU seconds the server, Redis and the client process spent during the window, and the
@@ -76,7 +76,7 @@ def publish_points(job_id: str, rate: float, count: int, redis_url: str) -> None
     """The worker's side: `count` metric points at `rate` per second, each stamped with its send time."""
     import redis
 
-    from app import streams
+    from app.jobs import streams
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.ping()
@@ -155,7 +155,7 @@ def redis_cpu_seconds(client) -> float:
 
 def new_job(account: h.Account) -> str:
     from app.db import new_session
-    from app.models import DataFile, Job
+    from app.tables import DataFile, Job
 
     with new_session() as session:
         data_file = DataFile(filename="bench.jsonl", bytes=1, format="chat", examples=1, storage_key="datasets/bench",
@@ -222,7 +222,7 @@ async def measure_sse(server_url: str, clients: int, rate: float, count: int, re
     import httpx
     import redis
 
-    from app import streams
+    from app.jobs import streams
 
     job_id = new_job(account)
     sync = redis.Redis.from_url(redis_url, decode_responses=True)
@@ -267,7 +267,7 @@ async def measure_redis_direct(rate: float, count: int, redis_url: str, env: dic
     import redis
     import redis.asyncio as aioredis
 
-    from app import streams
+    from app.jobs import streams
 
     job_id = new_job(account)
     sync = redis.Redis.from_url(redis_url, decode_responses=True)

@@ -4,7 +4,7 @@ Both sides train the same base model on the same tokenised data for the same ste
 `TrainingArguments` values, in the same process, alternating (round 1: Tuneboard then bare, round 2:
 bare then Tuneboard, ...), after one short warm-up run of each that is not counted.
 
-- Tuneboard: a queued job row (its training file stored with `app.files.store_upload`) run by
+- Tuneboard: a queued job row (its training file stored with `app.datasets.files.store_upload`) run by
   `workers.job_runner.run_job(job_id, worker)`: claim with lease + LeaseKeeper thread, dataset read
   from the artifact store, `workers.training.train(TrainingRun(...), JobReporter)`, so every logging
   step is XADDed to the job's Redis stream and metric rows are batched into SQLite (flush every
@@ -157,7 +157,7 @@ def instrument() -> Clock:
 class Setup:
     model_dir: Path
     file_id: str
-    examples: list[Any]  # app.datasets.Example, read back from the stored file as the runner reads it
+    examples: list[Any]  # app.datasets.validator.Example, read back from the stored file as the runner reads it
     config: Any  # JobConfig
     work: Path
     account: h.Account
@@ -165,7 +165,7 @@ class Setup:
 
 
 def job_config(model_dir: Path, steps: int, batch: int, seq: int, lr: float = 2e-4) -> Any:
-    from app.training.job_config import JobConfig
+    from app.estimator.job_config import JobConfig
 
     return JobConfig.model_validate({
         "model": str(model_dir),
@@ -177,11 +177,11 @@ def job_config(model_dir: Path, steps: int, batch: int, seq: int, lr: float = 2e
 
 
 def prepare(work: Path, args: argparse.Namespace) -> Setup:
-    from app import storage
-    from app.datasets import load_examples
+    from app.datasets.validator import load_examples
     from app.db import new_session
-    from app.models import DataFile
     from app.settings import get_settings
+    from app.storage import artifacts
+    from app.tables import DataFile
 
     h.progress(f"building the model (hidden {args.hidden}, {args.layers} layers) in {work / 'model'}")
     model_dir = h.build_model(work / "model", hidden=args.hidden, layers=args.layers, intermediate=args.hidden * 4)
@@ -192,7 +192,7 @@ def prepare(work: Path, args: argparse.Namespace) -> Setup:
         record = h.store_file(session, settings, account, filename="bench.jsonl", data=h.jsonl(records))
         file_id = record.id
         key = session.get(DataFile, file_id).storage_key
-    examples = list(load_examples(storage.local_file(settings, key)).examples)
+    examples = list(load_examples(artifacts.local_file(settings, key)).examples)
     return Setup(model_dir, file_id, examples, job_config(model_dir, args.steps, args.batch, args.seq), work,
                  account)
 
@@ -206,10 +206,10 @@ def _config_for(setup: Setup, steps: int) -> Any:
 def run_tuneboard(setup: Setup, clock: Clock, round_: int, steps: int, profile: cProfile.Profile | None = None) -> Run:
     import redis
 
-    from app import streams
     from app.db import new_session
-    from app.models import Job
+    from app.jobs import streams
     from app.settings import get_settings
+    from app.tables import Job
     from workers.job_runner import run_job
 
     config = _config_for(setup, steps)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from app.models import Base
 from app.settings import get_settings
+from app.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -49,7 +49,7 @@ def redis_server_url(tmp_path_factory):
     if redis_answers(configured):
         yield configured.rstrip("/")
         return
-    from app.redis_server import start_embedded_redis
+    from app.ops.redis_server import start_embedded_redis
 
     port = free_port()
     process = start_embedded_redis(tmp_path_factory.mktemp("redis"), port)
@@ -97,7 +97,7 @@ class TuneboardEnv:
 @pytest.fixture
 def tuneboard_env(tmp_path, monkeypatch, database_url, redis_url) -> TuneboardEnv:
     """Settings aimed at this test's data dir, database and Redis, with short leases; schema migrated."""
-    from app.migrate import upgrade_database
+    from app.ops.migrate import upgrade_database
     from app.settings import get_settings
 
     data_dir = tmp_path / "data"
@@ -197,15 +197,15 @@ class Account:
 
 def make_account(session_factory, email: str, team_name: str, role: str = "admin") -> Account:
     """Create (or reuse) the user and team, make the user a member with `role`, and sign them in."""
-    from app import accounts
-    from app.models import Team
+    from app.accounts import users
+    from app.tables import Team
 
     with session_factory() as session:
-        user = accounts.find_user(session, email) or accounts.create_user(session, email, password="correct horse 1")
-        team = session.query(Team).filter_by(name=team_name).one_or_none() or accounts.create_team(session, team_name)
-        accounts.set_membership(session, user, team, role)
-        _, token = accounts.create_api_token(session, user, team, "tests")
-        browser, cookie = accounts.start_session(session, user, team)
+        user = users.find_user(session, email) or users.create_user(session, email, password="correct horse 1")
+        team = session.query(Team).filter_by(name=team_name).one_or_none() or users.create_team(session, team_name)
+        users.set_membership(session, user, team, role)
+        _, token = users.create_api_token(session, user, team, "tests")
+        browser, cookie = users.start_session(session, user, team)
         return Account(email, team_name, user.id, team.id, token, cookie, browser.csrf_token)
 
 
@@ -227,7 +227,7 @@ def make_user(tuneboard_env):
 
 def signed_in_context(browser, base_url: str, account: Account, **options):
     """A Chromium context whose cookie jar holds the account's session."""
-    from app.auth import SESSION_COOKIE
+    from app.accounts.auth import SESSION_COOKIE
 
     context = browser.new_context(base_url=base_url, **options)
     context.add_cookies([{"name": SESSION_COOKIE, "value": account.session_cookie, "url": base_url}])

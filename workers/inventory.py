@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.model_ids import UnknownModel
-from app.training import catalog
-from app.training.config_limits import FAILURE_PREFIX, ConfigTooLarge, check_config_size
-from app.training.inventory import INVENTORY_FORMAT
+from app.base_models.model_ids import UnknownModel
+from app.estimator import catalog
+from app.estimator.config_limits import FAILURE_PREFIX, ConfigTooLarge, check_config_size
+from app.estimator.inventory import INVENTORY_FORMAT
 
 
 def _module_kind(module: Any) -> str:
@@ -138,7 +138,7 @@ def inventory_from_source(source: str) -> dict[str, Any]:
     config declares absurd sizes."""
     from transformers import AutoConfig
 
-    from app.model_ids import resolve_model_id
+    from app.base_models.model_ids import resolve_model_id
     from app.settings import get_settings
 
     ref = resolve_model_id(source, get_settings())  # the web app's rule for local folders, applied here too

@@ -4,7 +4,7 @@ Each logged step is appended to the job's stream (browsers see it within millise
 memory until the next flush, which upserts the batch into `metrics` and moves the job's progress
 columns; so history survives a Redis flush while the hot loop does one XADD per logging step.
 
-Every write is fenced by the reporter's attempt where it lands (`app.jobs.hold_attempt`, and the stream's
+Every write is fenced by the reporter's attempt where it lands (`app.jobs.lifecycle.hold_attempt`, and the stream's
 attempt script): once a newer attempt owns the job, the first refused write marks this attempt lost, every
 later write is dropped, and `should_stop` ends the training loop at its next step.
 """
@@ -23,11 +23,12 @@ from sqlalchemy import func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app import jobs, storage, streams
 from app.db import new_session
-from app.jobs import AttemptFenced
-from app.models import METRIC_FIELDS, Job, Metric
+from app.jobs import lifecycle, streams
+from app.jobs.lifecycle import AttemptFenced
 from app.settings import Settings
+from app.storage import artifacts
+from app.tables import METRIC_FIELDS, Job, Metric
 
 log = logging.getLogger(__name__)
 # How often the loop asks Redis whether a cancel was requested; seconds, so a stop lands within ~1 s.
@@ -72,7 +73,7 @@ class JobReporter:
         """Record the run's shape and announce it."""
 
         def record(session) -> None:
-            jobs.hold_attempt(session, self.job_id, self.attempt)
+            lifecycle.hold_attempt(session, self.job_id, self.attempt)
             session.execute(update(Job).where(Job.id == self.job_id).values(
                 total_steps=total_steps, trainable_params=trainable_params, all_params=all_params, device=device,
                 step=resumed_from_step))
@@ -86,7 +87,7 @@ class JobReporter:
             self._event(session, f"Training {total_steps} steps on {device}, {where}; PEFT reports "
                                  f"{trainable_params:,} trainable of {all_params:,} parameters{match}.",
                         type_="training_started")
-            jobs.publish_status(self.client, job, max_len=self.settings.stream_max_points, attempt=self.attempt)
+            lifecycle.publish_status(self.client, job, max_len=self.settings.stream_max_points, attempt=self.attempt)
 
         self._logged_step = resumed_from_step
         self._write(record)
@@ -123,7 +124,8 @@ class JobReporter:
         def record(session) -> None:
             # Stored before it is recorded, so a checkpoint a later attempt finds is always complete in the store;
             # the key is this attempt's own, so storing never touches what another attempt wrote.
-            jobs.record_checkpoint(session, self.job_id, self.attempt, step, storage.publish_dir(self.settings, path))
+            stored_at = artifacts.publish_dir(self.settings, path)
+            lifecycle.record_checkpoint(session, self.job_id, self.attempt, step, stored_at)
             self._event(session, f"Checkpoint saved at step {step}.", type_="checkpoint", data={"step": step})
 
         self._write(record)
@@ -135,7 +137,7 @@ class JobReporter:
     def publish_status(self, job: Job) -> None:
         """Tell stream readers the job's status, as this attempt."""
         try:
-            jobs.publish_status(self.client, job, max_len=self.settings.stream_max_points, attempt=self.attempt)
+            lifecycle.publish_status(self.client, job, max_len=self.settings.stream_max_points, attempt=self.attempt)
         except AttemptFenced:
             self._lose("the stream refused its status")
 
@@ -166,7 +168,7 @@ class JobReporter:
         """Whether the database records a cancel: the truth, which a cancel sent while Redis was away reached."""
         try:
             with new_session() as session:
-                return jobs.cancel_recorded(session, self.job_id)
+                return lifecycle.cancel_recorded(session, self.job_id)
         except Exception:  # noqa: BLE001 - a database hiccup must not stop training; the next poll asks again
             log.warning("cancel state of %s unreadable from the database", self.job_id, exc_info=True)
             return False
@@ -188,7 +190,7 @@ class JobReporter:
 
         def record(session) -> None:
             # The lock first: a stale attempt's rows never overwrite the points its successor logged.
-            jobs.hold_attempt(session, self.job_id, self.attempt)
+            lifecycle.hold_attempt(session, self.job_id, self.attempt)
             _upsert(session, rows)
             values = {k: v for k, v in progress.items() if v is not None}
             session.execute(update(Job).where(Job.id == self.job_id).values(**values))
@@ -199,7 +201,7 @@ class JobReporter:
     def rewind_to(self, step: int) -> None:
         """Forget points past a checkpoint the run resumes from: they will be logged again."""
         self._logged_step = step
-        self._write(lambda session: jobs.rewind(session, self.client, self.job_id, self.attempt, step,
+        self._write(lambda session: lifecycle.rewind(session, self.client, self.job_id, self.attempt, step,
                                                 max_len=self.settings.stream_max_points))
 
     def _write(self, write: Callable[[Session], None]) -> None:
@@ -221,7 +223,7 @@ class JobReporter:
 
     def _stream(self, type_: str, data: dict[str, Any]) -> None:
         try:
-            jobs.publish_for_attempt(self.client, self.job_id, self.attempt, type_, data,
+            lifecycle.publish_for_attempt(self.client, self.job_id, self.attempt, type_, data,
                                      max_len=self.settings.stream_max_points)
             self._unstreamed = False
         except AttemptFenced:
@@ -234,5 +236,5 @@ class JobReporter:
 
     def _event(self, session, message: str, *, level: str = "info", type_: str = "message",
                data: dict | None = None) -> None:
-        jobs.add_event(session, self.client, self.job_id, message, level=level, type_=type_, data=data,
+        lifecycle.add_event(session, self.client, self.job_id, message, level=level, type_=type_, data=data,
                        max_len=self.settings.stream_max_points, attempt=self.attempt)

@@ -14,13 +14,14 @@ import threading
 import traceback
 from pathlib import Path
 
-from app import jobs, storage, streams
-from app.datasets import load_examples, split_validation
+from app.datasets.validator import load_examples, split_validation
 from app.db import new_session
-from app.logging_setup import add_log_fields
-from app.models import DataFile, Job
+from app.estimator.job_config import JobConfig
+from app.jobs import lifecycle, streams
+from app.ops.logging_setup import add_log_fields
 from app.settings import Settings, get_settings
-from app.training.job_config import JobConfig
+from app.storage import artifacts
+from app.tables import DataFile, Job
 from workers.job_reporter import JobReporter
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class LeaseKeeper(threading.Thread):
         while not self.stopped.wait(self.settings.heartbeat_seconds):
             try:
                 with new_session() as session:
-                    if not jobs.renew_lease(session, self.job_id, self.worker, self.attempt, self.settings):
+                    if not lifecycle.renew_lease(session, self.job_id, self.worker, self.attempt, self.settings):
                         log.warning("job %s: lease lost; stopping this attempt", self.job_id)
                         self.lost.set()
                         return
@@ -52,7 +53,7 @@ class LeaseKeeper(threading.Thread):
 
 def _examples(settings: Settings, file_id: str, session):
     data_file = session.get(DataFile, file_id)
-    return list(load_examples(storage.local_file(settings, data_file.storage_key),
+    return list(load_examples(artifacts.local_file(settings, data_file.storage_key),
                               column_mapping=data_file.column_mapping).examples)
 
 
@@ -67,7 +68,7 @@ def _datasets(settings: Settings, job: Job, config: JobConfig, session):
 
 def attempt_key(job_id: str, attempt: int) -> str:
     """The storage key under which one attempt of a job writes its checkpoints and adapter."""
-    return f"{storage.job_dir_key(job_id)}/attempt-{attempt}"
+    return f"{artifacts.job_dir_key(job_id)}/attempt-{attempt}"
 
 
 def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
@@ -77,14 +78,14 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
     settings = get_settings()
     client = streams.get_redis()
     with new_session() as session:
-        claimed = jobs.claim(session, job_id, worker, settings, task_id=task_id)
+        claimed = lifecycle.claim(session, job_id, worker, settings, task_id=task_id)
         if claimed is None:
             log.info("job %s: nothing to claim (duplicate delivery, cancelled or finished)", job_id)
             return "skipped"
         job, attempt = claimed.job, claimed.attempt
         add_log_fields(team_id=job.team_id)
         # From here on the stream takes entries from this attempt only, not from an earlier one still alive.
-        jobs.fence_attempts_before(client, job_id, attempt)
+        lifecycle.fence_attempts_before(client, job_id, attempt)
         reporter = JobReporter(settings, client, job_id, worker=worker, attempt=attempt)
         keeper = LeaseKeeper(settings, job_id, worker, attempt, reporter.lease_lost)
         keeper.start()
@@ -99,13 +100,13 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
             config = JobConfig.model_validate(job.config)
             if claimed.resume_from is not None:
                 # From the store, so an attempt on another machine resumes where the last one stopped.
-                resume_from = storage.local_dir(settings, claimed.resume_from.storage_key)
+                resume_from = artifacts.local_dir(settings, claimed.resume_from.storage_key)
                 log.info("job %s: resuming from %s, fetched from %s", job_id, claimed.resume_from.storage_key,
-                         storage.get_store(settings).describe())
+                         artifacts.get_store(settings).describe())
             train_examples, eval_examples = _datasets(settings, job, config, session)
             run = TrainingRun(
                 job_id=job_id, config=config, train_examples=train_examples, eval_examples=eval_examples,
-                output_dir=storage.work_dir(settings, attempt_key(job_id, attempt)), resume_from=resume_from,
+                output_dir=artifacts.work_dir(settings, attempt_key(job_id, attempt)), resume_from=resume_from,
                 data_dir=settings.data_dir,
             )
             if reporter.should_stop():  # cancelled between the claim and here: do not load the model
@@ -121,7 +122,7 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
                 status = "cancelled"
             else:
                 status = "succeeded"
-                values["adapter_key"] = storage.publish_dir(settings, result.adapter_dir)
+                values["adapter_key"] = artifacts.publish_dir(settings, result.adapter_dir)
         except _CancelledBeforeStart:
             status = "cancelled"
         except TrainingFailure as exc:
@@ -131,17 +132,17 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
             log.exception("job %s failed", job_id)
             values = {"error_code": "internal_error", "error_message": f"{type(exc).__name__}: {exc}",
                       "error_traceback": traceback.format_exc()}
-            if (store_failure := storage.store_failure(settings, exc)) is not None:  # the store's fault: say so
+            if (store_failure := artifacts.store_failure(settings, exc)) is not None:  # the store's fault: say so
                 values.update(error_code="artifact_store_failed", error_message=str(store_failure))
         finally:
             keeper.stopped.set()
             reporter.flush()
             # Only its own folder: a newer attempt of the job may be writing on this host too.
-            storage.discard_work(settings, attempt_key(job_id, attempt))
-        if reporter.lease_lost.is_set() or not jobs.finish(session, job_id, worker, attempt, status, **values):
+            artifacts.discard_work(settings, attempt_key(job_id, attempt))
+        if reporter.lease_lost.is_set() or not lifecycle.finish(session, job_id, worker, attempt, status, **values):
             log.warning("job %s: this attempt lost the job before it ended; leaving it to its new owner", job_id)
             return "lost"
-        storage.discard_work(settings, storage.job_dir_key(job_id))  # the job ended here: drop every local copy
+        artifacts.discard_work(settings, artifacts.job_dir_key(job_id))  # the job ended here: drop every local copy
         _announce_end(session, client, settings, job_id, status)
         return status
 
@@ -154,6 +155,6 @@ def _announce_end(session, client, settings: Settings, job_id: str, status: str)
         "cancelled": "Job cancelled; its last checkpoint is kept.",
         "failed": f"Job failed: {job.error_message}",
     }[status]
-    jobs.add_event(session, client, job_id, message, level="error" if status == "failed" else "info",
+    lifecycle.add_event(session, client, job_id, message, level="error" if status == "failed" else "info",
                    type_=status, max_len=settings.stream_max_points)
-    jobs.publish_status(client, job, max_len=settings.stream_max_points)
+    lifecycle.publish_status(client, job, max_len=settings.stream_max_points)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.training.lora_settings import ALL_LINEAR, LoraSettings
+from app.estimator.lora_settings import ALL_LINEAR, LoraSettings
 
 
 def to_peft_config(settings: LoraSettings) -> Any:

@@ -1,7 +1,7 @@
 """Each worker's background thread: announce this worker (queues, GPU) and reap expired leases.
 
 The announcement (a Redis key with a TTL) lets the web app list live workers and the queues they
-serve; the reaping itself lives in `app.lease_reaper`.
+serve; the reaping itself lives in `app.jobs.lease_reaper`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import subprocess
 
 import psutil
 
-from app import streams, worker_registry
-from app.lease_reaper import ReaperThread, interval_seconds
-from app.models import now
+from app.fleet import worker_registry
+from app.jobs import streams
+from app.jobs.lease_reaper import ReaperThread, interval_seconds
+from app.tables import now
 
 log = logging.getLogger(__name__)
 _thread: ReaperThread | None = None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app.logging_setup import log_context
-from app.queue import TRAIN_TASK
+from app.fleet.queue import TRAIN_TASK
+from app.ops.logging_setup import log_context
 from workers.celery_app import app
 
 

@@ -20,7 +20,7 @@ anything is sent. A `training_file` / `validation_file` value that names an exis
 paths are taken from the job file's directory, `~` is expanded) is uploaded; a value that looks like a
 path but names no file is an error; anything else is passed on as a file id. `lora` and `training`
 go to the server unchanged: the server validates them (`lora.r: ...`), and its error is reported with
-the line of the key at fault. Stdlib + PyYAML, and app.training's pydantic models for hints only.
+the line of the key at fault. Stdlib + PyYAML, and app.estimator's pydantic models for hints only.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ def _collect_lines(path: Path, node: yaml.Node, prefix: tuple[str, ...], lines: 
 def _section_of(key: str) -> str | None:
     """'training' for a TrainingSettings field written at the top level, 'lora' for a LoraConfig one."""
     # Only for the hint: the server, which may be newer than this client, decides what the sections accept.
-    from app.training.job_config import TrainingSettings
-    from app.training.lora_settings import LoraSettings
+    from app.estimator.job_config import TrainingSettings
+    from app.estimator.lora_settings import LoraSettings
 
     for section, model in (("training", TrainingSettings), ("lora", LoraSettings)):
         if key in model.model_fields:

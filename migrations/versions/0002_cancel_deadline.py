@@ -5,9 +5,8 @@ Revises: cc4b5084a759
 Create Date: 2026-11-25 14:47:10.207592
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '3ade3bfaa90e'
 down_revision = 'cc4b5084a759'

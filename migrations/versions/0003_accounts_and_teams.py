@@ -10,7 +10,6 @@ import time
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '36b1909b68b4'
 down_revision = '3ade3bfaa90e'
 branch_labels = None

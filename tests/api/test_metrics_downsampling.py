@@ -40,7 +40,7 @@ def synthetic_run(job_id: str) -> list[dict]:
 def long_job(sdk, tuneboard_env) -> tuple[str, list[dict]]:
     """A job with 100,000 logged steps, bulk-inserted."""
     from app.db import new_session
-    from app.models import Metric
+    from app.tables import Metric
 
     job_id = create_job(sdk, upload(sdk).id).id
     rows = synthetic_run(job_id)

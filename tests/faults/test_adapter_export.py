@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.auth import SESSION_COOKIE
+from app.accounts.auth import SESSION_COOKIE
 from tests.jobs.helpers import chat_records, upload, wait_for_inventory, wait_until_finished
 
 HUB_ID = "tuneboard-tests/tiny-llama"

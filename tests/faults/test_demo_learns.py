@@ -13,13 +13,13 @@ import zipfile
 import pytest
 from fastapi.testclient import TestClient
 
+from app.estimator.presets import DEMO_JOB_SETTINGS
 from app.settings import REPO_ROOT
-from app.training.presets import DEMO_JOB_SETTINGS
 from tests.conftest import require
 from tests.jobs.helpers import wait_until_finished
 
 DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-DEMO_DATA = REPO_ROOT / "app" / "demo_data" / "demo_chat.jsonl"
+DEMO_DATA = REPO_ROOT / "app" / "datasets" / "demo_data" / "demo_chat.jsonl"
 # Questions of the demo's kind that are not in its data.
 HELD_OUT = ["How can I add a photo to a note?", "Where can I turn off email notifications?",
             "Can I print a board?", "How do I rename a folder?", "Is there a way to lock a note with a password?"]

@@ -117,7 +117,7 @@ def _queued_job(live_server, account, suffix: str) -> str:
 def _store(job_id: str, *, status: str, step: int, total_steps: int | None, events=(), metrics=()) -> None:
     """Put a job in the state a worker leaves it in (status, progress, events, metric rows), in the database."""
     from app.db import new_session
-    from app.models import Event, Job, Metric
+    from app.tables import Event, Job, Metric
 
     with new_session() as session:
         job = session.get(Job, job_id)

@@ -13,9 +13,10 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app import streams, worker_registry
+from app.fleet import worker_registry
+from app.jobs import streams
 from tests.jobs.helpers import chat_records, upload
-from tests.web.test_pages import HX, form, messages_beside
+from tests.configure.test_pages import HX, form, messages_beside
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -16,8 +16,9 @@ import time
 import httpx
 import pytest
 
-from app import queue, stream_hub, streams
-from tests.test_cli_client import CATALOG_MODEL, LiveCli, write_job_file, write_training_data
+from app.fleet import queue
+from app.jobs import stream_hub, streams
+from tests.client.test_cli_client import CATALOG_MODEL, LiveCli, write_job_file, write_training_data
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # a Redis question only
 QUIET_SECONDS = 65
@@ -27,7 +28,7 @@ QUIET_SECONDS = 65
 def redis_url(tmp_path):
     """A Redis server of this test's own (the embedded 6.2 `tuneboard up` ships): no other test's flush reaches
     the queued job's message, so the minute is quiet in every process."""
-    from app.redis_server import start_embedded_redis
+    from app.ops.redis_server import start_embedded_redis
     from tests.services import free_port
 
     port = free_port()

@@ -21,9 +21,9 @@ import httpx
 import pytest
 import redis
 
-from app import streams
 from app.db import new_session
-from app.models import Job
+from app.jobs import streams
+from app.tables import Job
 from tests.jobs.conftest import client, model_dir  # noqa: F401 - fixtures this module uses
 from tests.jobs.helpers import (
     all_events,
@@ -59,7 +59,7 @@ class OwnRedis:
 
     def start(self) -> None:
         """Start it (again), without the data of any earlier run."""
-        from app.redis_server import start_embedded_redis
+        from app.ops.redis_server import start_embedded_redis
 
         self.starts += 1
         self.process = start_embedded_redis(self.root / f"run-{self.starts}", self.port)

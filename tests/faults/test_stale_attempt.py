@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from app import streams
 from app.db import new_session
-from app.models import Checkpoint
+from app.jobs import streams
+from app.tables import Checkpoint
 from tests.jobs.conftest import client, model_dir  # noqa: F401 - fixtures this module uses
 from tests.jobs.helpers import all_events, chat_records, launch, metric_steps, upload, wait_for, wait_until_finished
 from tests.services import embedded_redis
@@ -163,24 +163,24 @@ def test_a_frozen_worker_that_lost_its_lease_writes_nothing_after_the_takeover(
 def test_every_write_of_a_reaped_attempt_is_refused_where_it_lands_even_after_redis_lost_the_fence(tuneboard_env):
     from sqlalchemy import func, update
 
-    from app import jobs
-    from app.models import Event, Job, Metric
+    from app.jobs import lifecycle
+    from app.tables import Event, Job, Metric
     from tests.jobs.test_lifecycle import _queued_job
 
     settings, broker = tuneboard_env.settings, streams.get_redis()
     with new_session() as session:
         job_id = _queued_job(session).id
-        stale = jobs.claim(session, job_id, "worker-a", settings)
-        jobs.fence_attempts_before(broker, job_id, stale.attempt)
-        jobs.add_event(session, broker, job_id, "from attempt 1", attempt=1)
+        stale = lifecycle.claim(session, job_id, "worker-a", settings)
+        lifecycle.fence_attempts_before(broker, job_id, stale.attempt)
+        lifecycle.add_event(session, broker, job_id, "from attempt 1", attempt=1)
         session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=time.time() - 1))
         session.commit()
-        assert jobs.reap_expired(session, broker, settings)[0] == [job_id]
+        assert lifecycle.reap_expired(session, broker, settings)[0] == [job_id]
         # Reaped, not yet claimed again: the stale attempt is already refused.
-        with pytest.raises(jobs.AttemptFenced):
-            jobs.publish_for_attempt(broker, job_id, 1, "metric", {"step": 9}, max_len=1000)
-        current = jobs.claim(session, job_id, "worker-b", settings)
-        jobs.fence_attempts_before(broker, job_id, current.attempt)
+        with pytest.raises(lifecycle.AttemptFenced):
+            lifecycle.publish_for_attempt(broker, job_id, 1, "metric", {"step": 9}, max_len=1000)
+        current = lifecycle.claim(session, job_id, "worker-b", settings)
+        lifecycle.fence_attempts_before(broker, job_id, current.attempt)
         assert current.attempt == 2
 
         for lost_redis in (False, True):
@@ -188,17 +188,18 @@ def test_every_write_of_a_reaped_attempt_is_refused_where_it_lands_even_after_re
                 broker.flushdb()  # a restart without persistence: the fence key is gone, the database still knows
             before = len(_stream(job_id))
             for write in (
-                lambda: jobs.add_event(session, broker, job_id, "Stopped at step 9", attempt=1),
-                lambda: jobs.record_checkpoint(session, job_id, 1, 10, "jobs/x/attempt-1/checkpoints/checkpoint-10"),
-                lambda: jobs.rewind(session, broker, job_id, 1, 0, max_len=1000),
-                lambda: jobs.publish_for_attempt(broker, job_id, 1, "metric", {"step": 9}, max_len=1000),
+                lambda: lifecycle.add_event(session, broker, job_id, "Stopped at step 9", attempt=1),
+                lambda: lifecycle.record_checkpoint(session, job_id, 1, 10,
+                                                    "jobs/x/attempt-1/checkpoints/checkpoint-10"),
+                lambda: lifecycle.rewind(session, broker, job_id, 1, 0, max_len=1000),
+                lambda: lifecycle.publish_for_attempt(broker, job_id, 1, "metric", {"step": 9}, max_len=1000),
             ):
-                with pytest.raises(jobs.AttemptFenced):
+                with pytest.raises(lifecycle.AttemptFenced):
                     write()
             assert len(_stream(job_id)) == before
-            jobs.publish_for_attempt(broker, job_id, 2, "metric", {"step": 1}, max_len=1000)
+            lifecycle.publish_for_attempt(broker, job_id, 2, "metric", {"step": 1}, max_len=1000)
             assert _stream(job_id)[-1].data == {"step": 1}
-        jobs.record_checkpoint(session, job_id, 2, 10, "jobs/x/attempt-2/checkpoints/checkpoint-10")
+        lifecycle.record_checkpoint(session, job_id, 2, 10, "jobs/x/attempt-2/checkpoints/checkpoint-10")
         assert not session.scalar(select(func.count()).select_from(Event).where(Event.message == "Stopped at step 9"))
         assert session.scalars(select(Checkpoint.storage_key).where(Checkpoint.job_id == job_id)).all() == [
             "jobs/x/attempt-2/checkpoints/checkpoint-10"]

@@ -144,7 +144,7 @@ def test_a_download_from_a_store_that_is_down_answers_503_naming_the_store(unrea
                                                                            account):
     """Reads name the store too: a route whose store fails answers 503 with its name, not a bare 500."""
     from app.db import new_session
-    from app.models import DataFile
+    from app.tables import DataFile
 
     with new_session() as session:
         record = DataFile(filename="train.jsonl", bytes=10, format="chat", examples=1, summary={},

@@ -13,9 +13,10 @@ import time
 import pytest
 from sqlalchemy import update
 
-from app import lease_reaper, queue
 from app.db import new_session
-from app.models import Job
+from app.fleet import queue
+from app.jobs import lease_reaper
+from app.tables import Job
 from tests.jobs.conftest import client, model_dir  # noqa: F401 - fixtures this module uses
 from tests.jobs.helpers import all_events, chat_records, launch, metric_steps, upload, wait_for, wait_until_finished
 from tests.services import embedded_redis

@@ -22,7 +22,7 @@ import pytest
 
 from tests.jobs.helpers import chat_records, json_lines
 from tests.services import free_port
-from tests.test_up import TUNEBOARD, UpProcess, _alive, _command_lines, _fresh_env, _process_tree
+from tests.ops.test_up import TUNEBOARD, UpProcess, _alive, _command_lines, _fresh_env, _process_tree
 
 LINK = r"^    (http://\S+/login/link/\S+)$"
 

@@ -37,7 +37,7 @@ def upload(client: TestClient, records: list[dict], name: str = "train.jsonl") -
 
 def wait_for_inventory(model: str, settings, timeout: float = 120) -> None:
     """Block until a non-catalog model's inventory is computed (so the launch carries an estimate)."""
-    from app.model_inventories import InventoryUnavailable, get_inventory
+    from app.base_models.inventories import InventoryUnavailable, get_inventory
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,7 +95,7 @@ def stored_job(team_id: str, **fields) -> str:
     """A job row of the team (with its training file) written straight to the database, as a worker would leave it:
     running unless `fields` say otherwise; returns its id."""
     from app.db import new_session
-    from app.models import DataFile, Job
+    from app.tables import DataFile, Job
 
     with new_session() as session:
         data_file = DataFile(filename="t.jsonl", bytes=1, format="chat", examples=1, storage_key="datasets/t",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 
-from app.models import Checkpoint, Job, Metric, new_id
+from app.tables import Checkpoint, Job, Metric, new_id
 from tests.jobs.helpers import chat_records, json_lines
 
 SMOL = "HuggingFaceTB/SmolLM2-135M"
@@ -18,12 +18,13 @@ _clock = itertools.count()
 
 def stored_file(account, name: str = "train.jsonl", count: int = 24) -> str:
     """Upload a small valid chat dataset for the account's team, as the API would; returns its id."""
-    from app import accounts, files
+    from app.accounts import users
+    from app.datasets import files
     from app.db import new_session
     from app.settings import get_settings
 
     with new_session() as session:
-        principal = accounts.principal_for_token(session, account.token)
+        principal = users.principal_for_token(session, account.token)
         record = files.store_upload(session, get_settings(), principal, filename=name,
                                     data=json_lines(chat_records(count)), purpose="fine-tune", column_mapping=None)
         return record.id
@@ -31,7 +32,7 @@ def stored_file(account, name: str = "train.jsonl", count: int = 24) -> str:
 
 def job_config(model: str = SMOL, lora: dict | None = None, training: dict | None = None) -> dict:
     """A validated JobConfig dump, as the job row stores it."""
-    from app.training.job_config import JobConfig
+    from app.estimator.job_config import JobConfig
 
     lora = {"r": 16, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], **(lora or {})}
     return JobConfig(model=model, lora=lora, training=training or {}).model_dump(mode="json")
@@ -45,9 +46,9 @@ def add_job(account, file_id: str, *, suffix: str | None = None, status: str = "
             validation_file_id: str | None = None) -> Job:
     """A job of the account's team; a finished one has its estimate, final metrics and (optionally) a curve."""
     from app.db import new_session
-    from app.launch import estimate_at_launch
+    from app.estimator.job_config import JobConfig
+    from app.jobs.launch import estimate_at_launch
     from app.settings import get_settings
-    from app.training.job_config import JobConfig
 
     config = job_config(model, lora, training)
     created = created_at if created_at is not None else T0 + next(_clock)

@@ -1,4 +1,4 @@
-"""Clone: a stored job config turned back into configuration form values (the inverse of forms.parse and
+"""Clone: a stored job config turned back into configuration form values (the inverse of form_fields.parse and
 launch_form.training_payload), and GET /?clone=<job> opening the form filled in with them."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import forms
-from app.launch_form import job_config
-from app.training.job_config import JobConfig
+from app.configure import form_fields
+from app.configure.launch_form import job_config
+from app.estimator.job_config import JobConfig
 
 CONFIGS = [
     {"model": "m", "lora": {"r": 16, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}},
@@ -36,9 +36,9 @@ CONFIGS = [
 
 def round_trip(config: dict) -> JobConfig | None:
     """values_from_job_config, then the form's own parsing, as a launch would run it."""
-    values = forms.values_from_job_config(config)
+    values = form_fields.values_from_job_config(config)
     values["training_file"] = "file-x"
-    state = forms.parse(values)
+    state = form_fields.parse(values)
     assert not state.errors, state.errors
     return job_config(state)
 
@@ -47,19 +47,20 @@ def round_trip(config: dict) -> JobConfig | None:
 def test_parse_gives_back_the_same_lora_and_training_config(config):
     original = JobConfig.model_validate(config)
     assert round_trip(original.model_dump(mode="json")) == original
-    assert forms.clone_gaps(original.model_dump(mode="json")) == []
+    assert form_fields.clone_gaps(original.model_dump(mode="json")) == []
 
 
 def test_form_values_read_the_way_a_person_would_type_them():
-    values = forms.values_from_job_config(JobConfig.model_validate(CONFIGS[4]).model_dump(mode="json"))
+    values = form_fields.values_from_job_config(JobConfig.model_validate(CONFIGS[4]).model_dump(mode="json"))
     assert values["layers_to_transform"] == "0-3, 7"
     assert values["rank_pattern"] == "down_proj = 32\nmodel\\.layers\\.0\\..* = 4"
     assert values["exclude_modules"] == "up_proj, mlp.gate_proj"
     assert values["alpha_locked"] is True and values["target_mode"] == "modules"
-    four_bit = forms.values_from_job_config(JobConfig.model_validate(CONFIGS[5]).model_dump(mode="json"))
+    four_bit = form_fields.values_from_job_config(JobConfig.model_validate(CONFIGS[5]).model_dump(mode="json"))
     assert four_bit["precision"] == "4bit" and four_bit["layers_to_transform"] == "5"
-    assert forms.values_from_job_config({"model": "m", "lora": {"target_modules": None}})["target_mode"] == "default"
-    knobs = forms.values_from_job_config(JobConfig.model_validate(CONFIGS[6]).model_dump(mode="json"))
+    values = form_fields.values_from_job_config({"model": "m", "lora": {"target_modules": None}})
+    assert values["target_mode"] == "default"
+    knobs = form_fields.values_from_job_config(JobConfig.model_validate(CONFIGS[6]).model_dump(mode="json"))
     assert (knobs["learning_rate"], knobs["num_epochs"], knobs["max_steps"], knobs["eval_steps"]) == \
         ("1e-05", "2.5", "100", "10")
 
@@ -67,7 +68,7 @@ def test_form_values_read_the_way_a_person_would_type_them():
 def test_what_the_form_cannot_express_is_named():
     config = JobConfig.model_validate({"model": "m", "lora": {"alpha_pattern": {"q_proj": 4}, "exclude_modules": "x.*"},
                                        "training": {"logging_steps": 10}}).model_dump(mode="json")
-    gaps = forms.clone_gaps(config)
+    gaps = form_fields.clone_gaps(config)
     assert len(gaps) == 3 and gaps[0] == "alpha_pattern" and "logging_steps = 10" in gaps
 
 

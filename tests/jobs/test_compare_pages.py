@@ -9,7 +9,7 @@ from html import unescape
 
 import pytest
 
-from app.job_compare import ABSENT, config_diff, flatten, parse_ids
+from app.jobs.compare import ABSENT, config_diff, flatten, parse_ids
 from tests.jobs.history_helpers import add_job, stored_file
 
 

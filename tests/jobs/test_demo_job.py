@@ -11,7 +11,7 @@ from tests.conftest import require
 from tests.jobs.helpers import metric_steps, wait_until_finished
 
 DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-DEMO_DATA = REPO_ROOT / "app" / "demo_data" / "demo_chat.jsonl"
+DEMO_DATA = REPO_ROOT / "app" / "datasets" / "demo_data" / "demo_chat.jsonl"
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from app.job_history import PAGE_SIZE
+from app.jobs.history import PAGE_SIZE
 from tests.jobs.history_helpers import SMOL, T0, add_job, stored_file
 
 HX = {"HX-Request": "true"}

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from app.db import new_session
-from app.job_history import PAGE_SIZE, HistoryFilters, decode_cursor, history_query
+from app.jobs.history import PAGE_SIZE, HistoryFilters, decode_cursor, history_query
 from tests.jobs.history_helpers import T0, bulk_jobs, stored_file
 
 JOBS = 10_000

@@ -8,9 +8,9 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from app.auth import SESSION_COOKIE
+from app.accounts.auth import SESSION_COOKIE
 from app.db import new_session
-from app.models import Job
+from app.tables import Job
 from tests.jobs.history_helpers import add_job, stored_file
 
 HX = {"HX-Request": "true"}

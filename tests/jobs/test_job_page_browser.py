@@ -66,9 +66,9 @@ def test_live_curve_survives_a_reload_and_ends_complete(browser, live_server, st
 def test_a_resume_while_the_page_is_open_replaces_the_lost_steps(browser, live_server, tuneboard_env, account):
     """The page has steps 1..44 from the database and 45 from the stream when the worker dies; the job resumes
     from checkpoint 40 and logs 41.. again: the chart must show the new attempt's points, once each."""
-    from app import jobs, streams
     from app.db import new_session
-    from app.models import DataFile, Job, Metric
+    from app.jobs import lifecycle, streams
+    from app.tables import DataFile, Job, Metric
 
     with new_session() as session:
         data_file = DataFile(filename="t.jsonl", bytes=1, format="chat", examples=1, storage_key="datasets/t",
@@ -110,7 +110,7 @@ def test_a_resume_while_the_page_is_open_replaces_the_lost_steps(browser, live_s
         job = session.get(Job, job_id)
         job.status = "succeeded"
         session.commit()
-        jobs.publish_status(redis, job)
+        lifecycle.publish_status(redis, job)
     page.wait_for_function("() => document.getElementById('job-page').dataset.streamEnded === 'true'")
     assert not problems, problems
     context.close()

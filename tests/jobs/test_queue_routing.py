@@ -14,11 +14,12 @@ import stat
 import pytest
 from playwright.sync_api import expect
 
-from app import streams, worker_registry
+from app.fleet import worker_registry
+from app.jobs import streams
 from tests.jobs.helpers import chat_records, launch, upload, wait_for_inventory, wait_until_finished
 from tests.service_fixtures import signed_in_context
-from tests.web.conftest import wait_until
-from tests.web.test_pages import HX, form, messages_beside
+from tests.configure.conftest import wait_until
+from tests.configure.test_pages import HX, form, messages_beside
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 

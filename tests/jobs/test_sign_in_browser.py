@@ -34,9 +34,9 @@ def test_sign_in_returns_to_the_page_asked_for_and_sign_out_ends_the_session(bro
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_an_invitation_is_accepted_and_the_password_changed_on_the_account_page(browser, live_server, account,
                                                                                 make_user):
-    from app import invitations
+    from app.accounts import invitations
     from app.db import new_session
-    from app.models import Team, User
+    from app.tables import Team, User
     from tests.service_fixtures import signed_in_context
 
     eve = make_user("eve@example.com", "Evil", "admin")

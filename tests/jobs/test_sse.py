@@ -6,9 +6,9 @@ import json
 
 import httpx
 
-from app import jobs, streams
 from app.db import new_session
-from app.models import DataFile, Job
+from app.jobs import lifecycle, streams
+from app.tables import DataFile, Job
 
 
 def _job(account, status: str = "running") -> str:
@@ -62,7 +62,7 @@ def test_reconnect_with_last_event_id_resumes_without_gaps_or_duplicates(live_se
             job = session.get(Job, job_id)
             job.status = "succeeded"
             session.commit()
-            jobs.publish_status(client, job)
+            lifecycle.publish_status(client, job)
         tail = _events(lines, 2)
 
     steps = [json.loads(e["data"])["step"] for e in first + rest]

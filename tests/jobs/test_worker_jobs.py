@@ -11,7 +11,8 @@ import io
 import time
 import zipfile
 
-from app import queue, streams
+from app.fleet import queue
+from app.jobs import streams
 from tests.jobs.helpers import (
     all_events,
     chat_records,

@@ -13,7 +13,7 @@ import sys
 import pytest
 from fastapi.testclient import TestClient
 
-from app.auth import SESSION_COOKIE
+from app.accounts.auth import SESSION_COOKIE
 from app.settings import REPO_ROOT
 from tests.jobs.helpers import chat_records, json_lines
 
@@ -133,12 +133,12 @@ def test_a_new_account_invited_again_gets_a_new_link_and_the_old_one_dies(app, a
 
 
 def test_another_team_gets_no_link_for_someone_elses_new_invitee(app, account, make_user):
-    from app import accounts
+    from app.accounts import users
     from app.db import new_session
 
     with new_session() as session:  # as the first run makes it: no password, never signed in, admin of a team
-        accounts.set_membership(session, accounts.create_user(session, "admin@localhost"),
-                                accounts.create_team(session, "Default"), "admin")
+        users.set_membership(session, users.create_user(session, "admin@localhost"),
+                                users.create_team(session, "Default"), "admin")
     with _browser(app, account) as alpha:
         link = LINK.search(alpha.post("/team/invite", data={
             "email": "newbie@example.com", "csrf_token": _csrf(alpha.get("/team").text)}).text).group(1)
@@ -168,13 +168,13 @@ def test_a_withdrawn_invitation_takes_its_link_along(app, account):
 
 
 def test_a_user_in_no_team_accepts_an_invitation_at_sign_in(app, account, make_user):
-    from app import accounts
+    from app.accounts import users
     from app.db import new_session
-    from app.models import Team
+    from app.tables import Team
 
     bob = make_user("bob@example.com", "Alpha", "member")
     with new_session() as session:
-        accounts.remove_member(session, session.get(Team, account.team_id), bob.user_id)
+        users.remove_member(session, session.get(Team, account.team_id), bob.user_id)
     with _browser(app, account) as admin:
         admin.post("/team/invite", data={"email": bob.email, "csrf_token": _csrf(admin.get("/team").text)})
     with TestClient(app, follow_redirects=False) as browser:

@@ -10,12 +10,13 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from app import streams, worker_registry
+from app.fleet import worker_registry
+from app.jobs import streams
 from app.settings import REPO_ROOT
-from app.vendor_files import VENDOR_FILES
+from app.web.vendor_files import VENDOR_FILES
 from tests.jobs.helpers import chat_records, upload
-from tests.web.conftest import wait_until
-from tests.web.test_pages import form, messages_beside
+from tests.configure.conftest import wait_until
+from tests.configure.test_pages import form, messages_beside
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"

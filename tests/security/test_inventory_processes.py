@@ -18,7 +18,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.model_inventories import worker_stack_installed
+from app.base_models.inventories import worker_stack_installed
 from app.settings import REPO_ROOT
 from tests.conftest import require
 from tests.services import ServerProcess
@@ -171,7 +171,7 @@ def client(tuneboard_env, account):
     ("text_config.num_hidden_layers", {"text_config": {"num_hidden_layers": 50_000}}),
 ])
 def test_a_config_of_absurd_size_is_a_422_before_anything_is_built(client, tuneboard_env, tmp_path, field, config):
-    from app import offloaded
+    from app.fleet import offloaded
 
     model = model_folder(tmp_path / "models" / "absurd", **config)
     for response in (client.post(ESTIMATE, json={"model": model}), client.get(f"/v1/models/{model}")):

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
-from app.model_inventories import worker_stack_installed
+from app.base_models.inventories import worker_stack_installed
 from tests.conftest import require
 
 ESTIMATE = "/v1/fine_tuning/estimate"
@@ -122,7 +122,7 @@ def test_an_uploaded_file_never_becomes_a_model_folder(client, tuneboard_env, mo
 
 def test_a_model_folder_under_a_root_is_usable(client, roots, training_file):
     require(worker_stack_installed(), "torch, transformers and peft (the worker extra)")
-    from tests.web.conftest import wait_until
+    from tests.configure.conftest import wait_until
 
     # Any name an admin gives a folder is fine (it never becomes a cache file name as it is).
     folder = str(model_folder(roots / "org" / "tiny \u2215 \uff0e\uff0e model"))
@@ -160,11 +160,11 @@ def test_a_stored_job_naming_a_folder_outside_the_roots_fails_on_the_worker(root
                                                                            account, start_worker, tiny_model_dir):
     """A job stored before the rule (or written straight to the database) still cannot make a real worker load
     an arbitrary folder and copy its weights into a downloadable adapter."""
-    from app import jobs, streams
     from app.db import new_session
-    from app.models import Job
+    from app.estimator.job_config import JobConfig, TrainingSettings
+    from app.jobs import lifecycle, streams
     from app.settings import get_settings
-    from app.training.job_config import JobConfig, TrainingSettings
+    from app.tables import Job
     from tests.jobs.helpers import upload, wait_until_finished
 
     outside = tiny_model_dir  # a real model with weights, outside the one root of this test
@@ -175,7 +175,7 @@ def test_a_stored_job_naming_a_folder_outside_the_roots_fails_on_the_worker(root
         training_file = upload(api, [{"text": f"example {i}"} for i in range(4)])["id"]
         with new_session() as session:
             config = JobConfig(model=str(outside), training=TrainingSettings(max_steps=2, batch_size=1))
-            job = jobs.submit(session, streams.get_redis(), Job(
+            job = lifecycle.submit(session, streams.get_redis(), Job(
                 model=str(outside), queue=tuneboard_env.queue, config=config.model_dump(mode="json"),
                 team_id=account.team_id, created_by=account.user_id, training_file_id=training_file),
                 get_settings())

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.db import new_session
-from app.models import Checkpoint, Event
+from app.tables import Checkpoint, Event
 from tests.jobs.helpers import stored_job
 
 

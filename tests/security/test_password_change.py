@@ -9,7 +9,7 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from app.auth import SESSION_COOKIE
+from app.accounts.auth import SESSION_COOKIE
 
 PASSWORD = "correct horse 1"  # what tests/service_fixtures.make_account gives every user
 NEW_PASSWORD = "a brand new passphrase"
@@ -31,23 +31,23 @@ def _browser(app, cookie: str) -> TestClient:
 
 
 def _second_session(account) -> str:
-    from app import accounts
+    from app.accounts import users
     from app.db import new_session
-    from app.models import Team, User
+    from app.tables import Team, User
 
     with new_session() as session:
-        _, cookie = accounts.start_session(session, session.get(User, account.user_id),
+        _, cookie = users.start_session(session, session.get(User, account.user_id),
                                            session.get(Team, account.team_id))
     return cookie
 
 
 def _link_for(account) -> str:
-    from app import accounts
+    from app.accounts import users
     from app.db import new_session
-    from app.models import Team, User
+    from app.tables import Team, User
 
     with new_session() as session:
-        token = accounts.create_sign_in_link(session, session.get(User, account.user_id),
+        token = users.create_sign_in_link(session, session.get(User, account.user_id),
                                              session.get(Team, account.team_id))
     return f"/login/link/{token}"
 
@@ -115,7 +115,7 @@ def test_a_link_older_than_the_password_is_void_even_if_kept(app, account):
     from sqlalchemy import update
 
     from app.db import new_session
-    from app.models import User, now
+    from app.tables import User, now
 
     earlier = _link_for(account)
     with new_session() as session:
@@ -172,7 +172,7 @@ def test_the_last_admin_cannot_demote_or_remove_themselves(app, account, make_us
 
 
 def test_guessing_the_current_password_is_throttled_like_sign_in(app, account):
-    from app import sign_in_limits
+    from app.accounts import sign_in_limits
 
     with _browser(app, account.session_cookie) as thief:
         csrf = _csrf(thief.get("/account").text)
@@ -182,9 +182,9 @@ def test_guessing_the_current_password_is_throttled_like_sign_in(app, account):
         blocked = thief.post("/account/password", data={"password": NEW_PASSWORD, "current_password": PASSWORD,
                                                         "csrf_token": csrf})
         assert blocked.status_code == 429 and "Too many failed sign-ins; try again in 30 s" in blocked.text
-    from app import credentials
+    from app.accounts import credentials
     from app.db import new_session
-    from app.models import User
+    from app.tables import User
 
     with new_session() as session:
         assert credentials.password_matches(PASSWORD, session.get(User, account.user_id).password_hash)

@@ -68,7 +68,7 @@ def test_nastier_backtracking_pattern_in_each_field_answers_422_naming_it_quickl
 
 
 def test_overlong_pattern_and_too_many_patterns_are_422_naming_the_field(api):
-    from app.training.pattern_cost import MAX_PATTERN_CHARS, MAX_PATTERN_ENTRIES
+    from app.estimator.pattern_cost import MAX_PATTERN_CHARS, MAX_PATTERN_ENTRIES
 
     response, _ = _estimate(api, target_modules=".*" + "a?" * MAX_PATTERN_CHARS)
     assert response.status_code == 422 and response.json()["error"]["param"] == "lora.target_modules"
@@ -95,9 +95,9 @@ RANK_KEY = r"layers\.1\d\.self_attn\.q_proj"
 @pytest.mark.parametrize("pattern", REAL_PATTERNS)
 def test_regex_targets_users_write_stay_exact(tuneboard_env, pattern):
     """The adapted modules are exactly those `re.fullmatch` (PEFT's test) selects, and no budget refuses them."""
-    from app.model_inventories import get_inventory
-    from app.training.lora_settings import LoraSettings
-    from app.training.matching import select_modules
+    from app.base_models.inventories import get_inventory
+    from app.estimator.lora_settings import LoraSettings
+    from app.estimator.matching import select_modules
 
     inventory = get_inventory(SMOL, tuneboard_env.settings)
     selection = select_modules(inventory, LoraSettings(target_modules=pattern, rank_pattern={RANK_KEY: 4}))
@@ -109,9 +109,9 @@ def test_regex_targets_users_write_stay_exact(tuneboard_env, pattern):
 
 def test_a_checked_pattern_is_not_checked_again(tuneboard_env):
     """The verdict is cached per pattern and model, so a form re-estimating on every keystroke spawns nothing."""
-    from app.model_inventories import get_inventory
-    from app.training.lora_settings import LoraSettings
-    from app.training.matching import select_modules
+    from app.base_models.inventories import get_inventory
+    from app.estimator.lora_settings import LoraSettings
+    from app.estimator.matching import select_modules
 
     inventory = get_inventory(SMOL, tuneboard_env.settings)
     settings = LoraSettings(target_modules=r".*\.(q_proj|v_proj|unique_for_cache_test)")

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from app.security_headers import CONTENT_SECURITY_POLICY
+from app.web.security_headers import CONTENT_SECURITY_POLICY
 from tests.service_fixtures import signed_in_context
 from tests.services import free_port
 
@@ -83,7 +83,7 @@ def test_hsts_over_https_only_and_never_for_an_untrusted_claim_of_https(tuneboar
 def _finished_jobs(account, count: int = 2, steps: int = 30) -> list[str]:
     """Succeeded jobs of the account's team, each with a loss curve in the database."""
     from app.db import new_session
-    from app.models import DataFile, Job, Metric
+    from app.tables import DataFile, Job, Metric
 
     ids = []
     with new_session() as session:

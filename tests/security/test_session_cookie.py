@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from app.auth import SESSION_COOKIE
+from app.accounts.auth import SESSION_COOKIE
 
 PASSWORD = "correct horse 1"  # what tests/service_fixtures.make_account gives every user
 

@@ -11,7 +11,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from app import sign_in_limits
+from app.accounts import sign_in_limits
 from tests.services import embedded_redis, free_port
 
 PASSWORD = "correct horse 1"  # what tests/service_fixtures.make_account gives every user

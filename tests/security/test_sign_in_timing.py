@@ -9,7 +9,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from app import sign_in_limits
+from app.accounts import sign_in_limits
 
 TRIES = 9
 
@@ -25,7 +25,7 @@ def test_unknown_email_takes_as_long_as_a_wrong_password(monkeypatch, tuneboard_
     from sqlalchemy import update
 
     from app.db import new_session
-    from app.models import User
+    from app.tables import User
 
     with new_session() as session:  # an invitee who has not set a password yet
         session.execute(update(User).where(User.id == invited.user_id).values(password_hash=None))

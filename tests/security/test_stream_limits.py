@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from app import streams
+from app.jobs import streams
 from tests.jobs.helpers import stored_job
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no database question here

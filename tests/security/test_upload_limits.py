@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app import datasets
+from app.datasets import validator
 from tests.conftest import require
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # no database question here
@@ -214,7 +214,7 @@ CASES = {
     "bad.txt": b"fine\n\xc3\x28 broken\nok\n",
     "qa.csv": b"question,answer\nWhat?,That.\n\"Multi\nline\",yes\n,\n",
     "plain.csv": b"prompt,completion\na,b\nc,\n",
-    "long.jsonl": b'{"text": "ok"}\n{"text": "' + b"x" * datasets.MAX_LINE_BYTES + b'"}\n',
+    "long.jsonl": b'{"text": "ok"}\n{"text": "' + b"x" * validator.MAX_LINE_BYTES + b'"}\n',
 }
 
 
@@ -228,8 +228,8 @@ def test_streamed_validation_says_exactly_what_whole_file_validation_said(live_s
     response = upload(live_server.url, account.headers, iter([data]), filename=filename, fields=fields)
     mapping = json.loads(fields["column_mapping"]) if "column_mapping" in fields else None
     try:
-        parsed = datasets.parse_dataset(data, filename, column_mapping=mapping)
-    except datasets.DatasetInvalid as exc:
+        parsed = validator.parse_dataset(data, filename, column_mapping=mapping)
+    except validator.DatasetInvalid as exc:
         assert response.status_code == 400, response.text
         error = response.json()["error"]
         assert error["message"] == str(exc)
@@ -244,8 +244,8 @@ def test_summarise_file_matches_parse_dataset_on_a_large_pretty_printed_array():
     """Above the size where the whole file is parsed for the hint, an array still gets the one clear message."""
     data = b"[\n" + b'  {"text": "an example that is long enough to matter"},\n' * 100_000 + b'  {"text": "end"}\n]\n'
     assert len(data) > 4 * MiB
-    with pytest.raises(datasets.DatasetInvalid) as streamed:
-        datasets.summarise_file(io.BytesIO(data), "big.jsonl")
+    with pytest.raises(validator.DatasetInvalid) as streamed:
+        validator.summarise_file(io.BytesIO(data), "big.jsonl")
     assert str(streamed.value).startswith("the file is one JSON array; upload JSON Lines instead")
 
 
@@ -262,7 +262,7 @@ def small_upload_limit(tuneboard_env, monkeypatch):
 @SQLITE_ONLY
 def test_page_upload_over_the_limit_shows_the_limit_and_a_valid_one_is_selected(small_upload_limit, live_server,
                                                                                 account):
-    from app.auth import SESSION_COOKIE
+    from app.accounts.auth import SESSION_COOKIE
 
     headers = {"Cookie": f"{SESSION_COOKIE}={account.session_cookie}", "X-CSRF-Token": account.csrf_token,
                "HX-Request": "true"}
@@ -296,7 +296,7 @@ def test_upload_that_is_not_multipart_or_has_no_file_is_a_clear_4xx(live_server,
 @SQLITE_ONLY
 def test_a_browser_upload_without_the_csrf_header_is_refused_before_its_body_is_parsed(live_server, account):
     """The CSRF check used to parse a multipart body, whole and without the upload's limit, to find the token."""
-    from app.auth import SESSION_COOKIE
+    from app.accounts.auth import SESSION_COOKIE
 
     cookie = {"Cookie": f"{SESSION_COOKIE}={account.session_cookie}"}
     response = upload(live_server.url, cookie, chat_lines(50_000)[0], fields={"purpose": "fine-tune",

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.datasets import Example
-from app.training.estimate import EstimateRequest, estimate
-from app.training.inventory import Inventory
-from app.training.job_config import JobConfig, TrainingSettings
-from app.training.lora_settings import LoraSettings
+from app.datasets.validator import Example
+from app.estimator.estimate import EstimateRequest, estimate
+from app.estimator.inventory import Inventory
+from app.estimator.job_config import JobConfig, TrainingSettings
+from app.estimator.lora_settings import LoraSettings
 from tests.conftest import require
 from tests.tiny_model import build_tiny_model
 from workers import base_models

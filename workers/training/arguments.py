@@ -6,7 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from app.training.job_config import TrainingSettings
+from app.estimator.job_config import TrainingSettings
 
 # When validation data is given without eval_steps: evaluate every 10 % of the run.
 DEFAULT_EVAL_FRACTION = 0.1

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from app.training.job_config import JobConfig
+from app.estimator.job_config import JobConfig
 
 if TYPE_CHECKING:
-    from app.datasets import Example
+    from app.datasets.validator import Example
 
 FailureCode = Literal["out_of_memory", "model_not_found", "dataset_problem", "unsupported", "diverged"]
 FAILURE_CODES: frozenset[str] = frozenset({"out_of_memory", "model_not_found", "dataset_problem", "unsupported",

@@ -77,8 +77,8 @@ def _wrap_with_lora(model: Any, run: TrainingRun) -> Any:
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
-    from app.training.matching import check_pattern_cost
-    from app.training.pattern_cost import PatternTooCostly
+    from app.estimator.matching import check_pattern_cost
+    from app.estimator.pattern_cost import PatternTooCostly
     from workers.lora_config import to_peft_config
 
     settings = run.config.training

@@ -1,0 +1,1 @@
+"""Accounts: users, teams, memberships, invitations, API tokens, sign-in and the account pages."""

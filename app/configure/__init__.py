@@ -1,0 +1,1 @@
+"""The configuration page: the form, the live estimate (page and REST) and the launch card."""

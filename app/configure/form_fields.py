@@ -1,0 +1,254 @@
+"""The configuration form: turn posted fields into an EstimateRequest, and back into field values.
+
+Owns the mapping between form field names and the API's `lora` / `training` objects, so a form
+error can be shown beside the field it concerns. Must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from app.estimator.estimate import EstimateRequest
+from app.web.api_errors import validation_param
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_CHECKBOXES = ("use_rslora", "use_dora", "gradient_checkpointing", "has_validation_set", "alpha_locked")
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
+
+
+@dataclass
+class FormState:
+    """What the form shows: raw field values, and errors keyed by form field name."""
+
+    values: dict[str, object]
+    errors: dict[str, str] = field(default_factory=dict)
+    request: EstimateRequest | None = None
+
+
+# The launch card's fields: data files and the training knobs beyond those the estimate needs.
+LAUNCH_DEFAULTS: dict[str, object] = {
+    "training_file": "", "validation_file": "", "validation_split": "0", "column_mapping": "",
+    "learning_rate": "0.0002", "num_epochs": "3", "max_steps": "", "gradient_accumulation_steps": "1",
+    "warmup_ratio": "0",
+    "lr_scheduler": "linear", "weight_decay": "0", "seed": "42", "eval_steps": "", "save_steps": "50",
+    "loss_on": "assistant", "queue": "", "suffix": "",
+}
+
+
+def default_values(model: str = DEFAULT_MODEL) -> dict[str, object]:
+    """The form's starting values: the Balanced pattern (r=16, alpha=16, attention + MLP)."""
+    return {
+        "model": model, "r": "16", "lora_alpha": "16", "alpha_locked": True, "lora_dropout": "0",
+        "bias": "none", "use_rslora": False, "use_dora": False, "target_mode": "modules",
+        "target_modules": [], "target_regex": "", "modules_to_save": [], "exclude_modules": "",
+        "layers_to_transform": "", "layers_pattern": "", "rank_pattern": "", "precision": "bf16",
+        "sequence_length": "1024", "batch_size": "4", "gradient_checkpointing": True,
+        "dataset_examples": "", "has_validation_set": False,
+        **LAUNCH_DEFAULTS,
+    }
+
+
+def values_from_form(form) -> dict[str, object]:
+    """Raw values from a submitted form (a starlette FormData or a dict of lists)."""
+    values = default_values(form.get("model") or DEFAULT_MODEL)
+    for key in values:
+        if key in _CHECKBOXES:
+            values[key] = form.get(key) in ("on", "true", "1")
+        elif key in ("target_modules", "modules_to_save"):
+            values[key] = [v for v in form.getlist(key) if v]
+        elif form.get(key) is not None:
+            values[key] = str(form.get(key)).strip()
+    return values
+
+
+class FormError(ValueError):
+    def __init__(self, field_name: str, message: str):
+        super().__init__(message)
+        self.field_name = field_name
+
+
+def _layers(text: str) -> list[int] | None:
+    if not text:
+        return None
+    layers: list[int] = []
+    for part in text.split(","):
+        match = _RANGE.match(part)
+        if not match:
+            raise FormError("layers_to_transform", f"{part.strip()!r} is not a layer number or range like 0-7")
+        start, end = int(match.group(1)), int(match.group(2) or match.group(1))
+        layers.extend(range(start, end + 1))
+    return sorted(set(layers))
+
+
+def _rank_pattern(text: str) -> dict[str, int]:
+    pattern: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, sep, value = line.rpartition("=")
+        if not sep or not key.strip() or not value.strip().isdigit():
+            raise FormError("rank_pattern", f"line {number}: write one 'pattern = rank' per line")
+        pattern[key.strip()] = int(value)
+    return pattern
+
+
+def _names(text: str) -> list[str] | None:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    return names or None
+
+
+def _targets(values: dict) -> list[str] | str | None:
+    mode = values["target_mode"]
+    if mode == "all-linear":
+        return "all-linear"
+    if mode == "regex":
+        if not values["target_regex"]:
+            raise FormError("target_regex", "enter a regular expression matched against full module names")
+        return str(values["target_regex"])
+    if mode == "default":
+        return None
+    if not values["target_modules"]:
+        raise FormError("target_modules", "choose at least one module to adapt")
+    return list(values["target_modules"])
+
+
+def _number(values: dict, key: str) -> str | None:
+    return str(values[key]) if values[key] != "" else None
+
+
+# Pydantic locations that map onto a differently named form field.
+_FIELD_FOR_PARAM = {"lora.target_modules": "target_modules", "training.dataset_examples": "dataset_examples"}
+
+
+def error_field(param: str, values: dict) -> str:
+    """The form field an API parameter's error belongs beside ('lora.r' -> 'r')."""
+    name = _FIELD_FOR_PARAM.get(param, param.split(".")[-1] if param else "form")
+    if name == "target_modules" and values.get("target_mode") == "regex":
+        # In regex mode target_modules is the regex box, not the module picture.
+        return "target_regex"
+    return name
+
+
+def parse(values: dict[str, object]) -> FormState:
+    """Validate the form; the state carries either a request or per-field errors (all of them, not the first)."""
+    state = FormState(values=values)
+
+    def collect(parse_field, argument):
+        try:
+            return parse_field(argument)
+        except FormError as exc:
+            state.errors.setdefault(exc.field_name, str(exc))
+            return None
+
+    lora_alpha = values["r"] if values["alpha_locked"] else values["lora_alpha"]
+    payload = {
+        "model": values["model"],
+        "lora": {
+            "r": values["r"], "lora_alpha": lora_alpha, "lora_dropout": values["lora_dropout"] or 0,
+            "bias": values["bias"], "use_rslora": values["use_rslora"], "use_dora": values["use_dora"],
+            "target_modules": collect(_targets, values),
+            "modules_to_save": list(values["modules_to_save"]) or None,
+            "exclude_modules": _names(str(values["exclude_modules"])),
+            "layers_to_transform": collect(_layers, str(values["layers_to_transform"])),
+            "layers_pattern": values["layers_pattern"] or None,
+            "rank_pattern": collect(_rank_pattern, str(values["rank_pattern"])) or {},
+        },
+        "training": {
+            "precision": values["precision"], "sequence_length": values["sequence_length"],
+            "batch_size": values["batch_size"], "gradient_checkpointing": values["gradient_checkpointing"],
+            "dataset_examples": _number(values, "dataset_examples"),
+            "has_validation_set": values["has_validation_set"],
+        },
+    }
+    try:
+        request = EstimateRequest.model_validate(payload)
+    except ValidationError as exc:
+        for error in exc.errors():
+            param = validation_param(tuple(error["loc"]), error["msg"])
+            state.errors.setdefault(error_field(param, values), error["msg"].removeprefix("Value error, "))
+        return state
+    state.request = None if state.errors else request
+    return state
+
+
+# The inverse of parse() and launch_form.training_payload(): a stored job's config as form field values, so
+# "Clone" opens the configuration page filled in. The LoRA and training settings below round-trip exactly.
+_TRAINING_FIELDS = ("learning_rate", "num_epochs", "max_steps", "gradient_accumulation_steps", "warmup_ratio",
+                    "lr_scheduler", "weight_decay", "seed", "eval_steps", "save_steps", "loss_on",
+                    "validation_split", "sequence_length", "batch_size")
+
+
+def _text(value: object) -> str:
+    """A setting as a text field holds it: '' for none, 3 rather than 3.0, 0.0002 as Python writes it."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _layers_text(layers: list[int] | int | None) -> str:
+    """[0, 1, 2, 3, 7] -> '0-3, 7', the form's range notation."""
+    if layers is None:
+        return ""
+    numbers = sorted({layers} if isinstance(layers, int) else set(layers))
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _target_values(targets: list[str] | str | None) -> dict[str, object]:
+    if targets is None:
+        return {"target_mode": "default", "target_modules": [], "target_regex": ""}
+    if isinstance(targets, str):
+        if targets.lower() == "all-linear":
+            return {"target_mode": "all-linear", "target_modules": [], "target_regex": ""}
+        return {"target_mode": "regex", "target_modules": [], "target_regex": targets}
+    return {"target_mode": "modules", "target_modules": list(targets), "target_regex": ""}
+
+
+def values_from_job_config(config: dict) -> dict[str, object]:
+    """Form values that describe a stored JobConfig dump (model, LoRA, training knobs); data files left empty."""
+    lora, training = config.get("lora") or {}, config.get("training") or {}
+    values = default_values(str(config.get("model") or DEFAULT_MODEL))
+    r, alpha = lora.get("r", 8), lora.get("lora_alpha", 8)
+    exclude, layers_pattern = lora.get("exclude_modules"), lora.get("layers_pattern")
+    values.update(_target_values(lora.get("target_modules")))
+    values.update({
+        "r": _text(r), "lora_alpha": _text(alpha), "alpha_locked": alpha == r,
+        "lora_dropout": _text(lora.get("lora_dropout", 0.0)), "bias": lora.get("bias", "none"),
+        "use_rslora": bool(lora.get("use_rslora")), "use_dora": bool(lora.get("use_dora")),
+        "modules_to_save": list(lora.get("modules_to_save") or []),
+        "exclude_modules": exclude if isinstance(exclude, str) else ", ".join(exclude or []),
+        "layers_to_transform": _layers_text(lora.get("layers_to_transform")),
+        "layers_pattern": layers_pattern if isinstance(layers_pattern, str) else ", ".join(layers_pattern or []),
+        "rank_pattern": "\n".join(f"{key} = {rank}" for key, rank in (lora.get("rank_pattern") or {}).items()),
+        "precision": "4bit" if training.get("load_in_4bit") else training.get("precision", "bf16"),
+        "gradient_checkpointing": bool(training.get("gradient_checkpointing")),
+    })
+    values.update({key: _text(training[key]) for key in _TRAINING_FIELDS if key in training})
+    return values
+
+
+def clone_gaps(config: dict) -> list[str]:
+    """Settings of a stored config that the form cannot express, so a clone of it leaves them out."""
+    lora, training = config.get("lora") or {}, config.get("training") or {}
+    gaps = []
+    if lora.get("alpha_pattern"):
+        gaps.append("alpha_pattern")
+    if isinstance(lora.get("exclude_modules"), str):
+        gaps.append("exclude_modules as a regular expression (it becomes a module name)")
+    if isinstance(lora.get("layers_pattern"), list) and len(lora["layers_pattern"]) > 1:
+        gaps.append("several layers_pattern names")
+    if training.get("logging_steps", 1) != 1:
+        gaps.append(f"logging_steps = {training['logging_steps']}")
+    if training.get("load_in_4bit") and training.get("precision", "bf16") != "bf16":
+        gaps.append(f"4-bit compute in {training['precision']} (the form computes 4-bit in bf16)")
+    return gaps

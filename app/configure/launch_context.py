@@ -1,0 +1,92 @@
+"""What the configuration page shows about launching: the team's files, the chosen data's facts, the
+run's length, and the queues live workers serve. Must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from sqlalchemy import select
+
+from app.accounts.auth import team_scoped
+from app.accounts.users import Principal
+from app.db import new_session
+from app.estimator.run_plan import CHARACTERS_PER_TOKEN, plan_run
+from app.fleet import worker_registry
+from app.jobs import streams
+from app.settings import Settings
+from app.tables import DataFile, Job
+
+log = logging.getLogger(__name__)
+RECENT_FILES = 100
+
+
+def apply_dataset_facts(values: dict, principal: Principal) -> DataFile | None:
+    """Fill the advice inputs (examples, validation) from the chosen files; returns the training file."""
+    if not values.get("training_file"):
+        return None
+    with new_session() as session:
+        train = team_scoped(session, DataFile, str(values["training_file"]), principal)
+        has_validation_file = bool(values.get("validation_file")) and \
+            team_scoped(session, DataFile, str(values["validation_file"]), principal) is not None
+    if train is None:
+        return None
+    split = _float(values.get("validation_split"))
+    values["dataset_examples"] = str(max(1, train.examples - int(train.examples * split / 100)))
+    values["has_validation_set"] = has_validation_file or split > 0
+    return train
+
+
+def _float(text) -> float:
+    try:
+        return float(text or 0)
+    except ValueError:
+        return 0.0
+
+
+def _measured_tokens_per_second(session, model: str, team_id: str) -> float | None:
+    rates = session.scalars(
+        select(Job.final_metrics).where(Job.team_id == team_id, Job.model == model, Job.status == "succeeded")
+        .order_by(Job.finished_at.desc()).limit(5)
+    ).all()
+    values = [r["tokens_per_second"] for r in rates if r and r.get("tokens_per_second")]
+    return sum(values) / len(values) if values else None
+
+
+def launch_context(values: dict, settings: Settings, principal: Principal) -> dict:
+    """The team's files to pick from, the run plan for the chosen data, and live queues."""
+    with new_session() as session:
+        train = team_scoped(session, DataFile, str(values["training_file"]), principal) \
+            if values.get("training_file") else None
+        files = session.scalars(select(DataFile).where(DataFile.team_id == principal.team.id)
+                                .order_by(DataFile.created_at.desc()).limit(RECENT_FILES)).all()
+        tokens_per_second = _measured_tokens_per_second(session, str(values["model"]), principal.team.id)
+    queues = _queues(settings)
+    context: dict = {"files": files, "train_file": train, "plan": None, "queues": queues,
+                     "qlora_available": any(w.qlora for q in queues for w in q["workers"])}
+    if train is not None:
+        try:
+            examples = int(values["dataset_examples"] or train.examples)
+            chars = (train.summary or {}).get("mean_characters") or 0
+            context["plan"] = plan_run(
+                examples=examples, batch_size=int(values["batch_size"]),
+                gradient_accumulation_steps=int(values["gradient_accumulation_steps"]),
+                num_epochs=float(values["num_epochs"]),
+                max_steps=int(values["max_steps"]) if values["max_steps"] else None,
+                tokens_per_example=min(chars / CHARACTERS_PER_TOKEN, float(values["sequence_length"])),
+                tokens_measured=False, tokens_per_second=tokens_per_second,
+            )
+        except (ValueError, ZeroDivisionError):
+            pass  # the fields at fault show their own errors
+    return context
+
+
+def _queues(settings: Settings) -> list[dict]:
+    try:
+        served = worker_registry.queues_served(worker_registry.live_workers(streams.get_redis()))
+    except redis.RedisError:
+        log.warning("cannot list live workers", exc_info=True)
+        served = {}
+    names = worker_registry.allowed_queues(served, settings.default_queue, settings.extra_queue_list)
+    return [{"name": name, "workers": served.get(name, [])} for name in names]

@@ -1,0 +1,142 @@
+"""The estimate: request and response shapes, and the one function that computes it from an inventory.
+
+Pure stdlib + pydantic; must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.estimator.advice import Advice, advise
+from app.estimator.counting import count, safetensors_sizes
+from app.estimator.inventory import Inventory
+from app.estimator.lora_settings import LoraSettings
+from app.estimator.matching import select_modules
+from app.estimator.memory import GPU_SIZES_GB, Precision, estimate_memory
+
+
+class TrainingKnobs(BaseModel):
+    """The training settings that change memory and advice."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    precision: Precision = Field("bf16", description="Base weight precision; 4bit means QLoRA (NF4).")
+    sequence_length: int = Field(1024, ge=16, le=1_048_576, description="Max tokens per example.")
+    batch_size: int = Field(4, ge=1, le=4096, description="Micro-batch size per GPU.")
+    gradient_checkpointing: bool = True
+    dataset_examples: int | None = Field(None, ge=1, description="Training examples, for rank advice.")
+    has_validation_set: bool = False
+
+
+class EstimateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., min_length=1, examples=["meta-llama/Llama-3.1-8B"])
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingKnobs = Field(default_factory=TrainingKnobs)
+
+
+class ModuleBreakdown(BaseModel):
+    pattern: str = Field(..., description="Module name with the layer index as '*'.")
+    type: str
+    in_features: int
+    out_features: int
+    r: int
+    count: int
+    params_each: int
+    params_total: int
+    layers: list[int]
+
+
+class AdapterBytes(BaseModel):
+    fp32: int
+    bf16: int
+
+
+class MemoryBreakdown(BaseModel):
+    precision: Precision
+    base_weights: int
+    adapter_weights: int
+    gradients: int
+    optimizer_states: int
+    activations: int
+    logits: int
+    cuda_overhead: int
+    total: int
+    fits: dict[str, bool] = Field(..., description="GPU size in GB -> whether the run fits.")
+
+
+class EstimateResponse(BaseModel):
+    model: str
+    trainable_params: int
+    all_params: int
+    trainable_percent: float
+    peft_summary: str = Field(..., description="The line PEFT's print_trainable_parameters() prints.")
+    base_params: int
+    adapter_params: int
+    modules_to_save_params: int
+    bias_params: int
+    adapted_modules: int
+    modules: list[ModuleBreakdown]
+    modules_to_save: list[str]
+    adapter_bytes: AdapterBytes
+    scale: float = Field(..., description="lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA.")
+    memory: MemoryBreakdown
+    warnings: list[Advice]
+
+
+def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse:
+    """Exact counts, adapter size, memory and advice for a LoRA config on a model."""
+    lora, knobs = request.lora, request.training
+    selection = select_modules(inventory, lora)
+    counts = count(inventory, lora, selection)
+    fp32_bytes, bf16_bytes = safetensors_sizes(counts.files, (4, 2))
+    memory = estimate_memory(
+        inventory,
+        counts.adapter_params,
+        counts.saved_params,
+        precision=knobs.precision,
+        sequence_length=knobs.sequence_length,
+        batch_size=knobs.batch_size,
+        gradient_checkpointing=knobs.gradient_checkpointing,
+    )
+    return EstimateResponse(
+        model=inventory.model_id,
+        trainable_params=counts.trainable,
+        all_params=counts.all,
+        trainable_percent=counts.trainable_percent,
+        peft_summary=counts.peft_line(),
+        base_params=inventory.base_params,
+        adapter_params=counts.adapter_params,
+        modules_to_save_params=counts.saved_params,
+        bias_params=counts.bias_params,
+        adapted_modules=len(selection.adapted),
+        modules=[
+            ModuleBreakdown(
+                pattern=g.pattern, type=g.type, in_features=g.in_features, out_features=g.out_features, r=g.r,
+                count=g.count, params_each=g.params_each, params_total=g.params_total, layers=list(g.layers),
+            )
+            for g in counts.groups
+        ],
+        modules_to_save=[m.name for m in selection.saved],
+        adapter_bytes=AdapterBytes(fp32=fp32_bytes, bf16=bf16_bytes),
+        scale=lora.lora_alpha / (math.sqrt(lora.r) if lora.use_rslora else lora.r),
+        memory=MemoryBreakdown(
+            precision=memory.precision,
+            base_weights=memory.base_weights,
+            adapter_weights=memory.adapter_weights,
+            gradients=memory.gradients,
+            optimizer_states=memory.optimizer_states,
+            activations=memory.activations,
+            logits=memory.logits,
+            cuda_overhead=memory.cuda_overhead,
+            total=memory.total,
+            fits={str(size): ok for size, ok in zip(GPU_SIZES_GB, memory.fits().values(), strict=True)},
+        ),
+        warnings=advise(
+            inventory, lora, selection,
+            dataset_examples=knobs.dataset_examples, has_validation_set=knobs.has_validation_set,
+        ),
+    )

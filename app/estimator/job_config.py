@@ -1,0 +1,64 @@
+"""What a fine-tuning job carries: the base model, the LoRA settings and the training knobs.
+
+The same object is stored with the job, shown on its page and read by the worker, which turns it
+into `peft.LoraConfig` and `transformers.TrainingArguments` in one place. Pure pydantic;
+must not import torch, transformers, peft or `workers`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.estimator.lora_settings import LoraSettings
+
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+TrainPrecision = Literal["bf16", "fp16", "fp32"]
+
+
+class TrainingSettings(BaseModel):
+    """Optimiser, schedule, batch and precision settings of one run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate of AdamW.")
+    num_epochs: float = Field(3.0, gt=0, le=1000, description="Passes over the training set.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides num_epochs when set.")
+    batch_size: int = Field(4, ge=1, le=4096, description="Micro-batch size per device.")
+    gradient_accumulation_steps: int = Field(1, ge=1, le=4096)
+    sequence_length: int = Field(
+        1024, ge=16, le=1_048_576, description="Max tokens per example; longer ones are truncated."
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of the steps spent warming up.")
+    lr_scheduler: Scheduler = "linear"
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    precision: TrainPrecision = Field("bf16", description="Compute precision; falls back to fp32 on a CPU worker.")
+    load_in_4bit: bool = Field(False, description="QLoRA: quantise the base to NF4 (needs CUDA and bitsandbytes).")
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(1, ge=1, le=100_000)
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (needs validation data).")
+    save_steps: int = Field(50, ge=1, le=1_000_000, description="Write a checkpoint every N steps.")
+    loss_on: Literal["assistant", "all"] = Field(
+        "assistant", description="Train on assistant / completion tokens only, or on every token."
+    )
+    validation_split: float = Field(
+        0.0, ge=0, le=50, description="Percent of the training file held out for evaluation when no file is given."
+    )
+
+
+class JobConfig(BaseModel):
+    """Everything a worker needs to reproduce a run, apart from the data files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., min_length=1, examples=["HuggingFaceTB/SmolLM2-135M-Instruct"])
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+    @model_validator(mode="after")
+    def _qlora_precision(self) -> JobConfig:
+        if self.training.load_in_4bit and self.training.precision == "fp32":
+            raise ValueError("load_in_4bit computes in bf16 or fp16; choose one of those precisions")
+        return self

@@ -1,0 +1,296 @@
+"""Which modules a LoRA config adapts and which it saves in full, by PEFT's own matching rules.
+
+Mirrors peft 0.21 `check_target_module_exists`, `_maybe_include_all_linear_layers`,
+`get_pattern_key` and `_set_trainable` over a module inventory. Pure stdlib; must not import
+torch, peft or `workers`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from app.estimator.inventory import ADAPTABLE_KINDS, Inventory, Module
+from app.estimator.lora_settings import LoraSettings
+from app.estimator.pattern_cost import PatternCheck, PatternTooCostly, check_cost
+
+_DEFAULT_LAYER_INDEX = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")
+
+
+class EstimateError(ValueError):
+    """A LoRA config that PEFT would reject for this model; `field` names the offending setting."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptedModule:
+    module: Module
+    r: int
+    alpha: float
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    adapted: list[AdaptedModule]
+    saved: list[Module]  # modules_to_save hits, in named_modules() order (nested hits included)
+    targets: frozenset[str] | str  # target_modules as PEFT resolves them
+    unmatched_saves: tuple[str, ...] = ()  # modules_to_save entries that match nothing; PEFT ignores them
+
+
+# peft.utils.constants.MIN_TARGET_MODULES_FOR_OPTIMIZATION
+_MIN_TARGETS_FOR_CONDENSING = 20
+
+
+def _layer_index_matcher(settings: LoraSettings):
+    indexes = settings.layers_to_transform
+    if indexes is None or (isinstance(indexes, list) and not indexes):
+        return None
+    wanted = {indexes} if isinstance(indexes, int) else set(indexes)
+    patterns = settings.layers_pattern
+    if patterns:
+        names = [patterns] if isinstance(patterns, str) else patterns
+        compiled = [re.compile(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.") for p in names]
+    else:
+        compiled = [_DEFAULT_LAYER_INDEX]
+
+    def in_wanted_layer(key: str) -> bool:
+        match = None
+        for pattern in compiled:
+            match = pattern.match(key)
+            if match is not None:
+                break
+        return match is not None and int(match.group("idx")) in wanted
+
+    return in_wanted_layer
+
+
+def _exclusion_matcher(settings: LoraSettings):
+    exclude = settings.exclude_modules
+    tests = []
+    if isinstance(exclude, str):
+        exclude_regex = re.compile(exclude)
+        tests.append(lambda key: exclude_regex.fullmatch(key) is not None)
+    elif exclude:
+        names = frozenset(exclude)
+        suffixes = tuple("." + e for e in exclude)
+        tests.append(lambda key: key in names or key.endswith(suffixes))
+    if settings.modules_to_save:
+        # PEFT never adapts anything inside a module it saves in full.
+        saved = [re.compile(rf"(^|.*\.){m}($|\..*)") for m in settings.modules_to_save]
+        tests.append(lambda key: any(p.match(key) for p in saved))
+    if not tests:
+        return None
+    if len(tests) == 1:
+        return tests[0]
+    return lambda key: any(test(key) for test in tests)
+
+
+def resolve_targets(inventory: Inventory, settings: LoraSettings) -> frozenset[str] | str:
+    """PEFT's effective target_modules: the architecture default, 'all-linear' expanded, or as given; a list of
+    20 or more names condensed to the shortest suffixes that still single them out, as PEFT does."""
+    targets = settings.target_modules
+    if targets is None:
+        if not inventory.peft_default_targets:
+            raise EstimateError(
+                "target_modules",
+                f"PEFT has no default target_modules for model type {inventory.model_type!r}; "
+                "please specify `target_modules`.",
+            )
+        resolved = frozenset(inventory.peft_default_targets)
+    elif settings.is_all_linear:
+        resolved = inventory.linear_names
+    elif isinstance(targets, str):
+        return targets
+    else:
+        resolved = frozenset(targets)
+    if len(resolved) >= _MIN_TARGETS_FOR_CONDENSING:
+        resolved = _condensed(resolved, [m.name for m in inventory.modules])
+    return resolved
+
+
+def _suffixes(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[i:]) for i in range(len(parts))][::-1]
+
+
+def _condensed(targets: frozenset[str], module_names: list[str]) -> frozenset[str]:
+    """peft's `_find_minimal_target_modules`, applied when it shortens the list (it changes which names are
+    exact matches, and exact matches skip the `layers_to_transform` filter)."""
+    suffixes = tuple("." + t for t in targets)
+    others = {n for n in module_names if n not in targets and not n.endswith(suffixes)}
+    if "" in targets or not targets.isdisjoint(others):
+        return targets
+    other_suffixes = {suffix for name in others for suffix in _suffixes(name)}
+    required: set[str] = set()
+    for item, item_suffixes in sorted(((t, _suffixes(t)) for t in targets), key=lambda pair: pair[1]):
+        for suffix in item_suffixes:
+            if suffix in required or suffix in other_suffixes:
+                continue
+            if not any(item.endswith("." + r) for r in required):
+                required.add(suffix)
+                break
+    if not required or len(required) >= len(targets):
+        return targets
+    return frozenset(required)
+
+
+def _target_matcher(targets: frozenset[str] | str, settings: LoraSettings):
+    if isinstance(targets, str):
+        target_regex = re.compile(targets)
+        return lambda key: target_regex.fullmatch(key) is not None
+    suffixes = tuple("." + t for t in targets)
+    in_layer = _layer_index_matcher(settings)
+
+    def matches(key: str) -> bool:
+        if key in targets:
+            # PEFT skips the layer filter for exact names, which is why all-linear ignores it.
+            return True
+        if not key.endswith(suffixes):
+            return False
+        return in_layer is None or in_layer(key)
+
+    return matches
+
+
+def _pattern_lookup(patterns: dict, default):
+    compiled = [(re.compile(rf"(.*\.)?({key})$"), value) for key, value in patterns.items()]
+
+    def lookup(key: str):
+        for pattern, value in compiled:
+            if pattern.match(key):
+                return value
+        return default
+
+    return lookup
+
+
+def _unsupported(module: Module) -> EstimateError:
+    if module.kind in ("conv", "mha"):
+        reason = f"{module.type} layers are supported by PEFT but not yet by Tuneboard's estimator"
+    else:
+        reason = (
+            f"{module.type} is not a layer LoRA can adapt (PEFT supports Linear, Embedding, Conv1d/2d/3d, "
+            "MultiheadAttention and transformers' Conv1D)"
+        )
+    return EstimateError("target_modules", f"Target module {module.name!r} matched, but {reason}.")
+
+
+def _select_saved(
+    inventory: Inventory, settings: LoraSettings, adapted_names: set[str]
+) -> tuple[list[Module], tuple[str, ...]]:
+    if not settings.modules_to_save:
+        return [], ()
+    # PEFT's _set_trainable matches a plain suffix here, without a '.' boundary, and skips entries that hit nothing.
+    entries = settings.modules_to_save
+    saved = [m for m in inventory.modules if m.name and any(m.name.endswith(e) for e in entries)]
+    unmatched = tuple(e for e in entries if not any(m.name.endswith(e) for m in saved))
+    for module in saved:
+        entry = next(e for e in entries if module.name.endswith(e))
+        if module.name in adapted_names:
+            raise EstimateError(
+                "modules_to_save",
+                f"modules_to_save entry {entry!r} selects {module.name!r}, which LoRA also adapts; "
+                "PEFT refuses to save an adapted layer in full.",
+            )
+        inside = sorted(n for n in adapted_names if n.startswith(module.name + "."))
+        if inside:
+            # PEFT accepts this one (unlike the case above) but builds a model nobody wants, so Tuneboard refuses.
+            raise EstimateError(
+                "modules_to_save",
+                f"modules_to_save entry {entry!r} selects {module.name!r} (entries match a plain suffix), which "
+                f"contains LoRA-targeted {inside[0]!r}: PEFT would copy it together with its LoRA layers, freeze "
+                "the original adapter and train the copy's full weights plus a duplicate adapter. To train the "
+                f"module in full, name it exactly ({module.short_name!r}); otherwise drop this entry.",
+            )
+    return saved, unmatched
+
+
+def _pattern_checks(settings: LoraSettings, targets: frozenset[str] | str) -> list[PatternCheck]:
+    """Every regular expression PEFT will run for these settings, as it builds them."""
+    checks = []
+    if isinstance(targets, str):
+        checks.append(PatternCheck("target_modules", targets, targets, "fullmatch"))
+    if isinstance(settings.exclude_modules, str):
+        checks.append(PatternCheck("exclude_modules", settings.exclude_modules, settings.exclude_modules, "fullmatch"))
+    for entry in settings.modules_to_save or []:
+        checks.append(PatternCheck("modules_to_save", entry, rf"(^|.*\.){entry}($|\..*)", "match"))
+    for field in ("rank_pattern", "alpha_pattern"):
+        for key in getattr(settings, field):
+            checks.append(PatternCheck(field, key, rf"(.*\.)?({key})$", "match"))
+    layers = settings.layers_pattern
+    if settings.layers_to_transform is not None and layers:
+        for pattern in [layers] if isinstance(layers, str) else layers:
+            checks.append(PatternCheck("layers_pattern", pattern, rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", "match"))
+    return checks
+
+
+def check_pattern_cost(settings: LoraSettings, module_names: list[str]) -> None:
+    """PatternTooCostly when the settings' patterns would take PEFT too long against these module names.
+
+    The estimate checks this with the model's inventory; a worker checks it again with the loaded model,
+    since a job may have been launched before the inventory existed."""
+    targets = settings.target_modules if isinstance(settings.target_modules, str) else frozenset()
+    check_cost(_pattern_checks(settings, targets), [name for name in module_names if name])
+
+
+def select_modules(inventory: Inventory, settings: LoraSettings) -> Selection:
+    """The modules LoRA adapts (with their rank and alpha) and the modules saved in full."""
+    targets = resolve_targets(inventory, settings)
+    try:
+        check_cost(_pattern_checks(settings, targets), [m.name for m in inventory.modules if m.name])
+    except PatternTooCostly as exc:
+        raise EstimateError(exc.field, exc.message) from None
+    is_excluded = _exclusion_matcher(settings)
+    is_target = _target_matcher(targets, settings)
+    rank_of = _pattern_lookup(settings.rank_pattern, settings.r)
+    alpha_of = _pattern_lookup(settings.alpha_pattern, settings.lora_alpha)
+
+    has_patterns = bool(settings.rank_pattern or settings.alpha_pattern)
+    adapted: list[AdaptedModule] = []
+    excluded = unmatched = 0
+    for module in inventory.modules:
+        key = module.name
+        if not key:
+            continue
+        if is_excluded is not None and is_excluded(key):
+            excluded += 1
+        elif not is_target(key):
+            unmatched += 1
+        else:
+            if module.kind not in ADAPTABLE_KINDS:
+                raise _unsupported(module)
+            adapted.append(AdaptedModule(module, rank_of(key), alpha_of(key)) if has_patterns
+                           else AdaptedModule(module, settings.r, settings.lora_alpha))
+
+    if not adapted:
+        raise _no_match_error(settings, targets, excluded, unmatched)
+    saved, unmatched_saves = _select_saved(inventory, settings, {a.module.name for a in adapted})
+    return Selection(adapted, saved, targets, unmatched_saves)
+
+
+def _no_match_error(settings: LoraSettings, targets, excluded: int, unmatched: int) -> EstimateError:
+    if excluded and not unmatched:
+        return EstimateError(
+            "exclude_modules",
+            "All modules were excluded. Check your `target_modules`, `exclude_modules` and `modules_to_save`.",
+        )
+    shown = targets if isinstance(targets, str) else sorted(targets)
+    if not excluded:
+        message = f"Target modules {shown} not found in the base model."
+        field = "target_modules"
+    else:
+        message = (
+            "No modules were targeted for adaptation: the target modules that matched are all excluded "
+            "by `exclude_modules` or `modules_to_save`."
+        )
+        field = "exclude_modules" if settings.exclude_modules else "modules_to_save"
+    if settings.layers_to_transform is not None:
+        message += f" Note: you specified layers_to_transform={settings.layers_to_transform}."
+        field = "layers_to_transform"
+    if settings.layers_pattern is not None:
+        message += f" You also specified layers_pattern={settings.layers_pattern!r}."
+    return EstimateError(field, message)

@@ -1,0 +1,48 @@
+"""Whether a run's memory estimate fits the GPUs of the queue it is sent to, from live workers' announcements.
+
+Must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+from app.estimator.advice import Advice
+from app.fleet.worker_registry import WorkerInfo
+
+
+def _ways_to_shrink(gradient_checkpointing: bool, precision: str) -> str:
+    ways = ["lower the batch size or sequence length"]
+    if not gradient_checkpointing:
+        ways.append("turn on gradient checkpointing")
+    if precision != "4bit":
+        ways.append("load the base in 4-bit")
+    return ", ".join(ways[:-1]) + f", or {ways[-1]}" if len(ways) > 1 else ways[0]
+
+
+def _gib(value: int) -> str:
+    return f"{value / 1024**3:.1f} GiB"
+
+
+def queue_memory_advice(queue: str, workers: list[WorkerInfo], memory_total: int, *,
+                        gradient_checkpointing: bool, precision: str) -> Advice | None:
+    """A warning beside the queue field when the estimate does not fit (some of) its workers' GPUs."""
+    gpus = [w for w in workers if w.gpu_memory_bytes]
+    if not workers:
+        return None
+    if not gpus:
+        devices = ", ".join(sorted({w.device for w in workers}))
+        return Advice(field="queue", level="info", message=f"No worker on queue {queue!r} has a GPU ({devices}): "
+                      "the run would train on the CPU, which suits only tiny models.")
+    too_small = [w for w in gpus if w.gpu_memory_bytes < memory_total]
+    if not too_small:
+        return None
+    smallest = min(too_small, key=lambda w: w.gpu_memory_bytes)
+    where = f"{smallest.device} ({_gib(smallest.gpu_memory_bytes)}) on {smallest.hostname}"
+    if len(too_small) == len(gpus):
+        message = (f"The memory estimate, {_gib(memory_total)}, does not fit queue {queue!r}: its largest GPU is "
+                   f"{_gib(max(w.gpu_memory_bytes for w in gpus))}. Pick a queue with a larger GPU, or "
+                   f"{_ways_to_shrink(gradient_checkpointing, precision)}.")
+    else:
+        message = (f"The memory estimate, {_gib(memory_total)}, fits {len(gpus) - len(too_small)} of {len(gpus)} "
+                   f"GPU workers on queue {queue!r}; it does not fit {where}, which may take the job and run out "
+                   "of memory.")
+    return Advice(field="queue", level="warning", message=message)

@@ -1,0 +1,1 @@
+"""Fine-tuning jobs: the lifecycle state machine, launch, live streams, history, compare and their routes."""

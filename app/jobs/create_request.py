@@ -1,0 +1,89 @@
+"""The create-job request as OpenAI's API shapes it, plus Tuneboard's `lora` / `training` extensions.
+
+Turns it into the JobConfig the job stores. OpenAI's hyperparameters map onto the training settings:
+n_epochs -> num_epochs, batch_size -> batch_size, learning_rate_multiplier x BASE_LEARNING_RATE ->
+learning_rate; an explicit `training.learning_rate` wins. Must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from app.estimator.job_config import JobConfig, TrainingSettings
+from app.estimator.lora_settings import LoraSettings
+
+BASE_LEARNING_RATE = 2e-4
+Auto = Literal["auto"]
+# OpenAI's limits on metadata: 16 pairs, keys up to 64 characters, values up to 512.
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Bounds checked here so an error names the field the caller sent, not the training setting it maps to.
+    n_epochs: Annotated[int, Field(ge=1, le=1000)] | Auto | None = Field(
+        None, description="Passes over the training file."
+    )
+    batch_size: Annotated[int, Field(ge=1, le=4096)] | Auto | None = Field(None, description="Micro-batch size.")
+    learning_rate_multiplier: Annotated[float, Field(gt=0)] | Auto | None = Field(
+        None, description=f"Multiplies Tuneboard's base learning rate of {BASE_LEARNING_RATE}."
+    )
+
+
+class SupervisedMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: Hyperparameters | None = None
+
+
+class Method(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["supervised"] = Field("supervised", description="Only supervised fine-tuning (LoRA) is offered.")
+    supervised: SupervisedMethod | None = None
+
+
+class CreateJobRequest(BaseModel):
+    """POST /v1/fine_tuning/jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., min_length=1, examples=["HuggingFaceTB/SmolLM2-135M-Instruct"])
+    training_file: str = Field(..., min_length=1)
+    validation_file: str | None = None
+    suffix: str | None = Field(None, max_length=64)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(
+        None, max_length=16, description="Up to 16 string pairs, echoed back and filterable in the list."
+    )
+    hyperparameters: Hyperparameters | None = Field(None, description="Deprecated by OpenAI; use method.")
+    method: Method | None = None
+    integrations: list[Any] | None = Field(None, max_length=0, description="Not supported; leave empty.")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="peft.LoraConfig fields.")
+    training: dict[str, Any] = Field(default_factory=dict, description="TrainingSettings fields to override.")
+    queue: str | None = Field(None, min_length=1, max_length=128, description="Worker queue (GPU class).")
+
+    def hyperparameters_given(self) -> Hyperparameters:
+        """The hyperparameters from `method`, else the legacy top-level field, else none."""
+        if self.method and self.method.supervised and self.method.supervised.hyperparameters:
+            return self.method.supervised.hyperparameters
+        return self.hyperparameters or Hyperparameters()
+
+    def to_job_config(self) -> JobConfig:
+        """The stored config; raises pydantic's ValidationError naming the `training.*` field at fault."""
+        training: dict[str, Any] = {}
+        given = self.hyperparameters_given()
+        if isinstance(given.n_epochs, int):
+            training["num_epochs"] = given.n_epochs
+        if isinstance(given.batch_size, int):
+            training["batch_size"] = given.batch_size
+        if isinstance(given.learning_rate_multiplier, float | int):
+            training["learning_rate"] = BASE_LEARNING_RATE * given.learning_rate_multiplier
+        if self.seed is not None:
+            training["seed"] = self.seed
+        training.update(self.training)
+        return JobConfig(model=self.model, lora=self.lora, training=TrainingSettings.model_validate(training))

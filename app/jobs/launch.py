@@ -1,0 +1,131 @@
+"""Launching a job: check its files and config, take the estimate at launch, and submit it.
+
+Shared by the REST API and the launch form. Must not import torch or `workers`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.accounts.auth import team_scoped
+from app.accounts.users import Principal
+from app.base_models.inventories import InventoryUnavailable, get_inventory
+from app.estimator.estimate import EstimateRequest, TrainingKnobs, estimate
+from app.estimator.job_config import JobConfig
+from app.estimator.limits import ImpossibleSettings, check_rank_limits, memory_over_every_worker
+from app.fleet import worker_registry
+from app.jobs import lifecycle, streams
+from app.settings import Settings
+from app.tables import DataFile, Job
+
+
+class LaunchError(ValueError):
+    """A job that cannot be launched; `param` names the request field at fault."""
+
+    def __init__(self, param: str, message: str, *, status: int = 400, code: str = "invalid_value"):
+        super().__init__(message)
+        self.param, self.message, self.status, self.code = param, message, status, code
+
+
+def estimate_at_launch(config: JobConfig, examples: int, has_validation: bool, settings: Settings) -> dict | None:
+    """The estimate the job is launched with; None while a non-catalog model's inventory is unknown."""
+    from app.estimator.matching import EstimateError
+
+    try:
+        inventory = get_inventory(config.model, settings)
+    except InventoryUnavailable as exc:
+        if exc.refused:  # an unknown model (or absurd config) is refused; one not computed yet is not
+            raise LaunchError("model", exc.message, status=exc.status, code=exc.code) from None
+        return None
+    knobs = TrainingKnobs(
+        precision="4bit" if config.training.load_in_4bit else config.training.precision,
+        sequence_length=config.training.sequence_length, batch_size=config.training.batch_size,
+        gradient_checkpointing=config.training.gradient_checkpointing, dataset_examples=examples,
+        has_validation_set=has_validation,
+    )
+    try:
+        result = estimate(inventory, EstimateRequest(model=config.model, lora=config.lora, training=knobs))
+    except EstimateError as exc:
+        raise LaunchError(f"lora.{exc.field}", exc.message, code="invalid_lora_config") from exc
+    try:
+        check_rank_limits(result.modules, config.lora.r)
+    except ImpossibleSettings as exc:
+        raise LaunchError(f"lora.{exc.field}", exc.message, code="rank_above_layer", status=exc.status) from exc
+    return result.model_dump(mode="json")
+
+
+def _file(session: Session, principal: Principal, file_id: str | None, param: str) -> DataFile | None:
+    if file_id is None:
+        return None
+    record = team_scoped(session, DataFile, file_id, principal)
+    if record is None:
+        raise LaunchError(param, f"No file with id {file_id!r}.", status=404, code="file_not_found")
+    return record
+
+
+def launch(session: Session, settings: Settings, principal: Principal, config: JobConfig, *, training_file: str,
+           validation_file: str | None = None, suffix: str | None = None, metadata: dict[str, Any] | None = None,
+           queue: str | None = None) -> Job:
+    """Validate, estimate, store the job as queued and send it to its queue."""
+    train = _file(session, principal, training_file, "training_file")
+    validation = _file(session, principal, validation_file, "validation_file")
+    split = config.training.validation_split
+    if split and validation is not None:
+        raise LaunchError("training.validation_split", "give a validation file or a validation split, not both")
+    if split and train.examples * split / 100 < 1:
+        raise LaunchError("training.validation_split",
+                          f"{split}% of {train.examples} examples holds out no example; raise the split")
+    if config.training.eval_steps and validation is None and not split:
+        raise LaunchError("training.eval_steps", "evaluation needs a validation file or a validation split")
+    if queue is not None:
+        _require_known_queue(queue, settings)
+    if config.training.load_in_4bit:
+        _require_qlora_worker(queue or settings.default_queue)
+    examples = train.examples - (int(train.examples * split / 100) if split else 0)
+    has_validation = validation is not None or split > 0
+    launch_estimate = estimate_at_launch(config, examples, has_validation, settings)
+    if launch_estimate is not None:
+        _require_memory_fits(launch_estimate["memory"]["total"], queue or settings.default_queue)
+    job = Job(model=config.model, queue=queue or settings.default_queue, config=config.model_dump(mode="json"),
+              team_id=principal.team.id, created_by=principal.user.id,
+              estimate=launch_estimate,
+              training_file_id=train.id, validation_file_id=validation.id if validation else None,
+              suffix=suffix, metadata_=metadata)
+    return lifecycle.submit(session, _redis_or_none(), job, settings)
+
+
+def _require_known_queue(queue: str, settings: Settings) -> None:
+    client = _redis_or_none()
+    served = worker_registry.queues_served(worker_registry.live_workers(client)) if client else {}
+    allowed = worker_registry.allowed_queues(served, settings.default_queue, settings.extra_queue_list)
+    if queue not in allowed:
+        raise LaunchError("queue", f"queue: no live worker serves {queue!r} and no admin configured it "
+                          f"(TUNEBOARD_QUEUES); allowed: {', '.join(allowed)}", code="unknown_queue")
+
+
+def _require_memory_fits(memory_total: int, queue: str) -> None:
+    client = _redis_or_none()
+    workers = worker_registry.queues_served(worker_registry.live_workers(client)).get(queue, []) if client else []
+    reason = memory_over_every_worker(memory_total, queue,
+                                      [(w.hostname, w.device, w.training_memory_bytes) for w in workers])
+    if reason:
+        raise LaunchError("queue", f"queue: {reason}", status=422, code="exceeds_worker_memory")
+
+
+def _require_qlora_worker(queue: str) -> None:
+    client = _redis_or_none()
+    workers = worker_registry.queues_served(worker_registry.live_workers(client)).get(queue, []) if client else []
+    if not any(w.qlora for w in workers):
+        raise LaunchError("training.load_in_4bit", f"4-bit QLoRA needs a worker with a CUDA GPU and bitsandbytes; "
+                          f"no live worker on queue {queue!r} has both")
+
+
+def _redis_or_none():
+    try:
+        client = streams.get_redis()
+        client.ping()
+        return client
+    except Exception:  # noqa: BLE001 - the job is still stored; submit() reports the unreachable queue
+        return None

@@ -1,0 +1,1 @@
+"""Artifacts (datasets, checkpoints, adapters) by key in the configured store, and the path gate."""
