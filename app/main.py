@@ -13,12 +13,11 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.accounts import pages as account_pages
 from app.accounts import sign_in_pages
-from app.accounts.auth import current_principal
+from app.accounts.auth import current_principal, install_auth_handlers
 from app.base_models import api as models_api
-from app.configure import estimate_api
+from app.configure import data_card, estimate_api
 from app.configure import page as configure_page
 from app.datasets import files_api
-from app.datasets import pages as dataset_pages
 from app.estimator import catalog
 from app.estimator.inventory import load_inventory
 from app.jobs import api as jobs_api
@@ -30,7 +29,8 @@ from app.ops import routes as ops_routes
 from app.ops.logging_setup import configure_logging
 from app.ops.migrate import upgrade_database
 from app.settings import get_settings
-from app.web.api_errors import document_error_envelope, install_auth_handlers, install_error_handlers
+from app.storage.http_errors import install_store_error_handler
+from app.web.api_errors import document_error_envelope, install_error_handlers
 from app.web.body_limit import BodyLimitMiddleware, document_body_limit
 from app.web.nul_guard import NulGuardMiddleware, document_nul_refusal
 from app.web.security_headers import SecurityHeadersMiddleware
@@ -74,6 +74,7 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
     install_auth_handlers(app)
+    install_store_error_handler(app)
     app.add_middleware(NulGuardMiddleware)  # before any route can hand a NUL to the database
     app.add_middleware(BodyLimitMiddleware, settings=get_settings)
     app.add_middleware(SecurityHeadersMiddleware)
@@ -87,7 +88,7 @@ def create_app() -> FastAPI:
     app.include_router(ops_routes.router)
     app.include_router(sign_in_pages.router)
     signed_in = [Depends(current_principal)]
-    for module in (configure_page, history_pages, job_pages, compare_pages, dataset_pages, account_pages, models_api,
+    for module in (configure_page, history_pages, job_pages, compare_pages, data_card, account_pages, models_api,
                    estimate_api, files_api, jobs_api, stream_api):
         app.include_router(module.router, dependencies=signed_in)
     _serve_schema(app, signed_in)

@@ -129,9 +129,10 @@ def wait_finished(job_id: str, timeout: float) -> str:
 
 
 def timeline(job_id: str, cold: bool, submit: float, returned: float, status: str) -> Timeline:
+    from app import redis_client
     from app.jobs import streams
 
-    entries = streams.read_since(streams.get_redis(), job_id, count=100_000)
+    entries = streams.read_since(redis_client.get_redis(), job_id, count=100_000)
 
     def at(entry) -> float:
         return int(entry.id.split("-")[0]) / 1000

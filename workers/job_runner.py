@@ -14,10 +14,11 @@ import threading
 import traceback
 from pathlib import Path
 
+from app import redis_client
 from app.datasets.validator import load_examples, split_validation
 from app.db import new_session
 from app.estimator.job_config import JobConfig
-from app.jobs import lifecycle, streams
+from app.jobs import lifecycle
 from app.ops.logging_setup import add_log_fields
 from app.settings import Settings, get_settings
 from app.storage import artifacts
@@ -76,7 +77,7 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
     from workers.training import TrainingFailure, TrainingRun, train
 
     settings = get_settings()
-    client = streams.get_redis()
+    client = redis_client.get_redis()
     with new_session() as session:
         claimed = lifecycle.claim(session, job_id, worker, settings, task_id=task_id)
         if claimed is None:

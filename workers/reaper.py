@@ -15,8 +15,8 @@ import subprocess
 
 import psutil
 
+from app import redis_client
 from app.fleet import worker_registry
-from app.jobs import streams
 from app.jobs.lease_reaper import ReaperThread, interval_seconds
 from app.tables import now
 
@@ -29,7 +29,7 @@ def announce(hostname: str, queues: list[str], ttl: float) -> None:
     info = {"hostname": hostname, "host": socket.gethostname(), "queues": queues, "seen_at": now(),
             # A CPU worker trains in RAM: launch refuses a run larger than every worker's memory, RAM included.
             "ram_bytes": psutil.virtual_memory().total, **_device_info()}
-    worker_registry.announce(streams.get_redis(), info, ttl)
+    worker_registry.announce(redis_client.get_redis(), info, ttl)
 
 
 @functools.cache

@@ -11,12 +11,14 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.accounts import credentials, users
 from app.db import new_session
+from app.web.api_errors import error_response, is_api_path
 
 SESSION_COOKIE = "tuneboard_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -34,11 +36,6 @@ class Forbidden(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
-
-
-def is_api_path(path: str) -> bool:
-    """Whether a path belongs to the REST API (JSON errors) rather than the pages (redirects)."""
-    return path.startswith("/v1/") or path in ("/openapi.json",)
 
 
 def sign_in_url(request: Request) -> str:
@@ -116,3 +113,23 @@ def team_scoped(session: Session, model, object_id: str, principal: users.Princi
     """The object with this id if it belongs to the caller's team, else None (as if it did not exist)."""
     found = session.get(model, object_id)
     return found if found is not None and found.team_id == principal.team.id else None
+
+
+def install_auth_handlers(app: FastAPI) -> None:
+    """Anonymous callers: 401 in the envelope on the API, a redirect to sign in on pages; 403 when refused."""
+    @app.exception_handler(NotAuthenticated)
+    async def _anonymous(request: Request, exc: NotAuthenticated):
+        if is_api_path(request.url.path) or request.headers.get("HX-Request") == "true":
+            response = error_response(401, "Sign in, or send an API token as 'Authorization: Bearer tb_...' "
+                                      "(create one on your account page).", type_="invalid_request_error",
+                                      code="invalid_api_key")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        return RedirectResponse(sign_in_url(request), status_code=303)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden):
+        if is_api_path(request.url.path) or request.headers.get("HX-Request") == "true":
+            return error_response(403, exc.message, type_="invalid_request_error", code="forbidden")
+        return HTMLResponse(f"<!doctype html><title>Not allowed</title><p>{exc.message}</p>"
+                            '<p><a href="/">Back to Tuneboard</a></p>', status_code=403)

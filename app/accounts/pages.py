@@ -14,14 +14,26 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlalchemy import select
 
+from app import redis_client
 from app.accounts import invitations, sign_in_limits, users
 from app.accounts.auth import SESSION_COOKIE, AdminDep, BrowserDep, PrincipalDep
-from app.db import SessionDep
-from app.jobs import streams
+from app.db import SessionDep, new_session
 from app.tables import ApiToken, Membership, User
 from app.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
+
+
+def user_teams(request) -> dict:
+    """For the header's team switcher: the signed-in user's teams."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None or principal.via != "session":
+        return {"user_teams": []}
+    with new_session() as session:
+        return {"user_teams": [team for team, _role in users.memberships(session, principal.user)]}
+
+
+templates.context_processors.append(user_teams)
 
 
 def _account(request: Request, session, principal, status_code: int | None = None, **extra) -> HTMLResponse:
@@ -67,7 +79,7 @@ def change_password(request: Request, session: SessionDep, principal: BrowserDep
     attempt = None
     if not users.may_skip_current_password(session, principal.user, cookie):
         # Someone holding a stolen session must not guess the password at full speed either.
-        client = streams.get_redis()
+        client = redis_client.get_redis()
         try:
             attempt = sign_in_limits.reserve(client, principal.user.email, request.client.host if request.client
                                              else "unknown")
@@ -82,10 +94,10 @@ def change_password(request: Request, session: SessionDep, principal: BrowserDep
                                          cookie=cookie, revoke_tokens=revoke_tokens)
     except users.AccountError as exc:
         if attempt is not None and exc.field != "current_password":  # the current password was right
-            sign_in_limits.succeeded(streams.get_redis(), attempt)
+            sign_in_limits.succeeded(redis_client.get_redis(), attempt)
         return _account(request, session, principal, errors={exc.field: exc.message})
     if attempt is not None:
-        sign_in_limits.succeeded(streams.get_redis(), attempt)
+        sign_in_limits.succeeded(redis_client.get_redis(), attempt)
     notice = f"Password changed; {ended} other session{'s' if ended != 1 else ''} signed out"
     notice += " and every API token revoked." if revoke_tokens else "."
     return _account(request, session, principal, notice=notice)

@@ -12,10 +12,10 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from app import redis_client
 from app.accounts import credentials, invitations, sign_in_limits, users
 from app.accounts.auth import SESSION_COOKIE, BrowserDep, Forbidden, PrincipalDep
 from app.db import SessionDep
-from app.jobs import streams
 from app.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -59,7 +59,7 @@ def login(request: Request, session: SessionDep, email: Annotated[str, Form()] =
           password: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/"):
     """Check the password (throttled), then start a session and go where the user was headed."""
     email = users.normalise_email(email)
-    client = streams.get_redis()
+    client = redis_client.get_redis()
     context = {"next": _safe_next(next), "email": email}
     try:
         attempt = sign_in_limits.reserve(client, email, _client_address(request))

@@ -20,8 +20,8 @@ from app.estimator import catalog
 from app.estimator.config_limits import FAILURE_PREFIX, ConfigTooLarge, check_config_size
 from app.estimator.inventory import Inventory, load_inventory
 from app.fleet import offloaded
+from app.safe_paths import inside
 from app.settings import Settings, get_settings
-from app.storage.safe_paths import inside
 
 # A config.json larger than this is not a config (real ones are a few kB).
 MAX_CONFIG_BYTES = 1024 * 1024

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.safe_paths import is_within
 from app.settings import Settings
-from app.storage.safe_paths import is_within
 
 # The hub's longest id is a 96-character name under a namespace; anything far longer is not one.
 MAX_MODEL_ID_CHARS = 256

@@ -9,12 +9,12 @@ import logging
 import redis
 from sqlalchemy import select
 
+from app import redis_client
 from app.accounts.auth import team_scoped
 from app.accounts.users import Principal
 from app.db import new_session
 from app.estimator.run_plan import CHARACTERS_PER_TOKEN, plan_run
 from app.fleet import worker_registry
-from app.jobs import streams
 from app.settings import Settings
 from app.tables import DataFile, Job
 
@@ -84,7 +84,7 @@ def launch_context(values: dict, settings: Settings, principal: Principal) -> di
 
 def _queues(settings: Settings) -> list[dict]:
     try:
-        served = worker_registry.queues_served(worker_registry.live_workers(streams.get_redis()))
+        served = worker_registry.queues_served(worker_registry.live_workers(redis_client.get_redis()))
     except redis.RedisError:
         log.warning("cannot list live workers", exc_info=True)
         served = {}

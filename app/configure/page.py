@@ -12,6 +12,7 @@ from app.accounts.auth import PrincipalDep, team_scoped
 from app.accounts.users import Principal
 from app.base_models.inventories import InventoryUnavailable, cached_inventory, forget_failure, get_inventory
 from app.configure import form_fields
+from app.configure.clone import clone_values
 from app.configure.launch_context import apply_dataset_facts, launch_context
 from app.configure.launch_form import job_config
 from app.db import SessionDep
@@ -23,7 +24,6 @@ from app.estimator.limits import check_rank_limits
 from app.estimator.matching import EstimateError
 from app.estimator.presets import presets_for
 from app.fleet.queue_fit import queue_memory_advice
-from app.jobs.clone import clone_values
 from app.jobs.launch import LaunchError, launch
 from app.settings import Settings, get_settings
 from app.tables import Job

@@ -12,9 +12,9 @@ from typing import Literal, get_args
 
 from app.base_models.inventories import ModelSource, resolve_source
 from app.fleet import offloaded
+from app.safe_paths import inside
 from app.settings import Settings
 from app.storage import artifacts
-from app.storage.safe_paths import inside
 from app.tables import DataFile
 
 LossOn = Literal["assistant", "all"]

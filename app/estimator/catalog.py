@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from app.storage.safe_paths import inside
+from app.safe_paths import inside
 
 DATA_DIR = Path(__file__).parent / "catalog_data"
 

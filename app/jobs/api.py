@@ -17,10 +17,11 @@ from pydantic import ValidationError
 from sqlalchemy import Text, cast, or_, select
 from sqlalchemy.orm import Session
 
+from app import redis_client
 from app.accounts.auth import PrincipalDep, team_scoped
 from app.accounts.users import Principal
 from app.db import SessionDep
-from app.jobs import adapter_card, lifecycle, metric_downsampling, streams
+from app.jobs import adapter_card, lifecycle, metric_downsampling
 from app.jobs.api_shapes import checkpoint_object, checkpoint_steps_metrics, event_object, job_object, metric_point
 from app.jobs.create_request import CreateJobRequest
 from app.jobs.launch import LaunchError, launch
@@ -170,7 +171,7 @@ def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep):
     if job.is_finished:
         return error_response(400, f"Job {job_id} already {job.status}.", param="fine_tuning_job_id",
                               code="job_finished")
-    return job_object(lifecycle.cancel(session, streams.get_redis(), job, get_settings()))
+    return job_object(lifecycle.cancel(session, redis_client.get_redis(), job, get_settings()))
 
 
 # Ids are 64-bit integers: at most 18 ASCII digits, so a cursor never overflows the database's integer.

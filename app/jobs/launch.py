@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app import redis_client
 from app.accounts.auth import team_scoped
 from app.accounts.users import Principal
 from app.base_models.inventories import InventoryUnavailable, get_inventory
@@ -16,7 +17,7 @@ from app.estimator.estimate import EstimateRequest, TrainingKnobs, estimate
 from app.estimator.job_config import JobConfig
 from app.estimator.limits import ImpossibleSettings, check_rank_limits, memory_over_every_worker
 from app.fleet import worker_registry
-from app.jobs import lifecycle, streams
+from app.jobs import lifecycle
 from app.settings import Settings
 from app.tables import DataFile, Job
 
@@ -124,7 +125,7 @@ def _require_qlora_worker(queue: str) -> None:
 
 def _redis_or_none():
     try:
-        client = streams.get_redis()
+        client = redis_client.get_redis()
         client.ping()
         return client
     except Exception:  # noqa: BLE001 - the job is still stored; submit() reports the unreachable queue

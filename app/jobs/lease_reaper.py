@@ -14,8 +14,9 @@ from collections.abc import Callable
 import redis
 from kombu.exceptions import OperationalError
 
+from app import redis_client
 from app.db import new_session
-from app.jobs import lifecycle, streams
+from app.jobs import lifecycle
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -25,13 +26,13 @@ def reap_once() -> tuple[list[str], list[str]]:
     """One pass over expired leases: (requeued, ended) job ids."""
     settings = get_settings()
     with new_session() as session:
-        return lifecycle.reap_expired(session, streams.get_redis(), settings)
+        return lifecycle.reap_expired(session, redis_client.get_redis(), settings)
 
 
 def resend_once() -> list[str]:
     """One pass over queued jobs the broker no longer holds: the ids sent again."""
     with new_session() as session:
-        return lifecycle.resend_stranded(session, streams.get_redis(), get_settings(),
+        return lifecycle.resend_stranded(session, redis_client.get_redis(), get_settings(),
                                          grace_seconds=resend_grace_seconds())
 
 

@@ -20,9 +20,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from starlette.routing import Match, Mount
 
+from app import redis_client
 from app.db import new_session
 from app.fleet import worker_registry
-from app.jobs import streams
 from app.ops.logging_setup import ACCESS_LOGGER
 from app.settings import Settings
 from app.tables import TERMINAL_STATUSES, Job
@@ -60,7 +60,7 @@ class JobsCollector(Collector):
             logging.getLogger(__name__).warning("metrics: database unreadable", exc_info=True)
             up.add_metric(["database"], 0)
         try:
-            families += _redis_figures(streams.get_redis(), queues)
+            families += _redis_figures(redis_client.get_redis(), queues)
             up.add_metric(["redis"], 1)
         except redis.RedisError:
             logging.getLogger(__name__).warning("metrics: Redis unreadable", exc_info=True)

@@ -20,10 +20,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
+from app.safe_paths import UnsafePath, inside
 from app.settings import Settings
 from app.storage.keys import ArtifactMissing, StoredObject, safe_key
 from app.storage.local import LocalStore
-from app.storage.safe_paths import UnsafePath, inside
 
 __all__ = ["ArtifactMissing", "StoreUnavailable", "StoredObject"]
 

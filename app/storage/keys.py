@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.storage.safe_paths import UnsafePath, checked_key
+from app.safe_paths import UnsafePath, checked_key
 
 
 class ArtifactMissing(FileNotFoundError):

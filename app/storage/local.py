@@ -12,8 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from app.safe_paths import inside
 from app.storage.keys import ArtifactMissing, StoredObject, safe_key
-from app.storage.safe_paths import inside
 
 
 class LocalStore:

@@ -11,8 +11,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.storage.artifacts import StoreUnavailable
-
 logger = logging.getLogger(__name__)
 
 
@@ -95,10 +93,13 @@ def _http_message(request: Request, exc: StarletteHTTPException) -> str:
     return str(exc.detail)
 
 
+def is_api_path(path: str) -> bool:
+    """Whether a path belongs to the REST API (JSON errors) rather than the pages (redirects)."""
+    return path.startswith("/v1/") or path in ("/openapi.json",)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer API errors with the envelope (a crash on a page stays a plain 500)."""
-    from app.accounts.auth import is_api_path
-
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         param, message = describe_validation_error(exc)
@@ -117,15 +118,6 @@ def install_error_handlers(app: FastAPI) -> None:
         response.headers.update(exc.headers or {})  # e.g. Allow on a 405
         return response
 
-    @app.exception_handler(StoreUnavailable)
-    async def _store_unavailable(request: Request, exc: StoreUnavailable):
-        # Any route that reads or writes the artifact store (a download, a preview): the store's name and the
-        # cause tell an operator what to fix, where a bare 500 tells nothing.
-        logger.warning("%s %s: %s", request.method, request.url.path, exc)
-        if not is_api_path(request.url.path):
-            return PlainTextResponse(str(exc), status_code=503)
-        return error_response(503, str(exc), type_="server_error", code="artifact_store_unavailable")
-
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         # Starlette still logs the traceback; an OpenAI client expects the envelope even for a crash.
@@ -133,27 +125,3 @@ def install_error_handlers(app: FastAPI) -> None:
             return PlainTextResponse("Internal Server Error", status_code=500)
         return error_response(500, "The server failed to answer this request; the error is logged.",
                               type_="server_error", code="internal_error")
-
-
-def install_auth_handlers(app: FastAPI) -> None:
-    """Anonymous callers: 401 in the envelope on the API, a redirect to sign in on pages; 403 when refused."""
-    from fastapi.responses import HTMLResponse, RedirectResponse
-
-    from app.accounts.auth import Forbidden, NotAuthenticated, is_api_path, sign_in_url
-
-    @app.exception_handler(NotAuthenticated)
-    async def _anonymous(request: Request, exc: NotAuthenticated):
-        if is_api_path(request.url.path) or request.headers.get("HX-Request") == "true":
-            response = error_response(401, "Sign in, or send an API token as 'Authorization: Bearer tb_...' "
-                                      "(create one on your account page).", type_="invalid_request_error",
-                                      code="invalid_api_key")
-            response.headers["WWW-Authenticate"] = "Bearer"
-            return response
-        return RedirectResponse(sign_in_url(request), status_code=303)
-
-    @app.exception_handler(Forbidden)
-    async def _forbidden(request: Request, exc: Forbidden):
-        if is_api_path(request.url.path) or request.headers.get("HX-Request") == "true":
-            return error_response(403, exc.message, type_="invalid_request_error", code="forbidden")
-        return HTMLResponse(f"<!doctype html><title>Not allowed</title><p>{exc.message}</p>"
-                            '<p><a href="/">Back to Tuneboard</a></p>', status_code=403)

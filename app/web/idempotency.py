@@ -19,7 +19,7 @@ import redis
 from fastapi import Header
 from fastapi.responses import JSONResponse
 
-from app.jobs import streams
+from app import redis_client
 from app.web.api_errors import error_response
 
 KEY_PREFIX = "tuneboard:idem:"
@@ -61,7 +61,7 @@ def run_once(team_id: str, endpoint: str, key: str | None, request_fingerprint: 
     """
     if key is None:
         return create()
-    client = streams.get_redis()
+    client = redis_client.get_redis()
     name = _redis_key(team_id, endpoint, key)
     try:
         earlier = _claim(client, name, request_fingerprint)

@@ -6,7 +6,6 @@ import time
 
 from fastapi.templating import Jinja2Templates
 
-from app.jobs.adapter_card import adapter_name, trained_on_chat
 from app.settings import get_settings
 
 
@@ -69,19 +68,8 @@ def wants_fragment(request) -> bool:
     return headers.get("HX-Request") == "true" and headers.get("HX-History-Restore-Request") != "true"
 
 
-def user_teams(request) -> dict:
-    """For the header's team switcher: the signed-in user's teams."""
-    principal = getattr(request.state, "principal", None)
-    if principal is None or principal.via != "session":
-        return {"user_teams": []}
-    from app.accounts.users import memberships
-    from app.db import new_session
-
-    with new_session() as session:
-        return {"user_teams": [team for team, _role in memberships(session, principal.user)]}
-
-
-templates = Jinja2Templates(directory=str(get_settings().templates_dir), context_processors=[user_teams])
+# Domains add their own context processors and filters where their pages are defined (accounts: the team
+# switcher; jobs: adapter names), so this module imports no domain.
+templates = Jinja2Templates(directory=str(get_settings().templates_dir))
 templates.env.filters.update(thousands=thousands, human_bytes=human_bytes, compact=compact, datetime=datetime_utc,
-                             clock=clock, day_time=day_time, iso=iso, duration=duration, adapter_name=adapter_name,
-                             trained_on_chat=trained_on_chat)
+                             clock=clock, day_time=day_time, iso=iso, duration=duration)

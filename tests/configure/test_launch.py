@@ -12,9 +12,9 @@ from sqlalchemy import select
 
 from app.db import new_session
 from app.tables import Job
-from tests.jobs.helpers import chat_records
 from tests.configure.conftest import wait_until
 from tests.configure.test_pages import HX, form, messages_beside
+from tests.jobs.helpers import chat_records
 
 
 def _jsonl(records) -> bytes:

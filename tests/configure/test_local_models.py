@@ -7,9 +7,9 @@ import json
 import pytest
 
 from app.base_models.inventories import worker_stack_installed
-from tests.conftest import require
 from tests.configure.conftest import wait_until
 from tests.configure.lora_math import peft_line
+from tests.conftest import require
 
 ESTIMATE = "/v1/fine_tuning/estimate"
 

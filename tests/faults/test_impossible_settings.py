@@ -13,10 +13,10 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from app import redis_client
 from app.fleet import worker_registry
-from app.jobs import streams
-from tests.jobs.helpers import chat_records, upload
 from tests.configure.test_pages import HX, form, messages_beside
+from tests.jobs.helpers import chat_records, upload
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -69,7 +69,7 @@ def test_the_form_refuses_an_impossible_rank_beside_the_field_and_keeps_the_unwi
 
 
 def _announce_gpu_worker(queue: str, memory_bytes: int, hostname: str = "gpu-small") -> None:
-    worker_registry.announce(streams.get_redis(), {
+    worker_registry.announce(redis_client.get_redis(), {
         "hostname": hostname, "host": "elsewhere", "queues": [queue], "seen_at": time.time(),
         "device": "NVIDIA T4", "gpu_memory_bytes": memory_bytes, "qlora": False}, ttl_seconds=60)
 
@@ -101,7 +101,7 @@ def test_a_run_bigger_than_a_cpu_workers_ram_is_refused(client, tuneboard_env, s
     start_worker(TUNEBOARD_WORKER_PRELOAD="false")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        served = worker_registry.queues_served(worker_registry.live_workers(streams.get_redis()))
+        served = worker_registry.queues_served(worker_registry.live_workers(redis_client.get_redis()))
         workers = served.get(tuneboard_env.queue, [])
         if workers:
             break

@@ -16,8 +16,9 @@ import time
 import httpx
 import pytest
 
+from app import redis_client
 from app.fleet import queue
-from app.jobs import stream_hub, streams
+from app.jobs import stream_hub
 from tests.client.test_cli_client import CATALOG_MODEL, LiveCli, write_job_file, write_training_data
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # a Redis question only
@@ -39,9 +40,9 @@ def redis_url(tmp_path):
 
 
 def test_every_redis_client_pins_timeouts_longer_than_its_blocking_reads(tuneboard_env):
-    pool = streams.get_redis().connection_pool.connection_kwargs
-    assert pool["socket_timeout"] == streams.SOCKET_TIMEOUT_SECONDS  # no blocking command on this client
-    assert pool["socket_connect_timeout"] == streams.CONNECT_TIMEOUT_SECONDS < pool["socket_timeout"]
+    pool = redis_client.get_redis().connection_pool.connection_kwargs
+    assert pool["socket_timeout"] == redis_client.SOCKET_TIMEOUT_SECONDS  # no blocking command on this client
+    assert pool["socket_connect_timeout"] == redis_client.CONNECT_TIMEOUT_SECONDS < pool["socket_timeout"]
     assert pool["health_check_interval"] > 0
     assert stream_hub.SOCKET_TIMEOUT_S > stream_hub.BLOCK_MS / 1000  # the live streams' XREAD BLOCK
     options = queue.make_celery(tuneboard_env.settings).conf.broker_transport_options

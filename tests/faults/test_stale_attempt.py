@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
+from app import redis_client
 from app.db import new_session
 from app.jobs import streams
 from app.tables import Checkpoint
@@ -86,7 +87,7 @@ def _freeze(pid: int, job_id: str) -> None:
 
 
 def _stream(job_id: str) -> list[streams.StreamEntry]:
-    return streams.read_since(streams.get_redis(), job_id, count=100_000)
+    return streams.read_since(redis_client.get_redis(), job_id, count=100_000)
 
 
 def test_a_frozen_worker_that_lost_its_lease_writes_nothing_after_the_takeover(
@@ -167,7 +168,7 @@ def test_every_write_of_a_reaped_attempt_is_refused_where_it_lands_even_after_re
     from app.tables import Event, Job, Metric
     from tests.jobs.test_lifecycle import _queued_job
 
-    settings, broker = tuneboard_env.settings, streams.get_redis()
+    settings, broker = tuneboard_env.settings, redis_client.get_redis()
     with new_session() as session:
         job_id = _queued_job(session).id
         stale = lifecycle.claim(session, job_id, "worker-a", settings)

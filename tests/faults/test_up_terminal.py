@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from tests.jobs.helpers import chat_records, json_lines
-from tests.services import free_port
 from tests.ops.test_up import TUNEBOARD, UpProcess, _alive, _command_lines, _fresh_env, _process_tree
+from tests.services import free_port
 
 LINK = r"^    (http://\S+/login/link/\S+)$"
 

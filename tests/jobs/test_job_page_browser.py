@@ -66,6 +66,7 @@ def test_live_curve_survives_a_reload_and_ends_complete(browser, live_server, st
 def test_a_resume_while_the_page_is_open_replaces_the_lost_steps(browser, live_server, tuneboard_env, account):
     """The page has steps 1..44 from the database and 45 from the stream when the worker dies; the job resumes
     from checkpoint 40 and logs 41.. again: the chart must show the new attempt's points, once each."""
+    from app import redis_client
     from app.db import new_session
     from app.jobs import lifecycle, streams
     from app.tables import DataFile, Job, Metric
@@ -82,7 +83,7 @@ def test_a_resume_while_the_page_is_open_replaces_the_lost_steps(browser, live_s
         session.add_all(Metric(job_id=job.id, step=s, loss=1.0) for s in range(1, 45))
         session.commit()
         job_id = job.id
-    redis = streams.get_redis()
+    redis = redis_client.get_redis()
     for step in range(1, 46):
         streams.publish(redis, job_id, "metric", {"step": step, "loss": 1.0}, max_len=1000)
 

@@ -6,6 +6,7 @@ import time
 
 from sqlalchemy import update
 
+from app import redis_client
 from app.db import new_session
 from app.jobs import lifecycle, streams
 from app.tables import DataFile, Event, Job, Team
@@ -70,7 +71,7 @@ def test_renewed_lease_is_not_reaped_and_a_stale_attempt_cannot_renew(tuneboard_
 
 def test_cancel_queued_job_is_immediate_and_running_job_gets_the_flag(tuneboard_env):
     settings = tuneboard_env.settings
-    client = streams.get_redis()
+    client = redis_client.get_redis()
     with new_session() as session:
         queued = _queued_job(session)
         lifecycle.cancel(session, client, queued, settings)
@@ -88,7 +89,7 @@ def test_cancel_queued_job_is_immediate_and_running_job_gets_the_flag(tuneboard_
 
 
 def test_stream_resumes_after_the_last_seen_id(tuneboard_env):
-    client = streams.get_redis()
+    client = redis_client.get_redis()
     ids = [streams.publish(client, "job-x", "metric", {"step": step}, max_len=1000) for step in range(1, 6)]
     assert [e.data["step"] for e in streams.read_since(client, "job-x")] == [1, 2, 3, 4, 5]
     assert [e.data["step"] for e in streams.read_since(client, "job-x", ids[2])] == [4, 5]
@@ -97,7 +98,7 @@ def test_stream_resumes_after_the_last_seen_id(tuneboard_env):
 
 def test_running_job_that_ignores_a_cancel_is_terminated_after_the_grace_period(tuneboard_env):
     settings = tuneboard_env.settings
-    client = streams.get_redis()
+    client = redis_client.get_redis()
     with new_session() as session:
         job = _queued_job(session)
         lifecycle.claim(session, job.id, "worker-a", settings, task_id="task-1")

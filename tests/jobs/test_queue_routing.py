@@ -14,12 +14,12 @@ import stat
 import pytest
 from playwright.sync_api import expect
 
+from app import redis_client
 from app.fleet import worker_registry
-from app.jobs import streams
-from tests.jobs.helpers import chat_records, launch, upload, wait_for_inventory, wait_until_finished
-from tests.service_fixtures import signed_in_context
 from tests.configure.conftest import wait_until
 from tests.configure.test_pages import HX, form, messages_beside
+from tests.jobs.helpers import chat_records, launch, upload, wait_for_inventory, wait_until_finished
+from tests.service_fixtures import signed_in_context
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -46,7 +46,7 @@ def fleet(start_worker, tmp_path):
     small = start_worker(queues=["gpu-24g"], name="l4", PATH=_gpu_path(tmp_path, "NVIDIA L4", 23034))
     large = start_worker(queues=["gpu-80g"], name="h100", PATH=_gpu_path(tmp_path, "NVIDIA H100 80GB HBM3", 81559))
     wait_until(lambda: {"gpu-24g", "gpu-80g"} <= set(worker_registry.queues_served(
-        worker_registry.live_workers(streams.get_redis()))), timeout=30)
+        worker_registry.live_workers(redis_client.get_redis()))), timeout=30)
     return small, large
 
 

@@ -6,6 +6,7 @@ import json
 
 import httpx
 
+from app import redis_client
 from app.db import new_session
 from app.jobs import lifecycle, streams
 from app.tables import DataFile, Job
@@ -42,7 +43,7 @@ def _events(lines, wanted: int):
 
 def test_reconnect_with_last_event_id_resumes_without_gaps_or_duplicates(live_server, account):
     job_id = _job(account)
-    client = streams.get_redis()
+    client = redis_client.get_redis()
     for step in range(1, 6):
         streams.publish(client, job_id, "metric", {"step": step, "loss": 1 / step}, max_len=1000)
 
@@ -73,7 +74,7 @@ def test_reconnect_with_last_event_id_resumes_without_gaps_or_duplicates(live_se
 
 def test_finished_job_replays_its_stream_then_ends(live_server, account):
     job_id = _job(account, status="succeeded")
-    client = streams.get_redis()
+    client = redis_client.get_redis()
     streams.publish(client, job_id, "metric", {"step": 1, "loss": 2.0}, max_len=1000)
     with httpx.stream("GET", f"{live_server.url}/v1/fine_tuning/jobs/{job_id}/stream", headers=account.headers,
                       timeout=10) as response:
@@ -100,7 +101,7 @@ def test_stream_of_unknown_job_is_404_and_bad_cursor_is_400(live_server, account
 
 def test_after_step_leaves_out_stored_steps_but_resends_what_a_rewind_replaces(live_server, account):
     job_id = _job(account, status="succeeded")
-    client = streams.get_redis()
+    client = redis_client.get_redis()
     for step in range(1, 46):  # the first attempt, lost after step 45
         streams.publish(client, job_id, "metric", {"step": step, "loss": 1.0}, max_len=1000)
     streams.publish(client, job_id, "rewind", {"step": 40}, max_len=1000)  # resumed from checkpoint 40

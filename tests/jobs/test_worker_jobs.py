@@ -11,8 +11,8 @@ import io
 import time
 import zipfile
 
+from app import redis_client
 from app.fleet import queue
-from app.jobs import streams
 from tests.jobs.helpers import (
     all_events,
     chat_records,
@@ -56,7 +56,7 @@ def test_job_trains_to_the_end_with_falling_loss_and_a_loadable_adapter(client, 
     assert types.count("evaluation") == 3 and "checkpoint" in types
 
     # History lives in the database: it survives Redis losing every stream.
-    streams.get_redis().flushdb()
+    redis_client.get_redis().flushdb()
     assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 31))
 
     archive = client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter")

@@ -112,8 +112,9 @@ def test_readyz_gives_up_on_a_hung_redis_after_its_timeout(tuneboard_env, monkey
 
 
 def test_metrics_count_queued_and_running_jobs_queue_depth_and_run_times(tuneboard_env, account, monkeypatch):
+    from app import redis_client
     from app.db import new_session
-    from app.jobs import lifecycle, streams
+    from app.jobs import lifecycle
     from app.main import create_app
 
     _settings_changed(monkeypatch, metrics_public="true")  # /metrics needs a token or an admin session otherwise
@@ -124,7 +125,7 @@ def test_metrics_count_queued_and_running_jobs_queue_depth_and_run_times(tuneboa
         first, second = (launch(client, MODEL, file_id, lora={"target_modules": ["q_proj"]})["id"] for _ in range(2))
         page = samples(client.get("/metrics").text)
         # Celery's Redis transport keeps the queue as a list named after it.
-        assert streams.get_redis().llen(queue) == 2
+        assert redis_client.get_redis().llen(queue) == 2
         assert value(page, "tuneboard_queue_messages", queue=queue) == 2
         assert value(page, "tuneboard_jobs_queued", queue=queue) == 2
         assert value(page, "tuneboard_jobs_running", queue=queue) == 0

@@ -10,13 +10,13 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
+from app import redis_client
 from app.fleet import worker_registry
-from app.jobs import streams
 from app.settings import REPO_ROOT
 from app.web.vendor_files import VENDOR_FILES
-from tests.jobs.helpers import chat_records, upload
 from tests.configure.conftest import wait_until
 from tests.configure.test_pages import form, messages_beside
+from tests.jobs.helpers import chat_records, upload
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -95,8 +95,8 @@ def test_job_goes_to_a_configured_queue_or_one_a_live_worker_serves(tuneboard_en
                                                                     monkeypatch):
     _settings_changed(monkeypatch, queues="gpu-night")
     start_worker(queues=["gpu-live"])
-    wait_until(lambda: "gpu-live" in worker_registry.queues_served(worker_registry.live_workers(streams.get_redis())),
-               timeout=30)
+    redis = redis_client.get_redis()
+    wait_until(lambda: "gpu-live" in worker_registry.queues_served(worker_registry.live_workers(redis)), timeout=30)
     with _app(headers=account.headers) as client:
         file_id = upload(client, chat_records(4))["id"]
         for queue in ("gpu-night", tuneboard_env.queue):

@@ -12,6 +12,7 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
+from app import redis_client
 from app.base_models.inventories import worker_stack_installed
 from tests.conftest import require
 
@@ -162,7 +163,7 @@ def test_a_stored_job_naming_a_folder_outside_the_roots_fails_on_the_worker(root
     an arbitrary folder and copy its weights into a downloadable adapter."""
     from app.db import new_session
     from app.estimator.job_config import JobConfig, TrainingSettings
-    from app.jobs import lifecycle, streams
+    from app.jobs import lifecycle
     from app.settings import get_settings
     from app.tables import Job
     from tests.jobs.helpers import upload, wait_until_finished
@@ -175,7 +176,7 @@ def test_a_stored_job_naming_a_folder_outside_the_roots_fails_on_the_worker(root
         training_file = upload(api, [{"text": f"example {i}"} for i in range(4)])["id"]
         with new_session() as session:
             config = JobConfig(model=str(outside), training=TrainingSettings(max_steps=2, batch_size=1))
-            job = lifecycle.submit(session, streams.get_redis(), Job(
+            job = lifecycle.submit(session, redis_client.get_redis(), Job(
                 model=str(outside), queue=tuneboard_env.queue, config=config.model_dump(mode="json"),
                 team_id=account.team_id, created_by=account.user_id, training_file_id=training_file),
                 get_settings())

@@ -194,15 +194,15 @@ def send(http: httpx.Client, method: str, url: str, query: dict, **body) -> int:
     "\ufe52\ufe52", ".", "", "a/\uff0fb", "x" * 256, "line\nbreak",
 ])
 def test_the_one_path_function_refuses_what_could_leave_its_root(tmp_path, value):
-    from app.storage.safe_paths import UnsafePath, inside
+    from app.safe_paths import UnsafePath, inside
 
     with pytest.raises(UnsafePath):
         inside(tmp_path, value)
 
 
 def test_a_symlink_inside_the_root_that_points_out_is_refused(tmp_path):
+    from app.safe_paths import UnsafePath, inside
     from app.storage.local import LocalStore
-    from app.storage.safe_paths import UnsafePath, inside
 
     root, outside = tmp_path / "artifacts", tmp_path / "outside"
     (root / "datasets").mkdir(parents=True)

@@ -19,6 +19,7 @@ import httpx
 import pytest
 import redis
 
+from app import redis_client
 from app.jobs import streams
 from tests.jobs.helpers import stored_job
 
@@ -63,7 +64,7 @@ def test_one_user_with_120_streams_gets_429_past_the_cap_and_another_team_still_
     greedy_job = _job(account)
     other = make_user("bob@example.com", "Beta")
     other_job = _job(other)
-    publisher = streams.get_redis()
+    publisher = redis_client.get_redis()
 
     async def scenario():
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
@@ -116,7 +117,7 @@ def test_one_user_with_120_streams_gets_429_past_the_cap_and_another_team_still_
 def test_a_job_with_many_viewers_uses_one_redis_reader(live_server, account, make_user, tuneboard_env):
     job_id = _job(account)
     viewers = [account] + [make_user(f"viewer{i}@example.com", "Alpha") for i in range(7)]
-    publisher = streams.get_redis()
+    publisher = redis_client.get_redis()
 
     async def scenario():
         async with httpx.AsyncClient(base_url=live_server.url, timeout=httpx.Timeout(30, read=60)) as http:
@@ -151,7 +152,7 @@ def test_a_job_with_many_viewers_uses_one_redis_reader(live_server, account, mak
 @SQLITE_ONLY
 def test_an_idle_stream_logs_no_error_and_still_delivers_the_next_point(live_server, account):
     job_id = _job(account)
-    publisher = streams.get_redis()
+    publisher = redis_client.get_redis()
 
     async def scenario():
         async with httpx.AsyncClient(base_url=live_server.url, timeout=httpx.Timeout(30, read=60)) as http:
@@ -192,14 +193,14 @@ def test_a_job_page_over_the_stream_cap_says_why_it_is_not_live(one_stream_per_u
     for page in (first, second):
         page.on("pageerror", lambda error: problems.append(str(error)))
     first.goto(f"/jobs/{job_id}")
-    streams.publish(streams.get_redis(), job_id, "metric", {"step": 1, "loss": 1.0}, max_len=1000)
+    streams.publish(redis_client.get_redis(), job_id, "metric", {"step": 1, "loss": 1.0}, max_len=1000)
     first.wait_for_function("() => window.tuneboardJob && window.tuneboardJob.steps().length === 1")
     second.goto(f"/jobs/{job_id}")
     second.wait_for_selector("#stream-note")
     note = second.text_content("#stream-note")
     assert note.startswith("Live updates are off:") and "the limit is 1 per user" in note
     assert first.query_selector("#stream-note") is None  # the first page stays live
-    streams.publish(streams.get_redis(), job_id, "metric", {"step": 2, "loss": 0.5}, max_len=1000)
+    streams.publish(redis_client.get_redis(), job_id, "metric", {"step": 2, "loss": 0.5}, max_len=1000)
     first.wait_for_function("() => window.tuneboardJob.steps().length === 2")
     assert not problems, problems
     context.close()
