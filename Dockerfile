@@ -2,8 +2,9 @@
 # Tuneboard's images for a fleet (docker-compose.yml, docs/deploy.md):
 #   docker build --target web -t tuneboard-web .        the dashboard and API; no torch, no CUDA
 #   docker build --target worker -t tuneboard-worker .  a Celery GPU worker with the `worker` extra
-# Both install the project editable from /app: app/settings.py and app/ops/migrate.py find templates/, static/,
-# node_modules/, alembic.ini and migrations/ next to the `app` package, so the code stays where it was copied.
+# Both install the wheel the `wheel` stage builds from this tree, as `pip install tuneboard` would: the wheel
+# carries the templates, static files, migrations, alembic.ini and the front-end library files the pages load
+# (from the `node` stage's node_modules) inside the package (app/bundled_files.py), so no tree is copied in.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 ARG NODE_IMAGE=node:22-slim
@@ -16,6 +17,21 @@ FROM ${NODE_IMAGE} AS node
 WORKDIR /build
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund
+
+# --- the wheel: code, pages, front-end files and migrations in one package; only /wheels leaves this stage --
+FROM ${PYTHON_IMAGE} AS wheel
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /build
+COPY --from=node /build/node_modules ./node_modules
+COPY pyproject.toml README.md hatch_build.py alembic.ini ./
+COPY migrations ./migrations
+COPY templates ./templates
+COPY static ./static
+COPY workers ./workers
+COPY app ./app
+# Fails, naming the missing files, if node_modules lacks a front-end file the pages load (hatch_build.py).
+RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # --- shared base: Python, a virtual environment, the unprivileged user and the data directory ---------------
 FROM ${PYTHON_IMAGE} AS base
@@ -30,21 +46,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN python -m venv /opt/venv \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/tuneboard tuneboard \
     && mkdir /data && chown tuneboard:tuneboard /data
-WORKDIR /app
+WORKDIR /home/tuneboard
 
 # --- web: FastAPI + Jinja2 + HTMX; the torch-free install ---------------------------------------------------
 FROM base AS web
-# Dependencies first, from pyproject.toml alone, so a code change does not reinstall them: with no packages
-# beside it the project builds as metadata only; uninstalling that leaves just its dependencies.
-COPY pyproject.toml README.md ./
-RUN pip install . && pip uninstall -y tuneboard
-COPY --from=node /build/node_modules ./node_modules
-COPY alembic.ini ./
-COPY migrations ./migrations
-COPY templates ./templates
-COPY static ./static
-COPY app ./app
-RUN pip install --no-deps -e .
+# Dependencies first, read from pyproject.toml alone, so a code change does not reinstall them.
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python -c "import tomllib; project = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(project['dependencies']))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt && rm /tmp/pyproject.toml /tmp/requirements.txt
+# Then the wheel, from that folder only; --no-index: every dependency must already be there.
+COPY --from=wheel /wheels /tmp/wheels
+RUN pip install --no-index --find-links /tmp/wheels tuneboard && rm -r /tmp/wheels
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
@@ -68,19 +81,18 @@ RUN apt-get update \
     && python3 -m venv /opt/venv \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/tuneboard tuneboard \
     && mkdir /data && chown tuneboard:tuneboard /data
-WORKDIR /app
+WORKDIR /home/tuneboard
 # torch first, from the index that matches the hosts' CUDA driver (PyPI's Linux wheels are CUDA builds),
 # so resolving the `worker` extra keeps it instead of picking a build of its own.
 ARG TORCH_SPEC=torch
 ARG TORCH_INDEX_URL=https://pypi.org/simple
 RUN pip install --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"
-COPY pyproject.toml README.md ./
-RUN pip install ".[worker]" && pip uninstall -y tuneboard
-COPY alembic.ini ./
-COPY migrations ./migrations
-COPY app ./app
-COPY workers ./workers
-RUN pip install --no-deps -e .
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python -c "import tomllib; project = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(project['dependencies'] + project['optional-dependencies']['worker']))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt && rm /tmp/pyproject.toml /tmp/requirements.txt
+COPY --from=wheel /wheels /tmp/wheels
+RUN pip install --no-index --find-links /tmp/wheels "tuneboard[worker]" && rm -r /tmp/wheels
 USER 10001:10001
 # Asks this container's Celery worker (named worker@<hostname> by `tuneboard worker`) to answer over the
 # broker: alive, connected to Redis and not wedged. The main process answers while a child process trains.

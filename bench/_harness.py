@@ -1,14 +1,13 @@
 """Shared plumbing of the job benchmarks (training, streaming, queueing): environment, data, figures.
 
 Not a benchmark itself. Each benchmark points Tuneboard at a throw-away data dir (SQLite inside it)
-and at a Redis logical database, the way `tests/service_fixtures.py` does for the tests, and prints
-its figures with the helpers here.
+and at a Redis database, the way `tests/service_fixtures.py` does for the tests, and prints its
+figures with the helpers here.
 
-Redis: `redis://127.0.0.1:6379/0` by default. The test suite cycles through logical databases 1-15
-and FLUSHDBs each one as a test starts, so a benchmark sharing a machine with test runs would lose its
-Celery queue or streams on any of those; database 0 is never flushed by the tests. The benchmarks
-only use keys named after their own job ids and queues, and delete those keys when they end; they
-never flush a database.
+Redis: `redis://127.0.0.1:6379/0` by default. The test suite uses that database too, each test under a
+key prefix of its own (TUNEBOARD_REDIS_KEY_PREFIX=tbtest-...:) whose keys it deletes, and never
+flushes it. The benchmarks only use keys named after their own job ids and queues, and delete those
+keys when they end; they never flush a database.
 """
 
 from __future__ import annotations
@@ -97,7 +96,7 @@ def versions() -> dict[str, str]:
         import redis
 
         found["redis-server"] = redis.Redis.from_url(DEFAULT_REDIS_URL).info("server")["redis_version"]
-    except Exception:  # noqa: BLE001 - informational only
+    except Exception:  # informational only
         pass
     return found
 

@@ -482,7 +482,7 @@ def _hammer(url: str, case: Case, token_headers: dict[str, str], stop: float, co
             while time.perf_counter() < stop:
                 _fetch(client, case, token_headers)
                 counts[index] += 1
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
 

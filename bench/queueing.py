@@ -116,7 +116,8 @@ def wait_for_inventory(model: str, timeout: float = 180) -> None:
 
 def wait_finished(job_id: str, timeout: float) -> str:
     from app.db import new_session
-    from app.tables import TERMINAL_STATUSES, Job
+    from app.job_status import TERMINAL_STATUSES
+    from app.tables import Job
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

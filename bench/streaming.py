@@ -203,7 +203,7 @@ class SseClient:
                     event, data = None, None
                     if self.expected and len(self.latencies_ms) >= self.expected:
                         break
-        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+        except BaseException as exc:  # reported by the caller
             self.error = exc
             self.connected.set()
             self.warm.set()

@@ -157,7 +157,7 @@ def instrument() -> Clock:
 class Setup:
     model_dir: Path
     file_id: str
-    examples: list[Any]  # app.datasets.validator.Example, read back from the stored file as the runner reads it
+    examples: list[Any]  # app.datasets.format_common.Example, read back from the stored file as the runner reads it
     config: Any  # JobConfig
     work: Path
     account: h.Account

@@ -3,16 +3,20 @@
 Loaded as a pytest plugin from conftest.py. A test asks for `tuneboard_env` (run once per database in
 TUNEBOARD_TEST_DATABASES, default SQLite and PostgreSQL; a test may pin its own with
 `@pytest.mark.parametrize("database_url", [...], indirect=True)`) and for `start_worker` to run real
-Celery workers.
+Celery workers. Tests share one Redis database: each is an install of its own there, under a key prefix
+(TUNEBOARD_REDIS_KEY_PREFIX) whose keys it deletes at the end, so test runs and xdist workers on one machine
+never see or wipe each other's keys.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import redis
@@ -22,12 +26,12 @@ from tests.services import (
     DEFAULT_REDIS,
     WorkerProcess,
     create_postgres_database,
+    delete_keys,
     free_port,
     postgres_answers,
     redis_answers,
 )
 
-_redis_db = itertools.cycle(range(1, 16))
 # Every test that touches the database runs once per database listed here (CI runs both).
 TEST_DATABASES = os.environ.get("TUNEBOARD_TEST_DATABASES", "sqlite,postgresql").split(",")
 
@@ -60,10 +64,20 @@ def redis_server_url(tmp_path_factory):
 
 @pytest.fixture
 def redis_url(redis_server_url) -> str:
-    """A logical Redis database of its own for this test, emptied first."""
-    url = f"{redis_server_url}/{next(_redis_db)}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    """The test Redis: the database its URL names, else 0, shared by every test (each under its own key prefix)."""
+    return redis_server_url if urlparse(redis_server_url).path.strip("/") else f"{redis_server_url}/0"
+
+
+@pytest.fixture
+def redis_key_prefix(redis_url):
+    """This test's install's Redis key prefix; every key under it is deleted when the test ends (no FLUSHDB: other
+    tests and test runs use the same database at the same time)."""
+    prefix = f"tbtest-{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    try:
+        delete_keys(redis_url, prefix)
+    except (redis.ConnectionError, redis.TimeoutError):
+        pass  # a Redis of the test's own that it stopped: nothing of the prefix is left anywhere
 
 
 @pytest.fixture
@@ -86,6 +100,7 @@ class TuneboardEnv:
     redis_url: str
     queue: str
     env: dict[str, str]  # the environment a subprocess (worker, server) needs
+    redis_key_prefix: str = ""
 
     @property
     def settings(self):
@@ -93,10 +108,15 @@ class TuneboardEnv:
 
         return get_settings()
 
+    def forget_redis(self) -> int:
+        """Delete every Redis key of this install (streams, flags, queues, unacked deliveries): what a Redis restart
+        without persistence leaves it, while other tests' keys stay. Returns how many went."""
+        return delete_keys(self.redis_url, self.redis_key_prefix)
+
 
 @pytest.fixture
-def tuneboard_env(tmp_path, monkeypatch, database_url, redis_url) -> TuneboardEnv:
-    """Settings aimed at this test's data dir, database and Redis, with short leases; schema migrated."""
+def tuneboard_env(tmp_path, monkeypatch, database_url, redis_url, redis_key_prefix) -> TuneboardEnv:
+    """Settings aimed at this test's data dir, database and Redis key prefix, with short leases; schema migrated."""
     from app.ops.migrate import upgrade_database
     from app.settings import get_settings
 
@@ -107,6 +127,7 @@ def tuneboard_env(tmp_path, monkeypatch, database_url, redis_url) -> TuneboardEn
         "TUNEBOARD_DATA_DIR": str(data_dir),
         "TUNEBOARD_DATABASE_URL": database_url,
         "TUNEBOARD_REDIS_URL": redis_url,
+        "TUNEBOARD_REDIS_KEY_PREFIX": redis_key_prefix,
         "TUNEBOARD_DEFAULT_QUEUE": queue,
         "TUNEBOARD_LEASE_SECONDS": "6",
         "TUNEBOARD_HEARTBEAT_SECONDS": "1",
@@ -118,8 +139,18 @@ def tuneboard_env(tmp_path, monkeypatch, database_url, redis_url) -> TuneboardEn
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     upgrade_database(database_url)
-    yield TuneboardEnv(data_dir, database_url, redis_url, queue, {**os.environ, **values})
+    yield TuneboardEnv(data_dir, database_url, redis_url, queue, {**os.environ, **values}, redis_key_prefix)
+    _close_celery_client()
     get_settings.cache_clear()
+
+
+def _close_celery_client() -> None:
+    """Close the Celery client this test's settings made: one per key prefix, and every test has its own, so a
+    long run would otherwise keep a broker connection open per test."""
+    fleet_queue = sys.modules.get("app.fleet.queue")
+    if fleet_queue is not None and fleet_queue._celery_for.cache_info().currsize:
+        fleet_queue.get_celery().close()
+        fleet_queue._celery_for.cache_clear()
 
 
 @pytest.fixture

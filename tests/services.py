@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -26,8 +27,41 @@ DEFAULT_REDIS = "redis://127.0.0.1:6379"
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
+_PORTS_FROM = 10_000
+_PORT_SLICES = 16
+
+
+def _ephemeral_ports_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
+    """A TCP port nobody listens on right now, for a server a test starts.
+
+    Not one the kernel hands out (bind to port 0): that range is where every outgoing connection takes its local
+    port, so another process may take the port before the server binds it. Picked at random below that range,
+    from a slice of its own per xdist worker, so two tests starting servers at the same moment never pick alike.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    below = _ephemeral_ports_start()
+    size = (below - _PORTS_FROM) // _PORT_SLICES
+    if size >= 100:
+        start = _PORTS_FROM + (int(worker) % _PORT_SLICES if worker.isdigit() else 0) * size
+        for port in random.sample(range(start, start + size), 50):
+            if _port_is_free(port):
+                return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -45,6 +79,26 @@ def embedded_redis(folder: Path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def delete_keys(url: str, prefix: str, *, batch: int = 500) -> int:
+    """Delete every key under `prefix` on the Redis at url (SCAN, then DEL in batches); returns how many.
+
+    The prefix must hold no glob characters (as Tuneboard's redis_key_prefix cannot)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10)
+    deleted = 0
+    try:
+        names: list[bytes] = []
+        for name in client.scan_iter(match=prefix + "*", count=batch):
+            names.append(name)
+            if len(names) >= batch:
+                deleted += client.delete(*names)
+                names.clear()
+        if names:
+            deleted += client.delete(*names)
+    finally:
+        client.close()
+    return deleted
 
 
 def redis_answers(url: str) -> bool:
@@ -68,7 +122,7 @@ def postgres_answers() -> bool:
             connection.execute(text("select 1"))
         engine.dispose()
         return True
-    except Exception:  # noqa: BLE001 - any failure means: not available
+    except Exception:  # any failure means: not available
         return False
 
 

@@ -170,16 +170,16 @@ def _hub_unreachable(model_id: str) -> str | None:
     """Ask the hub about the repo once; return why it cannot be used, or None when it can."""
     # transformers retries a failing download for ~25 s; one metadata request fails in well under a second.
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     try:
         HfApi().model_info(model_id, timeout=10)
-    except Exception as exc:  # noqa: BLE001 -- any failure means "do not try to download"
-        name = type(exc).__name__
-        if "RepositoryNotFound" in name:
-            return f"there is no model {model_id!r} on the Hugging Face hub (or it is private)"
-        if "GatedRepo" in name:
-            return f"{model_id!r} is gated on the Hugging Face hub: accept its licence and set HF_TOKEN on the worker"
-        return f"the Hugging Face hub cannot be reached from this worker ({name}: {exc})"
+    except GatedRepoError:  # a kind of RepositoryNotFoundError, so caught first
+        return f"{model_id!r} is gated on the Hugging Face hub: accept its licence and set HF_TOKEN on the worker"
+    except RepositoryNotFoundError:
+        return f"there is no model {model_id!r} on the Hugging Face hub (or it is private)"
+    except Exception as exc:  # any other failure means "do not try to download"
+        return f"the Hugging Face hub cannot be reached from this worker ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -197,7 +197,7 @@ def _cached_snapshot(model_id: str) -> Path | None:
 
     try:
         path = Path(snapshot_download(model_id, local_files_only=True))
-    except Exception:  # noqa: BLE001 -- not cached (or a broken cache entry): treat as absent
+    except Exception:  # not cached (or a broken cache entry): treat as absent
         return None
     # Loading the snapshot as a directory matters: from_pretrained(hub_id, local_files_only=True)
     # still asks the hub for an adapter_config.json and retries for ~25 s when offline.

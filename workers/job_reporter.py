@@ -169,7 +169,7 @@ class JobReporter:
         try:
             with new_session() as session:
                 return lifecycle.cancel_recorded(session, self.job_id)
-        except Exception:  # noqa: BLE001 - a database hiccup must not stop training; the next poll asks again
+        except Exception:  # a database hiccup must not stop training; the next poll asks again
             log.warning("cancel state of %s unreadable from the database", self.job_id, exc_info=True)
             return False
 

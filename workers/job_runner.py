@@ -18,6 +18,7 @@ from app import redis_client
 from app.datasets.validator import load_examples, split_validation
 from app.db import new_session
 from app.estimator.job_config import JobConfig
+from app.job_status import JobStatus
 from app.jobs import lifecycle
 from app.ops.logging_setup import add_log_fields
 from app.settings import Settings, get_settings
@@ -48,7 +49,7 @@ class LeaseKeeper(threading.Thread):
                         log.warning("job %s: lease lost; stopping this attempt", self.job_id)
                         self.lost.set()
                         return
-            except Exception:  # noqa: BLE001 - a brief DB outage must not kill the run; the lease has slack
+            except Exception:  # a brief DB outage must not kill the run; the lease has slack
                 log.exception("job %s: lease renewal failed", self.job_id)
 
 
@@ -96,7 +97,7 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
         resume_from: Path | None = None
         if claimed.resume_from is not None:
             reporter.rewind_to(claimed.resume_from.step)
-        status, values = "failed", {}
+        status, values = JobStatus.FAILED, {}
         try:
             config = JobConfig.model_validate(job.config)
             if claimed.resume_from is not None:
@@ -120,16 +121,16 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
             if reporter.lease_lost.is_set():
                 status = "lost"  # its adapter, if any, stays unpublished under this attempt's own key
             elif result.stopped:
-                status = "cancelled"
+                status = JobStatus.CANCELLED
             else:
-                status = "succeeded"
+                status = JobStatus.SUCCEEDED
                 values["adapter_key"] = artifacts.publish_dir(settings, result.adapter_dir)
         except _CancelledBeforeStart:
-            status = "cancelled"
+            status = JobStatus.CANCELLED
         except TrainingFailure as exc:
             values = {"error_code": exc.code, "error_message": exc.reason,
                       "error_traceback": "".join(traceback.format_exception(exc))}
-        except Exception as exc:  # noqa: BLE001 - any crash must end the job with its reason, not hang it
+        except Exception as exc:  # any crash must end the job with its reason, not hang it
             log.exception("job %s failed", job_id)
             values = {"error_code": "internal_error", "error_message": f"{type(exc).__name__}: {exc}",
                       "error_traceback": traceback.format_exc()}
@@ -152,10 +153,10 @@ def _announce_end(session, client, settings: Settings, job_id: str, status: str)
     job = session.get(Job, job_id)
     session.refresh(job)
     message = {
-        "succeeded": "Training finished; the adapter is ready to download.",
-        "cancelled": "Job cancelled; its last checkpoint is kept.",
-        "failed": f"Job failed: {job.error_message}",
+        JobStatus.SUCCEEDED: "Training finished; the adapter is ready to download.",
+        JobStatus.CANCELLED: "Job cancelled; its last checkpoint is kept.",
+        JobStatus.FAILED: f"Job failed: {job.error_message}",
     }[status]
-    lifecycle.add_event(session, client, job_id, message, level="error" if status == "failed" else "info",
+    lifecycle.add_event(session, client, job_id, message, level="error" if status == JobStatus.FAILED else "info",
                    type_=status, max_len=settings.stream_max_points)
     lifecycle.publish_status(client, job, max_len=settings.stream_max_points)

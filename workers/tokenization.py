@@ -51,8 +51,8 @@ def _render(tokenizer: Any, messages: Sequence[dict], *, generation_prompt: bool
     )
 
 
-def assistant_char_spans(tokenizer: Any, messages: Sequence[dict], full: str, first: int = 0) -> list[Span]:
-    """Character spans of `full` (the rendered conversation) that the assistant turns from index `first` produce.
+def assistant_char_spans(tokenizer: Any, messages: Sequence[dict], full: str) -> list[Span]:
+    """Character spans of `full` (the rendered conversation) that the assistant turns produce.
 
     A turn's span runs from the end of the conversation rendered up to it with the generation prompt
     (what the model is given at inference) to the end of the conversation rendered through it (so it
@@ -63,7 +63,7 @@ def assistant_char_spans(tokenizer: Any, messages: Sequence[dict], full: str, fi
     spans: list[Span] = []
     cursor = 0
     for index, message in enumerate(messages):
-        if index < first or message.get("role") != "assistant":
+        if message.get("role") != "assistant":
             continue
         start = end = None
         try:
@@ -77,7 +77,7 @@ def assistant_char_spans(tokenizer: Any, messages: Sequence[dict], full: str, fi
                 # land inside the span, so fall back to the content's position below.
                 if before != plain and full.startswith(before) and len(before) >= cursor:
                     start = len(before)
-        except Exception:  # noqa: BLE001 -- templates may refuse partial conversations; search instead
+        except Exception:  # templates may refuse partial conversations; search instead
             pass
         content = message.get("content") or ""
         if start is None:
@@ -95,7 +95,7 @@ def assistant_char_spans(tokenizer: Any, messages: Sequence[dict], full: str, fi
     return spans
 
 
-def _token_spans_by_length(tokenizer: Any, messages: Sequence[dict], first: int) -> list[Span]:
+def _token_spans_by_length(tokenizer: Any, messages: Sequence[dict]) -> list[Span]:
     # Slow tokenizers give no offsets: diff the token counts of rendered prefixes instead.
     def length(prefix: Sequence[dict], generation_prompt: bool) -> int:
         if not prefix:
@@ -106,7 +106,7 @@ def _token_spans_by_length(tokenizer: Any, messages: Sequence[dict], first: int)
     return [
         (length(messages[:i], True), length(messages[: i + 1], False))
         for i, m in enumerate(messages)
-        if i >= first and m.get("role") == "assistant"
+        if m.get("role") == "assistant"
     ]
 
 
@@ -125,7 +125,7 @@ def _labels_from_char_spans(input_ids: list[int], offsets: Iterable[Span], spans
     return labels
 
 
-def tokenize_chat(tokenizer: Any, messages: Sequence[dict], *, loss_on: str, first_trainable: int = 0):
+def tokenize_chat(tokenizer: Any, messages: Sequence[dict], *, loss_on: str):
     """Render a conversation with the chat template; return (input_ids, labels)."""
     if not getattr(tokenizer, "chat_template", None):
         raise TrainingFailure(
@@ -140,25 +140,19 @@ def tokenize_chat(tokenizer: Any, messages: Sequence[dict], *, loss_on: str, fir
         input_ids = list(encoded["input_ids"])
         if loss_on == "all":
             return input_ids, list(input_ids)
-        spans = assistant_char_spans(tokenizer, messages, full, first_trainable)
+        spans = assistant_char_spans(tokenizer, messages, full)
         return input_ids, _labels_from_char_spans(input_ids, encoded["offset_mapping"], spans)
     input_ids = list(tokenizer(full, add_special_tokens=False)["input_ids"])
     if loss_on == "all":
         return input_ids, list(input_ids)
     labels = [IGNORE_INDEX] * len(input_ids)
-    for start, end in _token_spans_by_length(tokenizer, messages, first_trainable):
+    for start, end in _token_spans_by_length(tokenizer, messages):
         labels[start:end] = input_ids[start:end]
     return input_ids, labels
 
 
-def tokenize_prompt_completion(tokenizer: Any, prompt: Any, completion: Any, *, loss_on: str):
+def tokenize_prompt_completion(tokenizer: Any, prompt: str, completion: str, *, loss_on: str):
     """Prompt then completion then EOS; with loss_on="assistant" only the completion carries loss."""
-    if not isinstance(prompt, str) or not isinstance(completion, str):
-        # Conversational prompt/completion: a conversation whose completion turns are the trainable ones.
-        prompt_messages, completion_messages = list(prompt), list(completion)
-        return tokenize_chat(
-            tokenizer, prompt_messages + completion_messages, loss_on=loss_on, first_trainable=len(prompt_messages)
-        )
     # Tokenised separately so the boundary is exact (TRL does the same); BOS, if any, goes on the prompt.
     prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     completion_ids = list(tokenizer(completion, add_special_tokens=False)["input_ids"])

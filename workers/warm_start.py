@@ -44,7 +44,7 @@ def preload() -> None:
     try:
         for name in ML_MODULES:
             importlib.import_module(name)
-    except Exception:  # noqa: BLE001 - a broken install fails its jobs with their own message; start anyway
+    except Exception:  # a broken install fails its jobs with their own message; start anyway
         log.warning("could not preload the ML stack; jobs will import it themselves", exc_info=True)
         return
     imported = time.perf_counter() - started

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import redis
 
+from app.settings import get_settings
+
 FREE_ATTEMPTS_PER_ACCOUNT = 5
 # An office behind one NAT address signs many people in: give the address more room than one account.
 FREE_ATTEMPTS_PER_ADDRESS = 20
@@ -75,8 +77,9 @@ def _keys(email: str, address: str) -> list[str]:
     # Hashed: an email or an address of any length or content makes a short, safe key.
     account = hashlib.sha256(email.encode()).hexdigest()[:32]
     client = hashlib.sha256(address.encode()).hexdigest()[:32]
-    return [f"tuneboard:signin:account:{account}", f"tuneboard:signin:account:{account}:wait",
-            f"tuneboard:signin:address:{client}", f"tuneboard:signin:address:{client}:wait"]
+    prefix = get_settings().redis_key_prefix + "signin:"
+    return [f"{prefix}account:{account}", f"{prefix}account:{account}:wait",
+            f"{prefix}address:{client}", f"{prefix}address:{client}:wait"]
 
 
 def reserve(client: redis.Redis, email: str, address: str) -> Attempt:

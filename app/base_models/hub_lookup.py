@@ -52,7 +52,7 @@ def _ask_hub(model_id: str) -> tuple[Answer, str]:
         return "unreachable", f"huggingface.co answered HTTP {status}"
     except OfflineModeIsEnabled:
         return "unreachable", "HF_HUB_OFFLINE is set, so Tuneboard does not ask the Hugging Face hub"
-    except Exception as exc:  # noqa: BLE001 - a timeout, DNS, TLS or 5xx answer all mean "cannot tell now"
+    except Exception as exc:  # a timeout, DNS, TLS or 5xx answer all mean "cannot tell now"
         return "unreachable", f"huggingface.co did not answer within {HUB_TIMEOUT_SECONDS:g} s ({type(exc).__name__})"
     return "exists", ""
 

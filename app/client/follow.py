@@ -17,8 +17,8 @@ import httpx
 
 from app.client.http import ApiError, Client, SseEvent, describe_transport_error
 from app.client.progress import Display
+from app.job_status import TERMINAL_STATUSES
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 # Waits between reconnect attempts; the last one repeats. Together about two minutes before giving up.
 BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0, 10.0)
 MAX_FAILURES = 16
@@ -53,7 +53,7 @@ class Follower:
                                                        after_step=self.last_step):
                     if event.event == "end":
                         job = self.client.get_job(self.job_id)
-                        if job["status"] in TERMINAL:
+                        if job["status"] in TERMINAL_STATUSES:
                             return job
                         break  # an end without a finished job: resume following
                     self._handle(event)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
+from httpx_sse import connect_sse
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # The stream's server pings every 10 s; three missed pings mean a dead connection, not a quiet job.
@@ -64,32 +65,11 @@ def error_from(response: httpx.Response) -> ApiError:
 
 @dataclass(frozen=True)
 class SseEvent:
-    """One Server-Sent Event: its id (a Redis stream id, or None), its type and its JSON data."""
+    """One Server-Sent Event: the last id the stream named (a Redis stream id, or None), its type and JSON data."""
 
     id: str | None
     event: str
     data: dict[str, Any]
-
-
-def parse_sse(lines: Iterable[str]) -> Iterator[SseEvent]:
-    """Server-Sent Events from a stream's lines (comments and pings skipped, multi-line data joined)."""
-    event, data, event_id = None, [], None
-    for line in lines:
-        if line == "":
-            if data or event:
-                yield SseEvent(event_id, event or "message", _json_object("\n".join(data)))
-            event, data, event_id = None, [], None
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if field == "event":
-            event = value
-        elif field == "data":
-            data.append(value)
-        elif field == "id":
-            event_id = value
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -199,17 +179,21 @@ class Client:
         stream lost past it. Raises ApiError for an answer other than 200 and lets httpx.TransportError
         through when the connection drops, so the caller can reconnect from the last id it saw.
         """
-        headers = {"Accept": "text/event-stream", **({"Last-Event-ID": last_event_id} if last_event_id else {})}
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
         params = {"after_step": after_step} if after_step is not None else {}
         timeout = httpx.Timeout(10.0, read=STREAM_READ_TIMEOUT)
-        with self._http.stream("GET", f"/v1/fine_tuning/jobs/{job_id}/stream", headers=headers, params=params,
-                               timeout=timeout) as response:
-            if response.status_code != 200:
-                response.read()
-                raise error_from(response)
+        with connect_sse(self._http, "GET", f"/v1/fine_tuning/jobs/{job_id}/stream", headers=headers,
+                         params=params, timeout=timeout) as source:
+            if source.response.status_code != 200:
+                source.response.read()
+                raise error_from(source.response)
             if on_open:
                 on_open()
-            yield from parse_sse(response.iter_lines())
+            for sse in source.iter_sse():
+                # The SSE spec dispatches no event without data; httpx-sse reports one at each ping once an
+                # id was seen. Its SSEError (a reply that is not an event stream) is an httpx.TransportError.
+                if sse.data:
+                    yield SseEvent(sse.id or None, sse.event, _json_object(sse.data))
 
     def _request(self, method: str, path: str, **options: Any) -> dict[str, Any]:
         try:

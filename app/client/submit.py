@@ -16,6 +16,7 @@ from app.client.follow import Follower
 from app.client.http import ApiError, Client, connection_from
 from app.client.job_file import FILE_KEYS, JobFile, JobFileError, load_job_file
 from app.client.progress import Display
+from app.job_status import JobStatus
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -113,7 +114,7 @@ def summarize(job: dict[str, Any], client: Client, display: Display, out: TextIO
     progress = job.get("progress") or {}
     steps = f"{progress.get('step')}/{progress.get('total_steps')}" if progress.get("total_steps") else \
         f"{progress.get('step', 0)}"
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         final = job.get("final_metrics") or {}
         loss = final.get("loss", display.progress.loss)
         eval_loss = final.get("eval_loss", display.progress.eval_loss)

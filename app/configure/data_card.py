@@ -14,15 +14,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException
 
+import app.datasets as datasets_package
 from app.accounts.auth import PrincipalDep, team_scoped
 from app.base_models.inventories import InventoryUnavailable
 from app.configure import form_fields
 from app.configure.launch_context import launch_context
 from app.datasets import files
 from app.datasets.files_api import parse_column_mapping
+from app.datasets.format_common import DatasetInvalid
 from app.datasets.previews import LossOn, get_preview
 from app.datasets.upload_form import read_upload_form
-from app.datasets.validator import DatasetInvalid
 from app.db import SessionDep
 from app.fleet import offloaded
 from app.settings import get_settings
@@ -32,7 +33,8 @@ from app.tables import DataFile
 from app.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
-DEMO_DATASET = Path(__file__).parent / "demo_data" / "demo_chat.jsonl"
+# The demo data ships inside the datasets package (and so inside the wheel).
+DEMO_DATASET = Path(datasets_package.__file__).parent / "demo_data" / "demo_chat.jsonl"
 
 
 @router.post("/datasets", response_class=HTMLResponse)

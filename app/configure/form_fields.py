@@ -1,7 +1,9 @@
-"""The configuration form: turn posted fields into an EstimateRequest, and back into field values.
+"""The configuration form: turn posted fields into the job's settings (an EstimateRequest), and back.
 
-Owns the mapping between form field names and the API's `lora` / `training` objects, so a form
-error can be shown beside the field it concerns. Must not import torch or `workers`.
+Owns the mapping between form field names and the one schema of a job's settings (`JobConfig`'s `lora` and
+`training` objects), and the one mapping of that schema's errors to form fields, so every error is shown beside
+the field it concerns. Defaults and limits are the schema's; the form's starting values are read from it.
+Must not import torch or `workers`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from app.estimator.estimate import EstimateRequest
+from app.estimator.job_config import TrainingSettings
 from app.web.api_errors import validation_param
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -28,13 +31,16 @@ class FormState:
     request: EstimateRequest | None = None
 
 
-# The launch card's fields: data files and the training knobs beyond those the estimate needs.
+# The training settings the form has a field for, named as in the schema; their defaults are the schema's.
+TRAINING_FIELDS = ("learning_rate", "num_epochs", "max_steps", "gradient_accumulation_steps", "warmup_ratio",
+                   "lr_scheduler", "weight_decay", "seed", "eval_steps", "save_steps", "loss_on",
+                   "validation_split", "sequence_length", "batch_size")
+_OPTIONAL_NUMBERS = ("max_steps", "eval_steps")
+_TRAINING_DEFAULTS = TrainingSettings()
+
+# The launch card's fields: data files, where to run, and the training knobs beyond those the estimate needs.
 LAUNCH_DEFAULTS: dict[str, object] = {
-    "training_file": "", "validation_file": "", "validation_split": "0", "column_mapping": "",
-    "learning_rate": "0.0002", "num_epochs": "3", "max_steps": "", "gradient_accumulation_steps": "1",
-    "warmup_ratio": "0",
-    "lr_scheduler": "linear", "weight_decay": "0", "seed": "42", "eval_steps": "", "save_steps": "50",
-    "loss_on": "assistant", "queue": "", "suffix": "",
+    "training_file": "", "validation_file": "", "column_mapping": "", "queue": "", "suffix": "",
 }
 
 
@@ -44,9 +50,11 @@ def default_values(model: str = DEFAULT_MODEL) -> dict[str, object]:
         "model": model, "r": "16", "lora_alpha": "16", "alpha_locked": True, "lora_dropout": "0",
         "bias": "none", "use_rslora": False, "use_dora": False, "target_mode": "modules",
         "target_modules": [], "target_regex": "", "modules_to_save": [], "exclude_modules": "",
-        "layers_to_transform": "", "layers_pattern": "", "rank_pattern": "", "precision": "bf16",
-        "sequence_length": "1024", "batch_size": "4", "gradient_checkpointing": True,
+        "layers_to_transform": "", "layers_pattern": "", "rank_pattern": "",
+        "precision": _TRAINING_DEFAULTS.weights_precision,
+        "gradient_checkpointing": _TRAINING_DEFAULTS.gradient_checkpointing,
         "dataset_examples": "", "has_validation_set": False,
+        **{key: _text(getattr(_TRAINING_DEFAULTS, key)) for key in TRAINING_FIELDS},
         **LAUNCH_DEFAULTS,
     }
 
@@ -119,17 +127,33 @@ def _number(values: dict, key: str) -> str | None:
     return str(values[key]) if values[key] != "" else None
 
 
-# Pydantic locations that map onto a differently named form field.
-_FIELD_FOR_PARAM = {"lora.target_modules": "target_modules", "training.dataset_examples": "dataset_examples"}
+# Schema fields that the form shows under another field: QLoRA is a choice of the precision select.
+_FIELD_FOR_PARAM = {"training.load_in_4bit": "precision"}
 
 
-def error_field(param: str, values: dict) -> str:
-    """The form field an API parameter's error belongs beside ('lora.r' -> 'r')."""
-    name = _FIELD_FOR_PARAM.get(param, param.split(".")[-1] if param else "form")
+def error_field(param: str, values: dict, *, fallback: str = "form") -> str:
+    """The form field an error about a schema parameter belongs beside ('lora.r' -> 'r', 'training.seed' -> 'seed');
+    `fallback` when the form has no such field."""
+    name = _FIELD_FOR_PARAM.get(param, param.split(".")[-1] if param else fallback)
     if name == "target_modules" and values.get("target_mode") == "regex":
         # In regex mode target_modules is the regex box, not the module picture.
         return "target_regex"
-    return name
+    return name if name in values else fallback
+
+
+def add_validation_errors(state: FormState, exc: ValidationError) -> None:
+    """Each of the schema's validation errors, beside its field (the first error per field)."""
+    for error in exc.errors():
+        param = validation_param(tuple(error["loc"]), error["msg"])
+        state.errors.setdefault(error_field(param, state.values), error["msg"].removeprefix("Value error, "))
+
+
+def training_payload(values: dict) -> dict:
+    """The `training` object of the job the form describes, from its raw values (the schema validates them)."""
+    payload: dict = {key: values[key] for key in TRAINING_FIELDS if key not in _OPTIONAL_NUMBERS}
+    payload.update({key: values[key] or None for key in _OPTIONAL_NUMBERS})
+    payload.update(precision=values["precision"], gradient_checkpointing=values["gradient_checkpointing"])
+    return payload
 
 
 def parse(values: dict[str, object]) -> FormState:
@@ -156,29 +180,21 @@ def parse(values: dict[str, object]) -> FormState:
             "layers_pattern": values["layers_pattern"] or None,
             "rank_pattern": collect(_rank_pattern, str(values["rank_pattern"])) or {},
         },
-        "training": {
-            "precision": values["precision"], "sequence_length": values["sequence_length"],
-            "batch_size": values["batch_size"], "gradient_checkpointing": values["gradient_checkpointing"],
-            "dataset_examples": _number(values, "dataset_examples"),
-            "has_validation_set": values["has_validation_set"],
-        },
+        "training": training_payload(values),
+        "dataset_examples": _number(values, "dataset_examples"),
+        "has_validation_set": values["has_validation_set"],
     }
     try:
         request = EstimateRequest.model_validate(payload)
     except ValidationError as exc:
-        for error in exc.errors():
-            param = validation_param(tuple(error["loc"]), error["msg"])
-            state.errors.setdefault(error_field(param, values), error["msg"].removeprefix("Value error, "))
+        add_validation_errors(state, exc)
         return state
     state.request = None if state.errors else request
     return state
 
 
-# The inverse of parse() and launch_form.training_payload(): a stored job's config as form field values, so
-# "Clone" opens the configuration page filled in. The LoRA and training settings below round-trip exactly.
-_TRAINING_FIELDS = ("learning_rate", "num_epochs", "max_steps", "gradient_accumulation_steps", "warmup_ratio",
-                    "lr_scheduler", "weight_decay", "seed", "eval_steps", "save_steps", "loss_on",
-                    "validation_split", "sequence_length", "batch_size")
+# The inverse of parse(): a stored job's config as form field values, so "Clone" opens the configuration page
+# filled in. The LoRA and training settings below round-trip exactly.
 
 
 def _text(value: object) -> str:
@@ -233,7 +249,7 @@ def values_from_job_config(config: dict) -> dict[str, object]:
         "precision": "4bit" if training.get("load_in_4bit") else training.get("precision", "bf16"),
         "gradient_checkpointing": bool(training.get("gradient_checkpointing")),
     })
-    values.update({key: _text(training[key]) for key in _TRAINING_FIELDS if key in training})
+    values.update({key: _text(training[key]) for key in TRAINING_FIELDS if key in training})
     return values
 
 

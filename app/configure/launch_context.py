@@ -13,8 +13,10 @@ from app import redis_client
 from app.accounts.auth import team_scoped
 from app.accounts.users import Principal
 from app.db import new_session
+from app.estimator.job_config import training_examples
 from app.estimator.run_plan import CHARACTERS_PER_TOKEN, plan_run
 from app.fleet import worker_registry
+from app.job_status import JobStatus
 from app.settings import Settings
 from app.tables import DataFile, Job
 
@@ -33,7 +35,7 @@ def apply_dataset_facts(values: dict, principal: Principal) -> DataFile | None:
     if train is None:
         return None
     split = _float(values.get("validation_split"))
-    values["dataset_examples"] = str(max(1, train.examples - int(train.examples * split / 100)))
+    values["dataset_examples"] = str(max(1, training_examples(train.examples, split)))
     values["has_validation_set"] = has_validation_file or split > 0
     return train
 
@@ -47,7 +49,7 @@ def _float(text) -> float:
 
 def _measured_tokens_per_second(session, model: str, team_id: str) -> float | None:
     rates = session.scalars(
-        select(Job.final_metrics).where(Job.team_id == team_id, Job.model == model, Job.status == "succeeded")
+        select(Job.final_metrics).where(Job.team_id == team_id, Job.model == model, Job.status == JobStatus.SUCCEEDED)
         .order_by(Job.finished_at.desc()).limit(5)
     ).all()
     values = [r["tokens_per_second"] for r in rates if r and r.get("tokens_per_second")]

@@ -181,8 +181,7 @@ async def launch_job(request: Request, settings: SettingsDep, session: SessionDe
                 return HTMLResponse("", headers={"HX-Redirect": f"/jobs/{job.id}"})
             return RedirectResponse(f"/jobs/{job.id}", status_code=303)
         except LaunchError as exc:
-            name = {"load_in_4bit": "precision"}.get(exc.param.split(".")[-1], exc.param.split(".")[-1])
-            state.errors[name if name in values else "launch"] = exc.message
+            state.errors[form_fields.error_field(exc.param, values, fallback="launch")] = exc.message
     context = _context(state, settings, principal, drawn_for=form.get("drawn_for") or None)
     context["launch_failed"] = True
     if _is_htmx(request):

@@ -12,8 +12,9 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.accounts.users import Principal
+from app.datasets.format_common import DatasetSummary
 from app.datasets.upload_form import UploadTooLarge, too_large
-from app.datasets.validator import DatasetSummary, summarise_file
+from app.datasets.validator import summarise_file
 from app.settings import Settings
 from app.storage import artifacts
 from app.tables import DataFile, new_id

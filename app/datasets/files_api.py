@@ -22,8 +22,8 @@ from starlette.formparsers import MultiPartException
 from app.accounts.auth import PrincipalDep, team_scoped
 from app.accounts.users import Principal
 from app.datasets import files
+from app.datasets.format_common import DatasetInvalid
 from app.datasets.upload_form import read_upload_form
-from app.datasets.validator import DatasetInvalid
 from app.db import SessionDep
 from app.settings import get_settings
 from app.storage import artifacts

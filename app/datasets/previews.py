@@ -45,7 +45,3 @@ def get_preview(settings: Settings, data_file: DataFile, model: str, loss_on: Lo
         command += ["--column-mapping", json.dumps(data_file.column_mapping)]
     return Preview(offloaded.cached_or_start(out, command, settings))
 
-
-def retry_preview(settings: Settings, data_file: DataFile, model: str, loss_on: LossOn = "assistant") -> None:
-    """Forget a failed preview so the next request computes it again."""
-    offloaded.forget_failure(_cache_path(settings, data_file, resolve_source(model, settings), loss_on))

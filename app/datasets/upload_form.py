@@ -44,7 +44,7 @@ class _StreamingParser(MultiPartParser):
         upload = self._current_part.file
         if upload is not None:
             upload.file.close()
-            upload.file = tempfile.NamedTemporaryFile(dir=self.directory, prefix=".upload-")  # noqa: SIM115
+            upload.file = tempfile.NamedTemporaryFile(dir=self.directory, prefix=".upload-")
             self._files_to_close_on_error.append(upload.file)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:

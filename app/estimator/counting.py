@@ -241,7 +241,3 @@ def safetensors_sizes(files: dict[str, tuple[int, ...]], widths: tuple[int, ...]
         sizes.append(8 + header + offset)
     return tuple(sizes)
 
-
-def safetensors_bytes(files: dict[str, tuple[int, ...]], bytes_per_value: int) -> int:
-    """Size of a safetensors file holding these tensors at one byte width."""
-    return safetensors_sizes(files, (bytes_per_value,))[0]

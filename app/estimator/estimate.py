@@ -6,36 +6,37 @@ Pure stdlib + pydantic; must not import torch or `workers`.
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.estimator.advice import Advice, advise
 from app.estimator.counting import count, safetensors_sizes
 from app.estimator.inventory import Inventory
-from app.estimator.lora_settings import LoraSettings
+from app.estimator.job_config import JobConfig
 from app.estimator.matching import select_modules
 from app.estimator.memory import GPU_SIZES_GB, Precision, estimate_memory
 
 
-class TrainingKnobs(BaseModel):
-    """The training settings that change memory and advice."""
+class EstimateRequest(JobConfig):
+    """A job's settings (the same body `POST /v1/fine_tuning/jobs` takes), plus facts about its data for advice."""
 
     model_config = ConfigDict(extra="forbid")
 
-    precision: Precision = Field("bf16", description="Base weight precision; 4bit means QLoRA (NF4).")
-    sequence_length: int = Field(1024, ge=16, le=1_048_576, description="Max tokens per example.")
-    batch_size: int = Field(4, ge=1, le=4096, description="Micro-batch size per GPU.")
-    gradient_checkpointing: bool = True
+    @model_validator(mode="before")
+    @classmethod
+    def _data_facts_in_training(cls, data: Any) -> Any:
+        # Older clients sent the data facts inside `training`; they describe the data, not the run.
+        if isinstance(data, dict) and isinstance(data.get("training"), dict):
+            training = dict(data["training"])
+            for key in ("dataset_examples", "has_validation_set"):
+                if key in training:
+                    data = {**data, key: training.pop(key)}
+            data = {**data, "training": training}
+        return data
+
     dataset_examples: int | None = Field(None, ge=1, description="Training examples, for rank advice.")
-    has_validation_set: bool = False
-
-
-class EstimateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(..., min_length=1, examples=["meta-llama/Llama-3.1-8B"])
-    lora: LoraSettings = Field(default_factory=LoraSettings)
-    training: TrainingKnobs = Field(default_factory=TrainingKnobs)
+    has_validation_set: bool = Field(False, description="Whether the run has validation data, for advice.")
 
 
 class ModuleBreakdown(BaseModel):
@@ -89,7 +90,7 @@ class EstimateResponse(BaseModel):
 
 def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse:
     """Exact counts, adapter size, memory and advice for a LoRA config on a model."""
-    lora, knobs = request.lora, request.training
+    lora, training = request.lora, request.training
     selection = select_modules(inventory, lora)
     counts = count(inventory, lora, selection)
     fp32_bytes, bf16_bytes = safetensors_sizes(counts.files, (4, 2))
@@ -97,10 +98,10 @@ def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse
         inventory,
         counts.adapter_params,
         counts.saved_params,
-        precision=knobs.precision,
-        sequence_length=knobs.sequence_length,
-        batch_size=knobs.batch_size,
-        gradient_checkpointing=knobs.gradient_checkpointing,
+        precision=training.weights_precision,
+        sequence_length=training.sequence_length,
+        batch_size=training.batch_size,
+        gradient_checkpointing=training.gradient_checkpointing,
     )
     return EstimateResponse(
         model=inventory.model_id,
@@ -137,6 +138,6 @@ def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse
         ),
         warnings=advise(
             inventory, lora, selection,
-            dataset_examples=knobs.dataset_examples, has_validation_set=knobs.has_validation_set,
+            dataset_examples=request.dataset_examples, has_validation_set=request.has_validation_set,
         ),
     )

@@ -1,13 +1,14 @@
 """What a fine-tuning job carries: the base model, the LoRA settings and the training knobs.
 
-The same object is stored with the job, shown on its page and read by the worker, which turns it
-into `peft.LoraConfig` and `transformers.TrainingArguments` in one place. Pure pydantic;
-must not import torch, transformers, peft or `workers`.
+The one schema of a job's settings, the one the REST API documents: the configuration form, the estimate, the
+launch, the clone and the worker all read it, so a default or a limit is written here once. It is stored with
+the job, shown on its page and turned by the worker into `peft.LoraConfig` and `transformers.TrainingArguments`
+in one place. Pure pydantic; must not import torch, transformers, peft or `workers`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -22,6 +23,14 @@ class TrainingSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _four_bit_shorthand(cls, data: Any) -> Any:
+        # `precision: "4bit"` (the form's and the estimate's word for QLoRA) is NF4 weights computing in bf16.
+        if isinstance(data, dict) and data.get("precision") == "4bit":
+            data = {**data, "precision": "bf16", "load_in_4bit": True}
+        return data
+
     learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate of AdamW.")
     num_epochs: float = Field(3.0, gt=0, le=1000, description="Passes over the training set.")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides num_epochs when set.")
@@ -34,9 +43,12 @@ class TrainingSettings(BaseModel):
     lr_scheduler: Scheduler = "linear"
     weight_decay: float = Field(0.0, ge=0, le=1)
     seed: int = Field(42, ge=0, le=2**32 - 1)
-    precision: TrainPrecision = Field("bf16", description="Compute precision; falls back to fp32 on a CPU worker.")
+    precision: TrainPrecision = Field(
+        "bf16", description="Compute precision; falls back to fp32 on a CPU worker. \"4bit\" is short for bf16 with "
+        "load_in_4bit.")
     load_in_4bit: bool = Field(False, description="QLoRA: quantise the base to NF4 (needs CUDA and bitsandbytes).")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about a third slower.")
     logging_steps: int = Field(1, ge=1, le=100_000)
     eval_steps: int | None = Field(None, ge=1, description="Evaluate every N steps (needs validation data).")
     save_steps: int = Field(50, ge=1, le=1_000_000, description="Write a checkpoint every N steps.")
@@ -46,6 +58,11 @@ class TrainingSettings(BaseModel):
     validation_split: float = Field(
         0.0, ge=0, le=50, description="Percent of the training file held out for evaluation when no file is given."
     )
+
+    @property
+    def weights_precision(self) -> Literal["bf16", "fp16", "fp32", "4bit"]:
+        """How the base weights are held in memory: the compute precision, or 4bit under QLoRA."""
+        return "4bit" if self.load_in_4bit else self.precision
 
 
 class JobConfig(BaseModel):
@@ -62,3 +79,13 @@ class JobConfig(BaseModel):
         if self.training.load_in_4bit and self.training.precision == "fp32":
             raise ValueError("load_in_4bit computes in bf16 or fp16; choose one of those precisions")
         return self
+
+
+def held_out_examples(examples: int, validation_split: float) -> int:
+    """How many of a training file's examples a validation split holds out (rounded down)."""
+    return int(examples * validation_split / 100)
+
+
+def training_examples(examples: int, validation_split: float) -> int:
+    """How many examples a run trains on once its validation split is held out."""
+    return examples - held_out_examples(examples, validation_split)

@@ -25,7 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.settings import REPO_ROOT, Settings
+from app.bundled_files import child_process_dir
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _run_queue() -> None:
             _current = task
         try:
             _run(task)
-        except Exception:  # noqa: BLE001 -- the runner must outlive any one task (e.g. its data dir vanished)
+        except Exception:  # the runner must outlive any one task (e.g. its data dir vanished)
             log.exception("offloaded computation for %s failed to run", task.out)
             _record_failure(task.out, "the computation could not be started; see the server log")
         finally:
@@ -137,7 +138,7 @@ def _run(task: _Task) -> None:
         with log_file.open("w") as child_log:
             # Its own session, so a timeout can kill the child and anything it started, as one group.
             process = subprocess.Popen([sys.executable, *task.command, "--out", str(task.out)], stdout=child_log,
-                                       stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
+                                       stderr=subprocess.STDOUT, cwd=child_process_dir(), start_new_session=True)
         try:
             returncode = process.wait(timeout=task.timeout)
         except subprocess.TimeoutExpired:

@@ -18,7 +18,7 @@ import redis
 from celery import Celery
 from kombu.transport.redis import Channel
 
-from app.settings import Settings, get_settings
+from app.settings import DEFAULT_REDIS_KEY_PREFIX, Settings, get_settings
 
 TRAIN_TASK = "tuneboard.train_job"
 BROKER_SOCKET_TIMEOUT_SECONDS = 30.0
@@ -26,10 +26,17 @@ BROKER_CONNECT_TIMEOUT_SECONDS = 5.0
 BROKER_HEALTH_CHECK_SECONDS = 25
 
 
+def broker_key_prefix(settings: Settings) -> str:
+    """What Kombu puts before each of its keys (queue lists, `unacked`, bindings): the install's redis_key_prefix,
+    or nothing with the default one, so an install that predates the setting keeps its queued messages."""
+    return "" if settings.redis_key_prefix == DEFAULT_REDIS_KEY_PREFIX else settings.redis_key_prefix
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app on the configured Redis, set up for long, one-at-a-time GPU tasks."""
     url = settings.effective_redis_url
     celery = Celery("tuneboard", broker=url)
+    key_prefix = broker_key_prefix(settings)
     celery.conf.update(
         task_default_queue=settings.default_queue,
         task_ignore_result=True,
@@ -48,6 +55,8 @@ def make_celery(settings: Settings) -> Celery:
             "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_SECONDS,
             "socket_keepalive": True,
             "health_check_interval": BROKER_HEALTH_CHECK_SECONDS,
+            # Another install on this Redis has its own queues, even of the same name.
+            **({"global_keyprefix": key_prefix} if key_prefix else {}),
         },
         # Task events on by default so Flower and `celery events` work as they are.
         worker_send_task_events=True,
@@ -58,13 +67,14 @@ def make_celery(settings: Settings) -> Celery:
 
 
 @cache
-def _celery_for(url: str) -> Celery:
+def _celery_for(url: str, key_prefix: str) -> Celery:
     return make_celery(get_settings())
 
 
 def get_celery() -> Celery:
     """The process-wide Celery client for the configured broker."""
-    return _celery_for(get_settings().effective_redis_url)
+    settings = get_settings()
+    return _celery_for(settings.effective_redis_url, settings.redis_key_prefix)
 
 
 def enqueue_training(job_id: str, queue: str) -> None:
@@ -72,9 +82,16 @@ def enqueue_training(job_id: str, queue: str) -> None:
     get_celery().send_task(TRAIN_TASK, args=[job_id], queue=queue)
 
 
-def _queue_keys(queue: str) -> list[str]:
-    # Kombu's Redis transport keeps a list per queue and priority step, named as its Channel._q_for_pri does.
-    return [queue if step == 0 else f"{queue}{Channel.sep}{step}" for step in Channel.priority_steps]
+def queue_keys(queue: str) -> list[str]:
+    """The Redis lists Kombu keeps a queue's waiting messages in: one per priority step, the first the queue's own."""
+    # Named as Kombu's Channel._q_for_pri names them, behind the prefix its transport puts before every key.
+    prefix = broker_key_prefix(get_settings())
+    return [prefix + (queue if step == 0 else f"{queue}{Channel.sep}{step}") for step in Channel.priority_steps]
+
+
+def unacked_key() -> str:
+    """The Redis hash of messages delivered to a worker and not acked yet."""
+    return broker_key_prefix(get_settings()) + Channel.unacked_key
 
 
 def _job_of_message(message: object) -> str | None:
@@ -123,9 +140,9 @@ def broker_holdings(client: redis.Redis, queues: Iterable[str]) -> BrokerHolding
     """What the broker holds of these queues' training tasks: their lists, and Kombu's `unacked` hash."""
     pipe = client.pipeline(transaction=False)
     for queue in sorted(set(queues)):
-        for key in _queue_keys(queue):
+        for key in queue_keys(queue):
             pipe.lrange(key, 0, -1)
-    pipe.hvals(Channel.unacked_key)
+    pipe.hvals(unacked_key())
     *lists, unacked = pipe.execute()
     waiting = frozenset(job_id for raw in (raw for held in lists for raw in held)
                         if (job_id := _job_of_message(_loads(raw))) is not None)

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import redis
 
-KEY_PREFIX = "tuneboard:worker:"
+from app.settings import get_settings
+
+KEY_PREFIX = "worker:"  # after the install's redis_key_prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +32,20 @@ class WorkerInfo:
         return self.gpu_memory_bytes if self.device != "cpu" else self.ram_bytes
 
 
+def _key_prefix() -> str:
+    # The install's own: workers of another install sharing this Redis are not this one's.
+    return get_settings().redis_key_prefix + KEY_PREFIX
+
+
 def announce(client: redis.Redis, info: dict, ttl_seconds: float) -> None:
     """Publish a worker's announcement, valid for ttl_seconds."""
-    client.set(KEY_PREFIX + info["hostname"], json.dumps(info), px=int(ttl_seconds * 1000))
+    client.set(_key_prefix() + info["hostname"], json.dumps(info), px=int(ttl_seconds * 1000))
 
 
 def live_workers(client: redis.Redis) -> list[WorkerInfo]:
     """Every worker that announced itself recently, by name."""
-    keys = sorted(client.scan_iter(match=KEY_PREFIX + "*", count=500))
+    # The prefix holds no glob characters (Settings allows none), so it matches only itself.
+    keys = sorted(client.scan_iter(match=_key_prefix() + "*", count=500))
     infos = []
     for raw in client.mget(keys) if keys else []:
         if raw is None:

@@ -21,6 +21,7 @@ from app import redis_client
 from app.accounts.auth import PrincipalDep, team_scoped
 from app.accounts.users import Principal
 from app.db import SessionDep
+from app.job_status import JobStatus
 from app.jobs import adapter_card, lifecycle, metric_downsampling
 from app.jobs.api_shapes import checkpoint_object, checkpoint_steps_metrics, event_object, job_object, metric_point
 from app.jobs.create_request import CreateJobRequest
@@ -35,7 +36,6 @@ from app.web.api_errors import ErrorEnvelope, error_response, validation_param
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
 ERRORS = {400: {"model": ErrorEnvelope}, 404: {"model": ErrorEnvelope}, 422: {"model": ErrorEnvelope}}
 CREATE_ERRORS = {**ERRORS, 409: {"model": ErrorEnvelope}}
-JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
 _METADATA_PARAM = re.compile(r"^metadata\[(.*)\]$")
 METADATA_FILTER_DOC = {
     "name": "metadata", "in": "query", "required": False, "style": "deepObject", "explode": True,

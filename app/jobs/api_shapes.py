@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.job_status import JobStatus
 from app.jobs.create_request import BASE_LEARNING_RATE
 from app.jobs.lifecycle import event_payload, job_error
 from app.tables import Checkpoint, Event, Job, Metric
@@ -35,7 +36,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "model": job.model,
         "created_at": int(job.created_at),
         "finished_at": int(job.finished_at) if job.finished_at else None,
-        "fine_tuned_model": f"{job.model}:ft-{job.suffix or job.id}" if job.status == "succeeded" else None,
+        "fine_tuned_model": f"{job.model}:ft-{job.suffix or job.id}" if job.status == JobStatus.SUCCEEDED else None,
         "organization_id": "org-tuneboard",
         "result_files": [],
         "status": job.status,
@@ -87,7 +88,7 @@ def checkpoint_steps_metrics(session: Session, job_id: str, steps: list[int]) ->
 
 
 def checkpoint_object(checkpoint: Checkpoint, job: Job, logged: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The fine_tuning.job.checkpoint object; `logged` are the metrics of its step when it stored none."""
+    """The fine_tuning.job.checkpoint object; `logged` are the metrics logged at its step."""
     return {
         "object": "fine_tuning.job.checkpoint",
         "id": f"ftckpt-{checkpoint.id}",
@@ -95,7 +96,7 @@ def checkpoint_object(checkpoint: Checkpoint, job: Job, logged: dict[str, Any] |
         "fine_tuned_model_checkpoint": f"{job.model}:ft-{job.suffix or job.id}:ckpt-step-{checkpoint.step}",
         "fine_tuning_job_id": job.id,
         "step_number": checkpoint.step,
-        "metrics": checkpoint.metrics or logged or {"step": checkpoint.step},
+        "metrics": logged or {"step": checkpoint.step},
     }
 
 
@@ -117,9 +118,9 @@ def job_phase(session: Session, job: Job) -> str | None:
     """Where a job that has logged no step yet is: queued at position N, loading, tokenizing, first step."""
     if job.is_finished or job.step > 0:
         return None
-    if job.status == "queued":
+    if job.status == JobStatus.QUEUED:
         ahead = session.scalar(select(func.count()).select_from(Job).where(
-            Job.status == "queued", Job.queue == job.queue, Job.created_at < job.created_at)) or 0
+            Job.status == JobStatus.QUEUED, Job.queue == job.queue, Job.created_at < job.created_at)) or 0
         return f"Queued at position {ahead + 1} on queue {job.queue}: waiting for a worker."
     recent = session.scalars(select(Event.message).where(Event.job_id == job.id)
                              .order_by(Event.id.desc()).limit(50)).all()
@@ -139,7 +140,7 @@ def _eta_text(seconds: float) -> str:
 def progress_figures(session: Session, job: Job) -> dict[str, str]:
     """Tokens/s, ETA and latest loss as the page shows them, from what is stored (no wait for the next step)."""
     figures = {"tps": "—", "eta": "—", "loss": "—"}
-    if job.status == "succeeded":
+    if job.status == JobStatus.SUCCEEDED:
         figures["eta"] = "done"
     final = job.final_metrics or {}
     if final.get("tokens_per_second"):

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from app.estimator.job_config import JobConfig, TrainingSettings
 from app.estimator.lora_settings import LoraSettings
 
-BASE_LEARNING_RATE = 2e-4
+# The schema's own default: a multiplier of 1 trains at the rate a job gets when it names none.
+BASE_LEARNING_RATE = TrainingSettings.model_fields["learning_rate"].default
 Auto = Literal["auto"]
 # OpenAI's limits on metadata: 16 pairs, keys up to 64 characters, values up to 512.
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -64,7 +65,9 @@ class CreateJobRequest(BaseModel):
     method: Method | None = None
     integrations: list[Any] | None = Field(None, max_length=0, description="Not supported; leave empty.")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="peft.LoraConfig fields.")
-    training: dict[str, Any] = Field(default_factory=dict, description="TrainingSettings fields to override.")
+    training: TrainingSettings = Field(
+        default_factory=TrainingSettings, description="The run's training settings; those given override `method`'s "
+        "hyperparameters and `seed`.")
     queue: str | None = Field(None, min_length=1, max_length=128, description="Worker queue (GPU class).")
 
     def hyperparameters_given(self) -> Hyperparameters:
@@ -85,5 +88,5 @@ class CreateJobRequest(BaseModel):
             training["learning_rate"] = BASE_LEARNING_RATE * given.learning_rate_multiplier
         if self.seed is not None:
             training["seed"] = self.seed
-        training.update(self.training)
+        training.update(self.training.model_dump(include=self.training.model_fields_set))
         return JobConfig(model=self.model, lora=self.lora, training=TrainingSettings.model_validate(training))

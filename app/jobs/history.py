@@ -20,11 +20,12 @@ from urllib.parse import urlencode
 from sqlalchemy import Text, and_, cast, func, or_, select
 from sqlalchemy.orm import Session
 
+from app.job_status import JobStatus
 from app.tables import DataFile, Job, Membership, User
 
 PAGE_SIZE = 50
 COUNT_CAP = 10_000
-STATUSES = ("validating_files", "queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = tuple(JobStatus)
 SORTS = {"created": "Created", "duration": "Duration", "loss": "Final train loss", "params": "Trainable params"}
 RECENT_TAG_ROWS = 500
 DAY = 86_400

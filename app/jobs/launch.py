@@ -13,8 +13,8 @@ from app import redis_client
 from app.accounts.auth import team_scoped
 from app.accounts.users import Principal
 from app.base_models.inventories import InventoryUnavailable, get_inventory
-from app.estimator.estimate import EstimateRequest, TrainingKnobs, estimate
-from app.estimator.job_config import JobConfig
+from app.estimator.estimate import EstimateRequest, estimate
+from app.estimator.job_config import JobConfig, held_out_examples, training_examples
 from app.estimator.limits import ImpossibleSettings, check_rank_limits, memory_over_every_worker
 from app.fleet import worker_registry
 from app.jobs import lifecycle
@@ -40,14 +40,9 @@ def estimate_at_launch(config: JobConfig, examples: int, has_validation: bool, s
         if exc.refused:  # an unknown model (or absurd config) is refused; one not computed yet is not
             raise LaunchError("model", exc.message, status=exc.status, code=exc.code) from None
         return None
-    knobs = TrainingKnobs(
-        precision="4bit" if config.training.load_in_4bit else config.training.precision,
-        sequence_length=config.training.sequence_length, batch_size=config.training.batch_size,
-        gradient_checkpointing=config.training.gradient_checkpointing, dataset_examples=examples,
-        has_validation_set=has_validation,
-    )
+    request = EstimateRequest(**dict(config), dataset_examples=examples, has_validation_set=has_validation)
     try:
-        result = estimate(inventory, EstimateRequest(model=config.model, lora=config.lora, training=knobs))
+        result = estimate(inventory, request)
     except EstimateError as exc:
         raise LaunchError(f"lora.{exc.field}", exc.message, code="invalid_lora_config") from exc
     try:
@@ -75,7 +70,7 @@ def launch(session: Session, settings: Settings, principal: Principal, config: J
     split = config.training.validation_split
     if split and validation is not None:
         raise LaunchError("training.validation_split", "give a validation file or a validation split, not both")
-    if split and train.examples * split / 100 < 1:
+    if split and held_out_examples(train.examples, split) < 1:
         raise LaunchError("training.validation_split",
                           f"{split}% of {train.examples} examples holds out no example; raise the split")
     if config.training.eval_steps and validation is None and not split:
@@ -84,7 +79,7 @@ def launch(session: Session, settings: Settings, principal: Principal, config: J
         _require_known_queue(queue, settings)
     if config.training.load_in_4bit:
         _require_qlora_worker(queue or settings.default_queue)
-    examples = train.examples - (int(train.examples * split / 100) if split else 0)
+    examples = training_examples(train.examples, split)
     has_validation = validation is not None or split > 0
     launch_estimate = estimate_at_launch(config, examples, has_validation, settings)
     if launch_estimate is not None:
@@ -128,5 +123,5 @@ def _redis_or_none():
         client = redis_client.get_redis()
         client.ping()
         return client
-    except Exception:  # noqa: BLE001 - the job is still stored; submit() reports the unreachable queue
+    except Exception:  # the job is still stored; submit() reports the unreachable queue
         return None

@@ -64,7 +64,7 @@ class ReaperThread(threading.Thread):
                 if requeued or ended:
                     log.warning("reaper: requeued %s, ended %s", requeued, ended)
                 self._resend()
-            except Exception:  # noqa: BLE001 - keep reaping after a transient DB or Redis error
+            except Exception:  # keep reaping after a transient DB or Redis error
                 log.exception("reaper pass failed")
             self.stopped.wait(interval_seconds())
 

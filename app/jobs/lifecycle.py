@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from app.db import new_session
 from app.fleet.queue import broker_holdings, enqueue_training, get_celery
+from app.job_status import JobStatus
 from app.jobs import streams
 from app.settings import Settings
 from app.tables import Checkpoint, Event, Job, Metric, now
@@ -29,7 +30,7 @@ from app.tables import Checkpoint, Event, Job, Metric, now
 log = logging.getLogger(__name__)
 
 
-class AttemptFenced(Exception):  # noqa: N818 - a refusal, named after what happened
+class AttemptFenced(Exception):  # a refusal, named after what happened
     """A write by an attempt that no longer owns its job (reaped, taken over, or ended): refused."""
 
     def __init__(self, job_id: str, attempt: int):
@@ -44,7 +45,7 @@ def hold_attempt(session: Session, job_id: str, attempt: int) -> None:
     until the caller commits: no claim or reap lands between this check and the writes that follow it."""
     session.commit()  # start a fresh transaction whose first statement is this lock
     held = session.execute(
-        update(Job).where(Job.id == job_id, Job.attempts == attempt, Job.status == "running")
+        update(Job).where(Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING)
         .values(attempts=Job.attempts).execution_options(synchronize_session=False)
     )
     if held.rowcount != 1:
@@ -55,7 +56,7 @@ def hold_attempt(session: Session, job_id: str, attempt: int) -> None:
 def is_current_attempt(session: Session, job_id: str, attempt: int) -> bool:
     """Whether the job is running as this attempt."""
     return session.scalar(select(func.count()).select_from(Job).where(
-        Job.id == job_id, Job.attempts == attempt, Job.status == "running")) == 1
+        Job.id == job_id, Job.attempts == attempt, Job.status == JobStatus.RUNNING)) == 1
 
 
 def publish_for_attempt(client: redis.Redis, job_id: str, attempt: int, type_: str, data: dict[str, Any], *,
@@ -140,7 +141,7 @@ def publish_status(client: redis.Redis | None, job: Job, *, max_len: int = 200_0
 
 def job_error(job: Job) -> dict[str, str] | None:
     """The OpenAI-shaped error object of a failed job, else None."""
-    if job.status != "failed":
+    if job.status != JobStatus.FAILED:
         return None
     return {"code": job.error_code or "failed", "message": job.error_message or "The job failed.", "param": None}
 
@@ -148,7 +149,7 @@ def job_error(job: Job) -> dict[str, str] | None:
 def submit(session: Session, client: redis.Redis | None, job: Job, settings: Settings) -> Job:
     """Commit a new job as queued, then send its task; while the broker is away the job stays queued (the reaper
     sends it once Redis answers), so a job is never failed for an outage."""
-    job.status = "queued"
+    job.status = JobStatus.QUEUED
     job.max_attempts = settings.max_attempts
     job.sent_at = now()
     session.add(job)
@@ -157,7 +158,7 @@ def submit(session: Session, client: redis.Redis | None, job: Job, settings: Set
               max_len=settings.stream_max_points)
     try:
         enqueue_training(job.id, job.queue)
-    except Exception as exc:  # noqa: BLE001 - any broker error: the job stays queued, and the reaper sends it
+    except Exception as exc:  # any broker error: the job stays queued, and the reaper sends it
         # The job is stored, so nothing is lost: the reaper's reconciliation (resend_stranded) sends every queued
         # job that no broker message holds once Redis answers again.
         log.warning("job %s: the job queue (Redis) did not answer (%s); it stays queued", job.id, exc)
@@ -181,8 +182,8 @@ def claim(session: Session, job_id: str, worker: str, settings: Settings, *,
     started = now()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
-        .values(status="running", worker=worker, attempts=Job.attempts + 1,
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
+        .values(status=JobStatus.RUNNING, worker=worker, attempts=Job.attempts + 1,
                 lease_expires_at=started + settings.lease_seconds, task_id=task_id)
         .execution_options(synchronize_session=False)
     )
@@ -204,7 +205,7 @@ def renew_lease(session: Session, job_id: str, worker: str, attempt: int, settin
     """Extend this attempt's lease; False when the job is no longer ours (reaped, or ended)."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.worker == worker, Job.attempts == attempt)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker == worker, Job.attempts == attempt)
         .values(lease_expires_at=now() + settings.lease_seconds)
         .execution_options(synchronize_session=False)
     )
@@ -238,7 +239,7 @@ def finish(session: Session, job_id: str, worker: str, attempt: int, status: str
     """End this attempt with a final status; False when the attempt had already lost the job."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.worker == worker, Job.attempts == attempt)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.worker == worker, Job.attempts == attempt)
         .values(status=status, finished_at=now(), lease_expires_at=None, **values)
         .execution_options(synchronize_session=False)
     )
@@ -249,8 +250,8 @@ def finish(session: Session, job_id: str, worker: str, attempt: int, status: str
 def cancel(session: Session, client: redis.Redis | None, job: Job, settings: Settings) -> Job:
     """Cancel a queued job at once; ask a running one to stop (it keeps its last checkpoint)."""
     queued = session.execute(
-        update(Job).where(Job.id == job.id, Job.status.in_(("queued", "validating_files")))
-        .values(status="cancelled", cancel_requested=True, finished_at=now())
+        update(Job).where(Job.id == job.id, Job.status.in_((JobStatus.QUEUED, JobStatus.VALIDATING_FILES)))
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now())
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -261,13 +262,13 @@ def cancel(session: Session, client: redis.Redis | None, job: Job, settings: Set
         publish_status(client, job, max_len=settings.stream_max_points)
         return job
     running = session.execute(
-        update(Job).where(Job.id == job.id, Job.status == "running", Job.cancel_requested.is_(False))
+        update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.cancel_requested.is_(False))
         .values(cancel_requested=True, cancel_requested_at=now())
         .execution_options(synchronize_session=False)
     )
     session.commit()
     session.refresh(job)
-    if job.status == "running" and job.cancel_requested:
+    if job.status == JobStatus.RUNNING and job.cancel_requested:
         # The database is the truth (the worker reads it every few seconds); the Redis flag is the fast path,
         # raised again by every request, so a retry after an outage or a restart that lost it still reaches the loop.
         _raise_cancel_flag(client, job.id)
@@ -296,9 +297,9 @@ def _terminate_overdue_cancels(session: Session, client, settings: Settings, mom
     """End running jobs that ignored a cancel for the grace period, and kill their worker processes."""
     rows = session.execute(
         update(Job)
-        .where(Job.status == "running", Job.cancel_requested.is_(True),
+        .where(Job.status == JobStatus.RUNNING, Job.cancel_requested.is_(True),
                Job.cancel_requested_at < moment - settings.cancel_grace_seconds)
-        .values(status="cancelled", finished_at=moment, lease_expires_at=None)
+        .values(status=JobStatus.CANCELLED, finished_at=moment, lease_expires_at=None)
         .returning(Job.id, Job.task_id)
     ).all()
     session.commit()
@@ -316,11 +317,11 @@ def _terminate_overdue_cancels(session: Session, client, settings: Settings, mom
 def reap_expired(session: Session, client: redis.Redis | None, settings: Settings) -> tuple[list[str], list[str]]:
     """Requeue running jobs whose worker stopped renewing the lease, or end them; returns (requeued, ended)."""
     moment = now()
-    expired = (Job.status == "running", Job.lease_expires_at < moment)
+    expired = (Job.status == JobStatus.RUNNING, Job.lease_expires_at < moment)
     ended: list[str] = []
     for status, condition, code, message in (
-        ("cancelled", Job.cancel_requested.is_(True), None, None),
-        ("failed", Job.attempts >= Job.max_attempts, "worker_lost",
+        (JobStatus.CANCELLED, Job.cancel_requested.is_(True), None, None),
+        (JobStatus.FAILED, Job.attempts >= Job.max_attempts, "worker_lost",
          "The worker running this job stopped responding, and the job ran out of attempts."),
     ):
         rows = session.execute(
@@ -337,7 +338,7 @@ def reap_expired(session: Session, client: redis.Redis | None, settings: Setting
             publish_status(client, session.get(Job, job_id), max_len=settings.stream_max_points)
     ended += _terminate_overdue_cancels(session, client, settings, moment)
     requeued = session.execute(
-        update(Job).where(*expired).values(status="queued", worker=None, lease_expires_at=None, sent_at=moment)
+        update(Job).where(*expired).values(status=JobStatus.QUEUED, worker=None, lease_expires_at=None, sent_at=moment)
         .returning(Job.id)
     ).scalars().all()
     session.commit()
@@ -352,7 +353,7 @@ def reap_expired(session: Session, client: redis.Redis | None, settings: Setting
         publish_status(client, job, max_len=settings.stream_max_points)
         try:
             enqueue_training(job_id, job.queue)
-        except Exception:  # noqa: BLE001 - it stays queued, and resend_stranded sends it once the broker is back
+        except Exception:  # it stays queued, and resend_stranded sends it once the broker is back
             log.warning("could not requeue %s; it will be sent again when the broker answers", job_id, exc_info=True)
     return list(requeued), ended
 
@@ -367,7 +368,7 @@ def resend_stranded(session: Session, client: redis.Redis, settings: Settings, *
     cutoff = now() - grace_seconds
     sent = func.coalesce(Job.sent_at, Job.created_at)
     candidates = session.execute(
-        select(Job.id, Job.queue, Job.task_id).where(Job.status == "queued", sent < cutoff)).all()
+        select(Job.id, Job.queue, Job.task_id).where(Job.status == JobStatus.QUEUED, sent < cutoff)).all()
     if not candidates:
         return []
     holdings = broker_holdings(client, {queue for _, queue, _ in candidates})
@@ -375,7 +376,7 @@ def resend_stranded(session: Session, client: redis.Redis, settings: Settings, *
     for job_id, queue, claimed_task_id in candidates:
         if holdings.will_run(job_id, claimed_task_id):
             continue
-        taken = session.execute(update(Job).where(Job.id == job_id, Job.status == "queued", sent < cutoff)
+        taken = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED, sent < cutoff)
                                 .values(sent_at=now()).execution_options(synchronize_session=False))
         session.commit()
         if taken.rowcount != 1:

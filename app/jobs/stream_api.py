@@ -27,10 +27,11 @@ from starlette.concurrency import run_in_threadpool
 
 from app.accounts.auth import PrincipalDep
 from app.db import new_session
+from app.job_status import TERMINAL_STATUSES
 from app.jobs import stream_hub, streams
 from app.jobs.api_shapes import metric_point
 from app.settings import get_settings
-from app.tables import TERMINAL_STATUSES, Job, Metric
+from app.tables import Job, Metric
 from app.web.api_errors import ErrorEnvelope, error_response
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])

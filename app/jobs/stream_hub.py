@@ -115,7 +115,7 @@ class JobFeed:
                 batch = await self.hub.reader.xread({key: self.last_id}, block=BLOCK_MS, count=1000)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - Redis away: viewers keep waiting, the feed retries
+            except Exception as exc:  # Redis away: viewers keep waiting, the feed retries
                 if not failing:  # one line per outage, not a traceback once a second
                     log.warning("live stream of job %s: reading Redis failed (%s); retrying until it answers",
                                 self.job_id, exc, exc_info=not isinstance(exc, redis.RedisError))

@@ -14,17 +14,24 @@ from typing import Any
 
 import redis
 
+from app.settings import get_settings
+
 START = "0-0"
+
+
+def _job_key(job_id: str, what: str) -> str:
+    # The install's prefix (default "tuneboard:") lets two installs share one Redis.
+    return f"{get_settings().redis_key_prefix}job:{job_id}:{what}"
 
 
 def stream_key(job_id: str) -> str:
     """The Redis key of a job's update stream."""
-    return f"tuneboard:job:{job_id}:stream"
+    return _job_key(job_id, "stream")
 
 
 def cancel_key(job_id: str) -> str:
     """The Redis key a cancel request sets, checked by the training loop every step."""
-    return f"tuneboard:job:{job_id}:cancel"
+    return _job_key(job_id, "cancel")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +49,7 @@ def publish(client: redis.Redis, job_id: str, type_: str, data: dict[str, Any], 
 
 def attempt_key(job_id: str) -> str:
     """The Redis key holding the job's current attempt: only that attempt may append to the stream."""
-    return f"tuneboard:job:{job_id}:attempt"
+    return _job_key(job_id, "attempt")
 
 
 # Compared and appended in one script, so no newer claim can slip between the check and the XADD.

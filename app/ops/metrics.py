@@ -22,18 +22,17 @@ from starlette.routing import Match, Mount
 
 from app import redis_client
 from app.db import new_session
+from app.fleet import queue as broker_queue
 from app.fleet import worker_registry
+from app.job_status import TERMINAL_STATUSES, JobStatus
 from app.ops.logging_setup import ACCESS_LOGGER
 from app.settings import Settings
-from app.tables import TERMINAL_STATUSES, Job
+from app.tables import Job
 
 __all__ = ["CONTENT_TYPE_LATEST", "RequestMetricsMiddleware", "make_registry", "render"]
 
 # Fine-tunes run from seconds (a smoke test) to a day; the buckets are in seconds.
 JOB_DURATION_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400)
-# Kombu's Redis transport keeps a queue as a list named after it, plus one list per priority step
-# ("<queue>\x06\x16<n>") for messages sent with a priority; a queue's depth is their sum.
-_PRIORITY_SEP, _PRIORITY_STEPS = "\x06\x16", (3, 6, 9)
 UNMATCHED_ROUTE = "<unmatched>"
 access_log = logging.getLogger(ACCESS_LOGGER)
 
@@ -56,7 +55,7 @@ class JobsCollector(Collector):
             queues.update(queue for queue, _ in by_queue)
             families += _job_gauges(by_queue, queues) + [durations]
             up.add_metric(["database"], 1)
-        except Exception:  # noqa: BLE001 - a dead database must not cost the scrape its other metrics
+        except Exception:  # a dead database must not cost the scrape its other metrics
             logging.getLogger(__name__).warning("metrics: database unreadable", exc_info=True)
             up.add_metric(["database"], 0)
         try:
@@ -74,7 +73,7 @@ def _database_figures() -> tuple[dict[tuple[str, str], int], HistogramMetricFami
     run_time = Job.finished_at - Job.started_at
     with new_session() as session:
         counts = session.execute(
-            select(Job.queue, Job.status, func.count()).where(Job.status.in_(("queued", "running")))
+            select(Job.queue, Job.status, func.count()).where(Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
             .group_by(Job.queue, Job.status)
         ).all()
         # Aggregated in SQL, so the answer is a few rows whatever the history's size. Over all finished jobs
@@ -102,8 +101,8 @@ def _job_gauges(by_queue: dict[tuple[str, str], int], queues: set[str]) -> list[
     running = GaugeMetricFamily("tuneboard_jobs_running", "Jobs in status running, per queue (database).",
                                 labels=["queue"])
     for queue in sorted(queues):
-        queued.add_metric([queue], by_queue.get((queue, "queued"), 0))
-        running.add_metric([queue], by_queue.get((queue, "running"), 0))
+        queued.add_metric([queue], by_queue.get((queue, JobStatus.QUEUED), 0))
+        running.add_metric([queue], by_queue.get((queue, JobStatus.RUNNING), 0))
     return [queued, running]
 
 
@@ -111,9 +110,12 @@ def _redis_figures(client: redis.Redis, queues: set[str]) -> list[Metric]:
     """Broker messages waiting per queue and live workers per queue."""
     served = worker_registry.queues_served(worker_registry.live_workers(client))
     queues = queues | set(served)
+    # Kombu keeps a queue as a list named after it, plus one list per priority step for messages sent with a
+    # priority; a queue's depth is their sum.
     pipe = client.pipeline(transaction=False)
-    for queue in sorted(queues):
-        for key in [queue, *(f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS)]:
+    keys = {queue: broker_queue.queue_keys(queue) for queue in sorted(queues)}
+    for queue_lists in keys.values():
+        for key in queue_lists:
             pipe.llen(key)
     lengths = iter(pipe.execute())
     depth = GaugeMetricFamily(
@@ -122,7 +124,7 @@ def _redis_figures(client: redis.Redis, queues: set[str]) -> list[Metric]:
     workers = GaugeMetricFamily("tuneboard_workers_online", "Live workers serving each queue (announced in Redis).",
                                 labels=["queue"])
     for queue in sorted(queues):
-        depth.add_metric([queue], sum(next(lengths) for _ in range(1 + len(_PRIORITY_STEPS))))
+        depth.add_metric([queue], sum(next(lengths) for _ in keys[queue]))
         workers.add_metric([queue], len(served.get(queue, [])))
     return [depth, workers]
 

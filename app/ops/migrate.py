@@ -5,13 +5,15 @@ from __future__ import annotations
 from alembic import command
 from alembic.config import Config
 
-from app.settings import REPO_ROOT
+from app.bundled_files import dashboard_files
 
 
 def alembic_config(url: str | None = None) -> Config:
-    """Alembic's config for this repository, optionally aimed at a given database URL."""
-    config = Config(str(REPO_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    """Alembic's config for Tuneboard's migrations (the checkout's or the wheel's), optionally aimed at a given
+    database URL."""
+    files = dashboard_files()
+    config = Config(str(files.alembic_ini))
+    config.set_main_option("script_location", str(files.migrations))
     if url:
         config.attributes["url"] = url
     return config

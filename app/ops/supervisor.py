@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from app.settings import REPO_ROOT
+from app.bundled_files import child_process_dir
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Children:
         """Start a child in its own process group, its output to the console or a log file. A one-shot child
         may end without stopping the others, but is still stopped with them."""
         output = log.open("ab") if log else None
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
+        process = subprocess.Popen(command, cwd=child_process_dir(), env=env, stdout=output, stderr=subprocess.STDOUT
                                    if output else None, start_new_session=True)
         self.add(name, process)
         if one_shot:

@@ -40,7 +40,7 @@ _CAUSES = {
 }
 
 
-class StoreUnavailable(Exception):  # noqa: N818 - named after what the user meets
+class StoreUnavailable(Exception):  # named after what the user meets
     """The artifact store failed a read or a write; the message names the store, what was being done, and why."""
 
     def __init__(self, store: str, doing: str, cause: str):

@@ -20,9 +20,10 @@ from fastapi import Header
 from fastapi.responses import JSONResponse
 
 from app import redis_client
+from app.settings import get_settings
 from app.web.api_errors import error_response
 
-KEY_PREFIX = "tuneboard:idem:"
+KEY_PREFIX = "idem:"  # after the install's redis_key_prefix
 TTL_SECONDS = 24 * 3600
 # A claim whose request never finished (the server died mid-request) must not block retries for a day.
 PENDING_TTL_SECONDS = 300
@@ -45,7 +46,8 @@ def fingerprint(payload: Any) -> str:
 
 def _redis_key(team_id: str, endpoint: str, key: str) -> str:
     # The key is the client's string; hashing keeps odd characters and long keys out of Redis key names.
-    return KEY_PREFIX + f"{team_id}:{endpoint}:" + hashlib.sha256(key.encode()).hexdigest()
+    return (get_settings().redis_key_prefix + KEY_PREFIX + f"{team_id}:{endpoint}:"
+            + hashlib.sha256(key.encode()).hexdigest())
 
 
 def _conflict(message: str, code: str) -> JSONResponse:

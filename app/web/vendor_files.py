@@ -1,7 +1,8 @@
-"""`/vendor`: the front-end library files the pages load, from node_modules, and nothing else of it.
+"""`/vendor`: the front-end library files the pages load, and nothing else of node_modules.
 
 node_modules holds whole packages (package.json files, sources, the lock file, packages nobody loads); only
-the files named here are served, so the install's dependency tree and versions stay private.
+the files on the allow-list are served, so the install's dependency tree and versions stay private. The list,
+VENDOR_FILES, lives in app.bundled_files, since the wheel build reads it too: a wheel carries just these files.
 Must not import torch or `workers`.
 """
 
@@ -10,15 +11,9 @@ from __future__ import annotations
 from starlette.exceptions import HTTPException
 from starlette.staticfiles import StaticFiles
 
-# Every file a page or /docs loads, relative to node_modules. A new <script> or <link> adds its file here.
-VENDOR_FILES = frozenset({
-    "htmx.org/dist/htmx.min.js",
-    "uplot/dist/uPlot.iife.min.js",
-    "uplot/dist/uPlot.min.css",
-    "swagger-ui-dist/swagger-ui-bundle.js",
-    "swagger-ui-dist/swagger-ui.css",
-    "swagger-ui-dist/favicon-32x32.png",
-})
+from app.bundled_files import VENDOR_FILES
+
+__all__ = ["VENDOR_FILES", "VendorFiles"]
 
 
 class VendorFiles(StaticFiles):
@@ -29,7 +24,7 @@ class VendorFiles(StaticFiles):
         self.allowed = allowed
 
     async def get_response(self, path: str, scope):
-        """The file when it is on the allow-list, else 404 (as if node_modules held nothing else)."""
+        """The file when it is on the allow-list, else 404 (as if the folder held nothing else)."""
         # `path` is already normalised by StaticFiles.get_path (no '..', OS separators).
         if path.replace("\\", "/") not in self.allowed:
             raise HTTPException(status_code=404)

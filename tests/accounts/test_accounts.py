@@ -26,7 +26,7 @@ def _csrf(html: str) -> str:
 
 
 def test_first_run_link_signs_the_admin_in_once_with_a_safe_cookie(app):
-    from app.cli import first_run_link
+    from app.cli.accounts import first_run_link
 
     link = first_run_link("http://testserver")
     assert link and first_run_link("http://testserver") is None  # only on an install with no user

@@ -1,12 +1,12 @@
 """`GET /v1/fine_tuning/jobs/{id}/metrics?max_points=N` on a 100,000-step job written straight into the database:
-at most N points per series, both ends and every bucket's extremes kept, answered quickly from SQL.
+at most N points per series, both ends and every bucket's extremes kept. How fast it answers (from SQL) is
+bench/history.py's `max_points=500` case, measured against trivial endpoints in the same run, not a stopwatch here.
 """
 
 from __future__ import annotations
 
 import math
 import random
-import time
 
 import httpx
 import pytest
@@ -50,20 +50,16 @@ def long_job(sdk, tuneboard_env) -> tuple[str, list[dict]]:
     return job_id, rows
 
 
-def get_metrics(live_server, account, job_id: str, **params) -> tuple[dict, float]:
-    started = time.perf_counter()
+def get_metrics(live_server, account, job_id: str, **params) -> dict:
     response = httpx.get(f"{live_server.url}/v1/fine_tuning/jobs/{job_id}/metrics", params=params,
                          headers=account.headers, timeout=60)
-    elapsed = time.perf_counter() - started
     assert response.status_code == 200, response.text
-    return response.json(), elapsed
+    return response.json()
 
 
 def test_max_points_keeps_each_series_small_and_its_shape(live_server, account, long_job):
     job_id, rows = long_job
-    body, elapsed = get_metrics(live_server, account, job_id, max_points=500)
-    print(f"downsampled 100,000 steps to {len(body['data'])} rows in {elapsed:.3f} s")
-    assert elapsed < 5, f"downsampling took {elapsed:.2f} s"
+    body = get_metrics(live_server, account, job_id, max_points=500)
     assert body["downsampled"] is True and body["total_points"] == STEPS and body["has_more"] is False
     points = body["data"]
     steps = [p["step"] for p in points]
@@ -92,14 +88,14 @@ def test_max_points_keeps_each_series_small_and_its_shape(live_server, account, 
 
 def test_small_ranges_and_the_default_answer_are_unchanged(live_server, account, long_job):
     job_id, rows = long_job
-    tail, _ = get_metrics(live_server, account, job_id, max_points=500, after_step=STEPS - 200)
+    tail = get_metrics(live_server, account, job_id, max_points=500, after_step=STEPS - 200)
     assert tail["downsampled"] is False and [p["step"] for p in tail["data"]] == list(range(STEPS - 199, STEPS + 1))
     assert tail["data"][-1]["grad_norm"] == rows[-1]["grad_norm"]
 
-    tail_sampled, _ = get_metrics(live_server, account, job_id, max_points=40, after_step=STEPS - 1000)
+    tail_sampled = get_metrics(live_server, account, job_id, max_points=40, after_step=STEPS - 1000)
     assert tail_sampled["downsampled"] is True and tail_sampled["data"][0]["step"] == STEPS - 999
     assert all(sum(p[s] is not None for p in tail_sampled["data"]) <= 40 for s in SERIES)
 
-    default, _ = get_metrics(live_server, account, job_id)
+    default = get_metrics(live_server, account, job_id)
     assert "downsampled" not in default and default["has_more"] is True
     assert [p["step"] for p in default["data"]] == list(range(1, 10_001))

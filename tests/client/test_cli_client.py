@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,7 @@ import pytest
 import yaml
 
 from app import redis_client
-from app.client.http import parse_sse
+from app.client.http import Client, Connection
 from app.client.progress import Display, Progress, format_eta
 from tests.jobs.helpers import chat_records, json_lines, wait_for_inventory
 
@@ -73,7 +74,8 @@ class LiveCli:
             stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines: queue.Queue[str] = queue.Queue()
         self.stdout: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         for line in self.process.stdout:
@@ -98,7 +100,7 @@ class LiveCli:
     def finish(self, timeout: float = 60) -> tuple[int, str, str]:
         """Wait for the exit; returns (status, all of stdout, stderr)."""
         code = self.process.wait(timeout=timeout)
-        time.sleep(0.2)  # let the reader thread drain the pipe
+        self._reader.join(timeout=timeout)  # it ends at the pipe's end: every line is queued then
         while not self.lines.empty():
             self.stdout.append(self.lines.get())
         return code, "\n".join(self.stdout), self.process.stderr.read()
@@ -325,11 +327,45 @@ def test_follow_survives_a_server_restart_without_losing_or_repeating_a_step(liv
 
 
 # --- the parts without a server --------------------------------------------------------------------------
-def test_sse_parser_joins_data_lines_and_skips_pings():
-    lines = [": ping - 2025-01-01", "id: 1-0", "event: metric", 'data: {"step":', 'data: 1}', "",
-             "event: end", "data: {}", ""]
-    events = list(parse_sse(lines))
-    assert [(e.id, e.event, e.data) for e in events] == [("1-0", "metric", {"step": 1}), (None, "end", {})]
+class _FixedStream(BaseHTTPRequestHandler):
+    """A server whose job stream is a fixed body: pings, a metric with its JSON over two data lines, the end."""
+
+    BODY = (b": ping - 2025-01-01 00:00:00\r\n\r\n"
+            b'id: 1-0\r\nevent: metric\r\ndata: {"step":\r\ndata: 1}\r\n\r\n'
+            b": ping - 2025-01-01 00:00:10\r\n\r\n"
+            b"event: end\r\ndata: {}\r\n\r\n")
+    requests: list[dict[str, str | None]] = []
+
+    def do_GET(self) -> None:
+        self.requests.append({"path": self.path, "last_event_id": self.headers.get("Last-Event-ID"),
+                              "accept": self.headers.get("Accept"), "authorization": self.headers.get("Authorization")})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.end_headers()
+        for start in range(0, len(self.BODY), 7):  # in pieces that split lines, as a network may deliver them
+            self.wfile.write(self.BODY[start:start + 7])
+            self.wfile.flush()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_stream_events_joins_data_lines_skips_pings_and_asks_to_resume_after_the_last_id():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FixedStream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    opened = []
+    try:
+        with Client(Connection(f"http://127.0.0.1:{server.server_port}", "tok")) as client:
+            events = list(client.stream_events("ftjob-1", "0-9", on_open=lambda: opened.append(True), after_step=4))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert [(e.event, e.data) for e in events] == [("metric", {"step": 1}), ("end", {})]
+    assert events[0].id == "1-0" and opened == [True]
+    assert _FixedStream.requests == [{"path": "/v1/fine_tuning/jobs/ftjob-1/stream?after_step=4",
+                                      "last_event_id": "0-9", "accept": "text/event-stream",
+                                      "authorization": "Bearer tok"}]
 
 
 def test_progress_line_and_eta_use_the_servers_clock():

@@ -1,9 +1,11 @@
-"""Tests for `app.datasets.validator`: every accepted format, the exact problem messages, CSV mapping, limits,
-the validation split and the demo dataset. Pure Python: must not import torch, transformers or `workers`.
+"""Tests for `app.datasets.validator` and the format readers it picks: every accepted format, the exact problem
+messages, CSV mapping, limits, the validation split and the demo dataset. Pure Python: must not import torch,
+transformers or `workers`.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -13,17 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.datasets import validator
-from app.datasets.validator import (
-    DatasetInvalid,
-    DatasetProblem,
-    Example,
-    ParsedDataset,
-    detect_format,
-    load_examples,
-    parse_dataset,
-    split_validation,
-)
+from app.datasets.format_common import MAX_LINE_BYTES, DatasetInvalid, DatasetProblem, Example, ParsedDataset
+from app.datasets.validator import load_examples, parse_dataset, split_validation, summarise_file
 
 DEMO = Path(__file__).resolve().parents[2] / "app" / "datasets" / "demo_data" / "demo_chat.jsonl"
 
@@ -125,33 +118,34 @@ def test_unknown_extension_with_json_content_is_read_as_jsonl():
     assert parse_dataset(jsonl(GOOD), "upload").format == "chat"
 
 
-# --- detect_format ------------------------------------------------------------------------------
+# --- the format an upload is recorded with ----------------------------------------------------
 
 
-@pytest.mark.parametrize(("filename", "head", "expected"), [
+@pytest.mark.parametrize(("filename", "data", "expected"), [
     ("a.jsonl", jsonl(GOOD), "chat"),
     ("a.JSON", b"\n\n" + jsonl({"prompt": "p", "completion": "c"}), "prompt_completion"),
     ("a.ndjson", jsonl({"instruction": "i", "output": "o"}), "alpaca"),
     ("a.jsonl", jsonl({"text": "t"}), "text"),
-    ("a.csv", b"q,a\n", "csv"),
+    ("a.csv", b"prompt,completion\nq,a\n", "csv"),
     ("a.txt", b"anything", "text"),
     ("blob", b'  {"text": "t"}', "text"),
-    # a head cut off inside a long first record still names its format
-    ("a.jsonl", b'{"messages": [{"role": "user", "content": "aaaaaaa', "chat"),
+    # a first record longer than the bytes read to pick the reader is still read whole
+    ("a.jsonl", jsonl(chat(("user", "a" * 10_000), ("assistant", "b"))), "chat"),
 ])
-def test_detect_format(filename, head, expected):
-    assert detect_format(filename, head) == expected
+def test_upload_summary_names_the_format(filename, data, expected):
+    described = summarise_file(io.BytesIO(data), filename)
+    assert (described.format, described.summary["format"], described.examples) == (expected, expected, 1)
 
 
-def test_detect_format_errors():
-    with pytest.raises(DatasetInvalid, match=r"^unsupported file type '.xlsx': upload JSON Lines"):
-        detect_format("sheet.xlsx", b"PK\x03\x04")
-    with pytest.raises(DatasetInvalid, match=r"^line 1: unrecognised record"):
-        detect_format("a.jsonl", b'{"question": "q"}\n')
-    with pytest.raises(DatasetInvalid, match=r"^line 2: not valid JSON"):
-        detect_format("a.jsonl", b'\n{"text": \n{"text": "x"}\n')
-    with pytest.raises(DatasetInvalid, match=r"^the file holds no examples$"):
-        detect_format("a.jsonl", b"\n \n")
+@pytest.mark.parametrize(("filename", "data", "message"), [
+    ("sheet.xlsx", b"PK\x03\x04", r"^unsupported file type '.xlsx': upload JSON Lines"),
+    ("a.jsonl", b'{"question": "q"}\n', r"^line 1: unrecognised record"),
+    ("a.jsonl", b'\n{"text": \n{"text": "x"}\n', r"^line 2: not valid JSON"),
+    ("a.jsonl", b"\n \n", r"^the file holds no examples$"),
+])
+def test_upload_summary_refuses_what_fits_no_format(filename, data, message):
+    with pytest.raises(DatasetInvalid, match=message):
+        summarise_file(io.BytesIO(data), filename)
 
 
 # --- exact problem messages ---------------------------------------------------------------------
@@ -337,13 +331,13 @@ def test_max_examples(data, filename, line):
 
 
 def test_line_longer_than_ten_megabytes():
-    long_line = b'{"text": "' + b"x" * validator.MAX_LINE_BYTES + b'"}'
+    long_line = b'{"text": "' + b"x" * MAX_LINE_BYTES + b'"}'
     data = jsonl({"text": "ok"}) + long_line + b"\n" + jsonl({"text": "fine"})
     assert messages_of(data) == [f"line 2: the line is {len(long_line):,} bytes; the limit is 10 MB per line"]
 
 
 def test_csv_cell_longer_than_ten_megabytes():
-    data = b"text\nshort\n" + b"y" * (validator.MAX_LINE_BYTES + 1) + b"\n"
+    data = b"text\nshort\n" + b"y" * (MAX_LINE_BYTES + 1) + b"\n"
     assert messages_of(data, "big.csv") == ["line 3: a cell is longer than the limit of 10 MB"]
 
 

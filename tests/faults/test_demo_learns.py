@@ -46,6 +46,7 @@ def _greedy_replies(model, tokenizer, prompts: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # waits up to 15 minutes for the run, then generates answers
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # minutes of CPU: one database is enough
 def test_demo_with_its_suggested_settings_answers_held_out_questions_in_the_demo_format(
         tuneboard_env, start_worker, account, tmp_path):

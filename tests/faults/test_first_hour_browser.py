@@ -7,7 +7,9 @@ Screenshots land in $TUNEBOARD_SCREENSHOTS (default /tmp/shots11) for a person t
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import httpx
 import pytest
@@ -37,6 +39,21 @@ def _jobs(live_server, account) -> list[dict]:
     return httpx.get(f"{live_server.url}/v1/fine_tuning/jobs", headers=account.headers).json()["data"]
 
 
+def _settled(page) -> None:
+    """Once the page's fonts are in and two frames were laid out: what a measurement of its width needs."""
+    page.evaluate("() => document.fonts.ready.then(() => new Promise(done => "
+                  "requestAnimationFrame(() => requestAnimationFrame(done))))")
+
+
+def _edit_and_wait_for_its_estimate(page, selector: str, value: str, field: str) -> None:
+    """Fill a field, then wait until the estimate the edit triggers (debounced) is back and swapped in."""
+    with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/estimate")
+                              and parse_qs(r.request.post_data or "").get(field) == [value]):
+        page.fill(selector, value)
+    expect(page.locator("#config-form")).not_to_have_class(re.compile(r"\bhtmx-request\b"))
+    expect(page.locator("#estimate")).not_to_have_class(re.compile(r"\bhtmx-(swapping|settling)\b"))
+
+
 def _with_demo_data(page) -> None:
     page.goto("/")
     page.click("#use-demo-dataset")
@@ -57,7 +74,7 @@ def test_enter_in_any_configuration_field_never_launches(browser, live_server, a
         if name == "model":
             continue  # Enter in the model picker chooses the model; it is covered by the picker's tests
         page.locator(f"#config-form input[name={name}]").first.press("Enter")
-    page.wait_for_timeout(1500)
+    page.wait_for_timeout(1500)  # the scenario: a moment in which no launch may start
     assert launches == [], launches
     assert page.url.rstrip("/") == live_server.url.rstrip("/")
     assert _jobs(live_server, account) == []
@@ -76,8 +93,7 @@ def test_failed_launch_shows_its_reason_at_the_button_keeps_the_url_and_every_va
     page.fill("input[name=max_steps]", "7")
     page.fill("input[name=learning_rate]", "-1")
     page.select_option("select[name=lr_scheduler]", "cosine")
-    page.fill("#r", "32")
-    page.wait_for_timeout(600)
+    _edit_and_wait_for_its_estimate(page, "#r", "32", "r")
     page.click("#launch")
     problems = page.locator("#launch-problems")
     expect(problems).to_be_visible()
@@ -206,7 +222,7 @@ def test_every_page_fits_a_400px_phone(browser, live_server, account):
                         ("/docs", "#swagger-ui .information-container")]:
         page.goto(path)
         page.wait_for_selector(ready)
-        page.wait_for_timeout(300)
+        _settled(page)
         width = _overflow(page)
         widths[path] = width if width <= PHONE else (width, page.evaluate(_OFFENDERS))
         _shot(page, "14-phone" + path.split("?")[0].replace("/", "-").rstrip("-"))

@@ -25,20 +25,6 @@ SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 QUIET_SECONDS = 65
 
 
-@pytest.fixture
-def redis_url(tmp_path):
-    """A Redis server of this test's own (the embedded 6.2 `tuneboard up` ships): no other test's flush reaches
-    the queued job's message, so the minute is quiet in every process."""
-    from app.ops.redis_server import start_embedded_redis
-    from tests.services import free_port
-
-    port = free_port()
-    process = start_embedded_redis(tmp_path / "redis", port)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(timeout=10)
-
-
 def test_every_redis_client_pins_timeouts_longer_than_its_blocking_reads(tuneboard_env):
     pool = redis_client.get_redis().connection_pool.connection_kwargs
     assert pool["socket_timeout"] == redis_client.SOCKET_TIMEOUT_SECONDS  # no blocking command on this client
@@ -75,12 +61,12 @@ def test_a_stream_quiet_for_a_minute_stays_open_without_a_reconnect_or_a_log_lin
                         elif line.startswith("event:"):
                             page["events"].append(line)
                 page["closed"] = "the server ended the stream"
-            except BaseException as exc:  # noqa: BLE001 - reported below
+            except BaseException as exc:  # reported below
                 page["closed"] = repr(exc)
 
         reader = threading.Thread(target=hold_the_page_stream, daemon=True)
         reader.start()
-        time.sleep(QUIET_SECONDS)
+        time.sleep(QUIET_SECONDS)  # the scenario: a minute in which nothing happens
         assert reader.is_alive() and page["closed"] is None, page["closed"]
         assert page["pings"] >= QUIET_SECONDS // 10 - 1, page  # the server's keep-alive pings, every 10 s
         assert [e for e in page["events"] if e != "event: event"] == [], page["events"]  # nothing but the replay

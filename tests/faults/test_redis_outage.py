@@ -22,6 +22,7 @@ import pytest
 import redis
 
 from app.db import new_session
+from app.fleet import queue
 from app.jobs import streams
 from app.tables import Job
 from tests.jobs.conftest import client, model_dir  # noqa: F401 - fixtures this module uses
@@ -102,15 +103,17 @@ def test_a_cancel_sent_while_redis_is_down_answers_200_and_stops_the_running_job
     wait_for(client, job["id"], lambda j: j["status"] == "running" and j["progress"]["step"] >= 3, what="step 3")
 
     own_redis.kill()
-    cancelled_at = time.monotonic()
     response = client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
     assert response.status_code == 200, response.text  # was a 500, with the cancel half recorded
     assert response.json()["status"] == "running"
 
-    # Redis stays down: the worker reads the cancel from the database.
-    job = wait_until_finished(client, job["id"], timeout=60)
+    # Redis stays down: the worker reads the cancel from the database, and its training loop stops itself (its
+    # own last word), not the hard stop that would come once the grace period (60 s) had passed.
+    job = wait_until_finished(client, job["id"], timeout=120)
     assert job["status"] == "cancelled", job
-    assert time.monotonic() - cancelled_at < 30
+    messages = [e["message"] for e in all_events(client, job["id"])]
+    assert "Job cancelled; its last checkpoint is kept." in messages, messages
+    assert not [m for m in messages if "terminated" in m], messages
     assert job["progress"]["step"] < max_steps
 
     own_redis.start()  # back, empty
@@ -166,7 +169,7 @@ class SseReader(threading.Thread):
                     elif not line.startswith(":"):
                         field, _, value = line.partition(":")
                         current[field] = value.removeprefix(" ")
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:  # reported by the test
             self.error = exc
 
     def steps(self) -> list[int]:
@@ -178,6 +181,7 @@ def _stored_step(job_id: str) -> int:
         return session.get(Job, job_id).step or 0
 
 
+@pytest.mark.timeout(1800)  # a 1200-step run, waited for up to 15 minutes
 def test_steps_logged_while_redis_was_down_reach_the_open_stream_and_a_replay_once(
         client, account, start_worker, model_dir, own_redis, live_server):  # noqa: F811
     start_worker()
@@ -198,10 +202,13 @@ def test_steps_logged_while_redis_was_down_reach_the_open_stream_and_a_replay_on
 
     own_redis.kill()
     before = _stored_step(job["id"])
-    time.sleep(4)
+    # The outage lasts until the worker logged two steps that only the database took, however fast it trains.
+    deadline = time.monotonic() + 120
+    while _stored_step(job["id"]) - before < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     during = _stored_step(job["id"])
     own_redis.start()  # empty: the stream, the attempt key and the broker's message are gone
-    assert during - before >= 2, (before, during)  # steps the worker logged while only the database took them
+    assert during - before >= 2, (before, during)
     assert during < last, "the run ended during the outage; make it longer"
 
     job = wait_until_finished(client, job["id"], timeout=900)
@@ -231,15 +238,19 @@ def test_a_job_created_while_redis_is_down_is_queued_and_runs_once_redis_is_back
     file_id = upload(client, chat_records())["id"]
     start_worker()
     own_redis.kill()
-    started = time.monotonic()
     response = client.post("/v1/fine_tuning/jobs", json={"model": model_dir, "training_file": file_id, "lora": LORA,
                                                           "training": {**TRAINING, "max_steps": 10, "save_steps": 10}})
     assert response.status_code == 200, response.text
     job = response.json()
     assert job["status"] == "queued" and job["error"] is None, job  # was failed: queue_unreachable
-    assert time.monotonic() - started < 15
     assert any("did not answer" in e["message"] and "stays queued" in e["message"]
                for e in all_events(client, job["id"]))
+    # Answered at once: the send gave up after Celery's few publish retries (a refused connection each, and
+    # under two seconds of pauses between them), not after waiting for the broker to come back.
+    policy = queue.get_celery().conf.task_publish_retry_policy
+    pauses = [min(policy["interval_start"] + i * policy["interval_step"], policy["interval_max"])
+              for i in range(policy["max_retries"])]
+    assert sum(pauses) < 2, policy
 
     own_redis.start()  # empty: nothing holds the job's message, so the reaper sends it
     job = wait_until_finished(client, job["id"], timeout=120)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from app.fleet import queue
 from tests.jobs.conftest import client, model_dir  # noqa: F401 - fixtures this module uses
 from tests.jobs.helpers import chat_records, launch, upload, wait_until_finished
 
@@ -69,7 +70,10 @@ def test_a_worker_told_not_to_preload_leaves_the_import_to_its_first_job(start_w
     # Today's behaviour, kept selectable (TUNEBOARD_WORKER_PRELOAD=false) for bench/queueing.py's before/after:
     # it also shows that the check above tells a warm child from a cold one.
     worker = start_worker(TUNEBOARD_WORKER_PRELOAD="false")
-    time.sleep(5)  # as long as a child needs to report for work
+    # The child runs a task (one for no job: nothing to claim, nothing imported) only once its start-up, where a
+    # preload would happen, is over.
+    queue.enqueue_training("ftjob-none", tuneboard_env.queue)
+    _wait_for_log(worker, re.compile(r"job ftjob-none: nothing to claim"), timeout=60)
     (child,) = _pool_children(worker.process.pid)
     assert not _has_torch(child)
     assert "ML stack preloaded" not in worker.log()

@@ -1,5 +1,5 @@
 """Clone: a stored job config turned back into configuration form values (the inverse of form_fields.parse and
-launch_form.training_payload), and GET /?clone=<job> opening the form filled in with them."""
+form_fields.training_payload), and GET /?clone=<job> opening the form filled in with them."""
 
 from __future__ import annotations
 

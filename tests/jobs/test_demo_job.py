@@ -15,6 +15,7 @@ DEMO_DATA = REPO_ROOT / "app" / "datasets" / "demo_data" / "demo_chat.jsonl"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # waits up to 10 minutes for the run itself, after the worker starts
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # the slowest test: one database is enough
 def test_demo_model_and_dataset_train_offline_with_falling_loss(tuneboard_env, start_worker, account):
     from workers.base_models import demo_gguf_path

@@ -8,10 +8,8 @@ worker), and a failure explained in plain words.
 from __future__ import annotations
 
 import io
-import time
 import zipfile
 
-from app import redis_client
 from app.fleet import queue
 from tests.jobs.helpers import (
     all_events,
@@ -34,7 +32,8 @@ def _training(**overrides) -> dict:
 
 
 
-def test_job_trains_to_the_end_with_falling_loss_and_a_loadable_adapter(client, start_worker, model_dir, tmp_path):
+def test_job_trains_to_the_end_with_falling_loss_and_a_loadable_adapter(client, start_worker, model_dir, tmp_path,
+                                                                        tuneboard_env):
     start_worker()
     train = upload(client, chat_records(32))
     job = launch(client, model_dir, train["id"], lora=LORA, suffix="colours",
@@ -56,7 +55,7 @@ def test_job_trains_to_the_end_with_falling_loss_and_a_loadable_adapter(client, 
     assert types.count("evaluation") == 3 and "checkpoint" in types
 
     # History lives in the database: it survives Redis losing every stream.
-    redis_client.get_redis().flushdb()
+    assert tuneboard_env.forget_redis() > 0
     assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 31))
 
     archive = client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter")
@@ -77,11 +76,14 @@ def test_cancel_stops_a_running_job_within_seconds_and_keeps_its_checkpoint(clie
     train = upload(client, chat_records())
     job = launch(client, model_dir, train["id"], lora=LORA, training=_training(max_steps=5000, save_steps=15))
     wait_for(client, job["id"], lambda j: j["progress"]["step"] >= 20, what="step 20")
-    asked = time.monotonic()
     assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").status_code == 200
-    job = wait_until_finished(client, job["id"], timeout=30)
+    job = wait_until_finished(client, job["id"], timeout=120)
     assert job["status"] == "cancelled"
-    assert time.monotonic() - asked < 10
+    # Within seconds: the training loop saw the flag at a step and stopped itself (the worker's own last word),
+    # not the hard stop the reaper deals out once the grace period (60 s) has passed.
+    messages = [e["message"] for e in all_events(client, job["id"])]
+    assert "Job cancelled; its last checkpoint is kept." in messages, messages
+    assert not [m for m in messages if "terminated" in m], messages
     assert job["progress"]["step"] < 5000
     assert client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
     assert "cancelled" in [e["data"]["kind"] for e in all_events(client, job["id"])]
@@ -92,10 +94,10 @@ def test_queued_job_cancelled_before_any_worker_never_runs(client, start_worker,
     job = launch(client, model_dir, train["id"], lora=LORA, training=_training())
     assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
     worker = start_worker()
-    time.sleep(3)
+    # The worker takes the message and finds nothing to claim; the job stays as it was.
+    wait_for(client, job["id"], lambda _j: "nothing to claim" in worker.log(), timeout=60, what="the skip")
     job = client.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
     assert job["status"] == "cancelled" and job["attempts"] == 0
-    assert "nothing to claim" in worker.log()
 
 
 def test_duplicate_delivery_starts_one_run(client, start_worker, model_dir, tuneboard_env):

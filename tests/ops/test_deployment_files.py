@@ -1,6 +1,6 @@
 """The fleet deployment files: docker-compose.yml against the Compose Specification and the stack issue 5 asks
-for, and the Dockerfile's stages (a torch-free web image, a CUDA worker image, both unprivileged and health-
-checked). No Docker engine is needed: the files are parsed, not built.
+for, and the Dockerfile's stages (a torch-free web image, a CUDA worker image, both unprivileged, health-
+checked and installing the wheel a stage builds). No Docker engine is needed: the files are parsed, not built.
 
 Each check returns the problems it finds, so the tests below also show that a broken copy gets caught.
 """
@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 import yaml
 
-from app.cli import main as tuneboard_main
+from app.cli.main import main as tuneboard_main
 from app.settings import REPO_ROOT, Settings
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -301,6 +301,14 @@ def lineage(stages: dict[str, Stage], name: str) -> list[Stage]:
     return seen
 
 
+def ancestry(stages: dict[str, Stage], name: str) -> list[Stage]:
+    """The stage and the stages it is built FROM, nearest first (what it inherits: files, USER, HEALTHCHECK)."""
+    chain = [stages[name]]
+    while chain[-1].base in stages:
+        chain.append(stages[chain[-1].base])
+    return chain
+
+
 def image_problems(stages: dict[str, Stage]) -> list[str]:
     """The web target is free of the ML stack; the worker target has it on CUDA; both run unprivileged and
     carry a health check."""
@@ -310,12 +318,7 @@ def image_problems(stages: dict[str, Stage]) -> list[str]:
             problems.append(f"no stage {target}")
             continue
         chain = lineage(stages, target)
-        ancestors = [target]
-        stage = stages[target]
-        while stage.base in stages:
-            stage = stages[stage.base]
-            ancestors.append(stage.name)
-        inherited = [stages[n] for n in ancestors]  # USER and HEALTHCHECK carry over FROM, not COPY --from
+        inherited = ancestry(stages, target)  # USER and HEALTHCHECK carry over FROM, not COPY --from
         users = [u for s in reversed(inherited) for u in s.arguments("USER")]
         if not users or users[-1].split(":")[0] in ("root", "0"):
             problems.append(f"{target} runs as root (USER {users[-1] if users else 'unset'})")
@@ -333,8 +336,33 @@ def image_problems(stages: dict[str, Stage]) -> list[str]:
         else:
             if not any(re.search(r"\[[^\]]*\bworker\b", run) for _, run in installs):
                 problems.append("worker image does not install the `worker` extra")
-            if not stages[ancestors[-1]].base.startswith("nvidia/cuda:"):
-                problems.append(f"worker image is not on a CUDA base: {stages[ancestors[-1]].base}")
+            if not inherited[-1].base.startswith("nvidia/cuda:"):
+                problems.append(f"worker image is not on a CUDA base: {inherited[-1].base}")
+    return problems
+
+
+def wheel_problems(stages: dict[str, Stage]) -> list[str]:
+    """Both images install the wheel a stage builds (with the npm stage's front-end files in it), as `pip install
+    tuneboard` would, and copy nothing of the tree but pyproject.toml (read for the dependency layer)."""
+    problems = [f"stage {name} installs editable: {run}" for name, stage in stages.items()
+                for run in stage.arguments("RUN") if re.search(r"\bpip install\b.*(\s-e\s|--editable)", run)]
+    builders = {name for name, stage in stages.items()
+                if any(re.search(r"\bpip wheel\b|\bpython -m build\b", run) for run in stage.arguments("RUN"))}
+    if not builders:
+        problems.append("no stage builds a wheel (pip wheel / python -m build)")
+    for builder in sorted(builders):
+        if not any("npm ci" in run for stage in lineage(stages, builder) for run in stage.arguments("RUN")):
+            problems.append(f"the wheel stage {builder} has no node_modules from `npm ci`")
+    for target in ("web", "worker"):
+        inherited = ancestry(stages, target) if target in stages else []
+        copies = [args for stage in inherited for args in stage.arguments("COPY")]
+        if not any((found := re.search(r"--from=(\S+)", args)) and found[1] in builders for args in copies):
+            problems.append(f"{target} copies no wheel from a stage that builds one")
+        runs = [run for stage in inherited for run in stage.arguments("RUN")]
+        if not any(re.search(r"\bpip install\b[^&]*(--find-links|\.whl\b)", run) for run in runs):
+            problems.append(f"{target} does not pip install the wheel")
+        from_tree = [args for args in copies if "--from=" not in args and args.split()[:-1] != ["pyproject.toml"]]
+        problems += [f"{target} copies the tree instead of installing the wheel: COPY {args}" for args in from_tree]
     return problems
 
 
@@ -352,6 +380,22 @@ def test_the_checks_catch_a_broken_dockerfile():
     assert len(image_problems(parse_dockerfile(as_root))) == 2
     unchecked = re.sub(r"HEALTHCHECK [^\n]*\\\n[^\n]*\n", "", text)
     assert len(image_problems(parse_dockerfile(unchecked))) == 2
+
+
+def test_both_images_install_the_wheel_built_with_the_front_end_files():
+    assert wheel_problems(parse_dockerfile(DOCKERFILE.read_text())) == []
+
+
+def test_the_checks_catch_an_image_that_does_not_install_the_wheel():
+    text = DOCKERFILE.read_text()
+    web_install = next(line for line in text.splitlines() if line.startswith("RUN pip install --no-index"))
+    editable = text.replace(web_install, "COPY app ./app\nRUN pip install --no-deps -e .", 1)
+    assert sorted(wheel_problems(parse_dockerfile(editable))) == [
+        "stage web installs editable: pip install --no-deps -e .",
+        "web copies the tree instead of installing the wheel: COPY app ./app",
+        "web does not pip install the wheel"]
+    without_npm = "\n".join(line for line in text.splitlines() if not line.startswith("COPY --from=node"))
+    assert wheel_problems(parse_dockerfile(without_npm)) == ["the wheel stage wheel has no node_modules from `npm ci`"]
 
 
 @pytest.mark.parametrize(("command", "options"), [("web", ["--host", "--port"]), ("worker", ["--queues", "--name"]),

@@ -56,6 +56,15 @@ def _alive(pid: int) -> bool:
     return state != "Z"  # a zombie has ended; only its exit status is left for a parent to collect
 
 
+def _still_alive(pids: set[int], timeout: float = 10) -> list[int]:
+    """Those of the processes that have not ended within `timeout` seconds (they end as `up` exits, each in its
+    own time)."""
+    deadline = time.monotonic() + timeout
+    while (alive := [pid for pid in pids if _alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
 class UpProcess:
     """`tuneboard up` in the background, its output collected line by line."""
 
@@ -63,11 +72,17 @@ class UpProcess:
         self.process = subprocess.Popen([TUNEBOARD, "up", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
-        threading.Thread(target=self._collect, daemon=True).start()
+        self._collector = threading.Thread(target=self._collect, daemon=True)
+        self._collector.start()
 
     def _collect(self) -> None:
         for line in self.process.stdout:
             self.lines.append(line.rstrip("\n"))
+
+    def drained(self, timeout: float = 30) -> list[str]:
+        """Every line, once the process has ended and its output is read to the end."""
+        self._collector.join(timeout)
+        return self.lines
 
     def wait_for_line(self, pattern: str, timeout: float = 120) -> re.Match:
         deadline = time.monotonic() + timeout
@@ -120,8 +135,7 @@ def test_up_runs_a_job_end_to_end_and_ctrl_c_leaves_no_process(tmp_path, tiny_mo
     finally:
         if up.process.poll() is None:
             up.process.kill()
-    time.sleep(0.5)
-    assert [pid for pid in started if _alive(pid)] == []
+    assert _still_alive(started) == []
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", port))  # the web port is free again
 
@@ -175,9 +189,9 @@ def _command_lines(pids: set[int]) -> list[str]:
 
 
 def test_with_an_external_redis_and_database_up_starts_only_the_web_app_and_a_worker(tmp_path, redis_url,
-                                                                                        database_url):
-    env = _fresh_env(TUNEBOARD_REDIS_URL=redis_url, TUNEBOARD_DATABASE_URL=database_url,
-                     TUNEBOARD_EMBEDDED_REDIS_PORT=str(free_port()))
+                                                                                        redis_key_prefix, database_url):
+    env = _fresh_env(TUNEBOARD_REDIS_URL=redis_url, TUNEBOARD_REDIS_KEY_PREFIX=redis_key_prefix,
+                     TUNEBOARD_DATABASE_URL=database_url, TUNEBOARD_EMBEDDED_REDIS_PORT=str(free_port()))
     up = UpProcess(tmp_path, env, "--port", str(free_port()))
     try:
         up.wait_for_line(r"Tuneboard is running at")
@@ -222,5 +236,4 @@ def test_two_installs_with_their_own_data_dirs_and_ports_run_side_by_side(tmp_pa
         for _folder, _port, up in installs:
             if up.process.poll() is None:
                 up.process.kill()
-    time.sleep(0.5)
-    assert [pid for tree in trees for pid in tree if _alive(pid)] == []
+    assert _still_alive({pid for tree in trees for pid in tree}) == []

@@ -187,9 +187,10 @@ def test_the_inventory_process_refuses_an_absurd_config_itself(tmp_path):
     """The child checks too, before building: that is what guards a hub model, whose config only it reads."""
     model = model_folder(tmp_path / "models" / "absurd", num_hidden_layers=10_000_000)
     out = tmp_path / "inventory.json"
-    started = time.monotonic()
+    # Refused from the config alone (the error says so) rather than after building 10 million layers, which the
+    # run's time limit would cut short with a TimeoutExpired instead.
     done = subprocess.run([sys.executable, "-m", "workers.inventory", model, "--out", str(out)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "ConfigTooLargeError: the model's config.json sets num_hidden_layers = 10,000,000" in done.stderr
-    assert not out.exists() and time.monotonic() - started < 60
+    assert not out.exists()

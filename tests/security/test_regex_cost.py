@@ -3,13 +3,15 @@
 PEFT matches target_modules, exclude_modules, modules_to_save, rank_pattern and alpha_pattern with Python's
 `re`, which backtracks: `(?:.|.){0,21}X` took 3.6 s per estimate and longer forms minutes, holding a web
 thread (and later the worker) all that time. Patterns over the time budget answer 422 naming the field,
-fast, over HTTP on a real uvicorn server; the patterns people write keep PEFT's exact semantics.
+fast, over HTTP on a real uvicorn server; the patterns people write keep PEFT's exact semantics. "Fast" is
+checked as the answer's origin, not with a stopwatch: the refusal is the work budget's own (the check's child
+process killed past WORK_BUDGET_SECONDS), and the client's short timeout stands for the user.
 """
 
 from __future__ import annotations
 
 import re
-import time
+import subprocess
 
 import httpx
 import pytest
@@ -29,23 +31,23 @@ def api(live_server, account):
         yield client
 
 
-def _estimate(api, **lora) -> tuple[httpx.Response, float]:
-    started = time.monotonic()
-    response = api.post("/v1/fine_tuning/estimate", json={"model": SMOL, "lora": lora})
-    return response, time.monotonic() - started
+def _estimate(api, **lora) -> httpx.Response:
+    return api.post("/v1/fine_tuning/estimate", json={"model": SMOL, "lora": lora})
 
 
-def _assert_refused_quickly(response: httpx.Response, took: float, field: str) -> None:
+def _assert_refused_quickly(response: httpx.Response, field: str) -> None:
+    from app.estimator.pattern_cost import WORK_BUDGET_SECONDS
+
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["param"] == f"lora.{field}"
-    assert "ms to match" in error["message"] and field in error["message"]
-    assert took < 3.0, f"refused only after {took:.1f} s"
+    # Refused by the budget: the matching was stopped after WORK_BUDGET_SECONDS, not run to its end.
+    assert f"takes more than {WORK_BUDGET_SECONDS * 1000:.0f} ms to match" in error["message"], error
+    assert field in error["message"]
 
 
 def test_issue_backtracking_target_regex_answers_422_naming_target_modules_quickly(api):
-    response, took = _estimate(api, target_modules=ISSUE_PATTERN)
-    _assert_refused_quickly(response, took, "target_modules")
+    _assert_refused_quickly(_estimate(api, target_modules=ISSUE_PATTERN), "target_modules")
 
 
 @pytest.mark.parametrize("field", ["target_modules", "exclude_modules", "modules_to_save", "rank_pattern",
@@ -60,21 +62,19 @@ def test_nastier_backtracking_pattern_in_each_field_answers_422_naming_it_quickl
         lora["modules_to_save"] = [NASTIER]
     else:
         lora[field] = {NASTIER: 4}
-    response, took = _estimate(api, **lora)
-    _assert_refused_quickly(response, took, field)
-    # The server is not left busy: an ordinary estimate answers at once.
-    response, took = _estimate(api, target_modules=r".*\.(q_proj|v_proj)")
-    assert response.status_code == 200 and took < 3.0
+    _assert_refused_quickly(_estimate(api, **lora), field)
+    # The server is not left busy: an ordinary estimate answers, within the client's short timeout.
+    assert _estimate(api, target_modules=r".*\.(q_proj|v_proj)").status_code == 200
 
 
 def test_overlong_pattern_and_too_many_patterns_are_422_naming_the_field(api):
     from app.estimator.pattern_cost import MAX_PATTERN_CHARS, MAX_PATTERN_ENTRIES
 
-    response, _ = _estimate(api, target_modules=".*" + "a?" * MAX_PATTERN_CHARS)
+    response = _estimate(api, target_modules=".*" + "a?" * MAX_PATTERN_CHARS)
     assert response.status_code == 422 and response.json()["error"]["param"] == "lora.target_modules"
     assert f"the limit is {MAX_PATTERN_CHARS}" in response.json()["error"]["message"]
     many = {f"layers\\.{i}\\.": 4 for i in range(MAX_PATTERN_ENTRIES + 1)}
-    response, _ = _estimate(api, target_modules=["q_proj"], rank_pattern=many)
+    response = _estimate(api, target_modules=["q_proj"], rank_pattern=many)
     assert response.status_code == 422 and response.json()["error"]["param"] == "lora.rank_pattern"
     assert f"the limit is {MAX_PATTERN_ENTRIES}" in response.json()["error"]["message"]
 
@@ -107,16 +107,26 @@ def test_regex_targets_users_write_stay_exact(tuneboard_env, pattern):
     assert all(ranks[n] == (4 if re.match(rf"(.*\.)?({RANK_KEY})$", n) else 8) for n in expected)
 
 
-def test_a_checked_pattern_is_not_checked_again(tuneboard_env):
+def test_a_checked_pattern_is_not_checked_again(tuneboard_env, monkeypatch):
     """The verdict is cached per pattern and model, so a form re-estimating on every keystroke spawns nothing."""
     from app.base_models.inventories import get_inventory
+    from app.estimator import pattern_cost
     from app.estimator.lora_settings import LoraSettings
     from app.estimator.matching import select_modules
 
+    checks: list[list[str]] = []
+    real_popen = subprocess.Popen
+
+    def counting_popen(args, *rest, **options):
+        if pattern_cost.__file__ in args:
+            checks.append(args)
+        return real_popen(args, *rest, **options)
+
+    monkeypatch.setattr(subprocess, "Popen", counting_popen)
     inventory = get_inventory(SMOL, tuneboard_env.settings)
     settings = LoraSettings(target_modules=r".*\.(q_proj|v_proj|unique_for_cache_test)")
     select_modules(inventory, settings)
-    started = time.perf_counter()
+    assert len(checks) == 1  # the first time: one child process times the pattern
     for _ in range(20):
         select_modules(inventory, settings)
-    assert (time.perf_counter() - started) / 20 < 0.005
+    assert len(checks) == 1

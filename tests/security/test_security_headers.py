@@ -206,7 +206,7 @@ def other_origin(live_server):
            'width="900" height="600"></iframe>'.encode()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the http.server API
+        def do_GET(self):  # the http.server API
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
             self.end_headers()
@@ -231,8 +231,8 @@ def test_another_origin_cannot_show_the_signed_in_account_page_in_a_frame(browse
     context.on("console", lambda m: refused.append(m.text) if "frame-ancestors" in m.text else None)
     page = context.new_page()
     assert page.goto(f"{live_server.url}/account").ok  # signed in: the page itself opens
-    page.goto(other_origin)
-    page.wait_for_timeout(1500)
+    with page.expect_console_message(lambda m: "frame-ancestors" in m.text):  # Chromium refused to frame it
+        page.goto(other_origin)
     framed = next(frame for frame in page.frames if frame != page.main_frame)
     assert account.email not in framed.content()
     assert "Account" not in (framed.title() or "")

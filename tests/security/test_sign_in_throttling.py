@@ -73,10 +73,10 @@ def test_delays_grow_up_to_a_cap_and_the_owner_gets_back_in(monkeypatch, tuneboa
     waits = []
     for _ in range(4):
         waits.append(attempt())
-        time.sleep(waits[-1] + 0.2)
+        time.sleep(waits[-1] + 0.2)  # the scenario: the owner waits the delay out
         assert attempt() == 0  # allowed again once the wait is over (and that attempt sets the next wait)
     assert waits == [1, 2, 4, 4]
-    time.sleep(4.2)
+    time.sleep(4.2)  # the scenario: the wait the last attempt set (the cap, 4 s) passes
     app = _app_on(monkeypatch, embedded_redis_url)
     with TestClient(app, follow_redirects=False) as owner:
         assert _guess(owner, account.email, PASSWORD).status_code == 303

@@ -13,7 +13,6 @@ import asyncio
 import concurrent.futures
 import json
 import time
-from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -50,11 +49,23 @@ async def _read_events(response: httpx.Response, wanted: int, events: list[dict]
             current[name] = value.removeprefix(" ")
 
 
-def _blocked_xreads(redis_url: str) -> int:
-    """Clients of this test's Redis database now blocked in XREAD."""
-    db = int(urlparse(redis_url).path.lstrip("/") or 0)
+def _blocked_xreads(redis_url: str, server) -> int:
+    """The web server's connections to Redis now blocked in XREAD (other tests share this Redis: their readers,
+    on connections of other processes, do not count)."""
+    import psutil
+
+    own = {f"{c.laddr.ip}:{c.laddr.port}" for c in psutil.Process(server.process.pid).net_connections(kind="tcp")
+           if c.raddr}
     clients = redis.Redis.from_url(redis_url).client_list()
-    return sum(1 for c in clients if c.get("cmd") == "xread" and int(c.get("db", -1)) == db)
+    return sum(1 for c in clients if c.get("cmd") == "xread" and c.get("addr") in own)
+
+
+async def _readers_waiting(redis_url: str, server, timeout: float = 10) -> int:
+    """The server's connections blocked in XREAD, once there is at least one (or after `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not (count := _blocked_xreads(redis_url, server)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return count
 
 
 @SQLITE_ONLY
@@ -129,22 +140,23 @@ def test_a_job_with_many_viewers_uses_one_redis_reader(live_server, account, mak
                                                   stream=True))
             try:
                 assert all(r.status_code == 200 for r in opened)
-                await asyncio.sleep(1.0)
-                assert _blocked_xreads(tuneboard_env.redis_url) == 1
+                assert await _readers_waiting(tuneboard_env.redis_url, live_server) == 1
                 for step in range(1, 4):
                     streams.publish(publisher, job_id, "metric", {"step": step, "loss": 1.0}, max_len=1000)
                 received = [[] for _ in opened]
                 await asyncio.wait_for(asyncio.gather(*(_read_events(r, 3, got)
                                                         for r, got in zip(opened, received, strict=True))), 15)
                 assert all([json.loads(e["data"])["step"] for e in got] == [1, 2, 3] for got in received)
+                # Every viewer was served, and still one reader waits for the next point.
+                assert await _readers_waiting(tuneboard_env.redis_url, live_server) == 1
             finally:
                 for response in opened:
                     await response.aclose()
             # The last viewer out stops the job's reader.
             deadline = time.monotonic() + 10
-            while _blocked_xreads(tuneboard_env.redis_url) and time.monotonic() < deadline:
+            while _blocked_xreads(tuneboard_env.redis_url, live_server) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
-            assert _blocked_xreads(tuneboard_env.redis_url) == 0
+            assert _blocked_xreads(tuneboard_env.redis_url, live_server) == 0
 
     run_in_own_loop(scenario)
 
@@ -159,7 +171,8 @@ def test_an_idle_stream_logs_no_error_and_still_delivers_the_next_point(live_ser
             async with http.stream("GET", f"/v1/fine_tuning/jobs/{job_id}/stream",
                                    headers=account.headers) as response:
                 assert response.status_code == 200
-                await asyncio.sleep(21)  # longer than the blocking read (15 s) and redis-py's default timeout (5 s)
+                # The scenario: quiet longer than the blocking read (15 s) and redis-py's default timeout (5 s).
+                await asyncio.sleep(21)
                 streams.publish(publisher, job_id, "metric", {"step": 7, "loss": 0.5}, max_len=1000)
                 events: list[dict] = []
                 await asyncio.wait_for(_read_events(response, 1, events), 10)

@@ -41,7 +41,7 @@ def _number(value: Any) -> float:
     return float(value.item() if hasattr(value, "item") else value)
 
 
-class RunAlreadyComplete(Exception):  # noqa: N818 - a signal, not an error
+class RunAlreadyComplete(Exception):  # a signal, not an error
     """Resumed from a checkpoint at the run's last step: there is nothing left to train.
 
     Raised from on_train_begin, after the Trainer has restored the checkpoint's weights, because the Trainer

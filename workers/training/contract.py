@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from app.estimator.job_config import JobConfig
 
 if TYPE_CHECKING:
-    from app.datasets.validator import Example
+    from app.datasets.format_common import Example
 
 FailureCode = Literal["out_of_memory", "model_not_found", "dataset_problem", "unsupported", "diverged"]
 FAILURE_CODES: frozenset[str] = frozenset({"out_of_memory", "model_not_found", "dataset_problem", "unsupported",
