@@ -16,7 +16,6 @@ import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import redis
@@ -30,6 +29,7 @@ from tests.services import (
     free_port,
     postgres_answers,
     redis_answers,
+    redis_database_url,
 )
 
 # Every test that touches the database runs once per database listed here (CI runs both).
@@ -65,7 +65,7 @@ def redis_server_url(tmp_path_factory):
 @pytest.fixture
 def redis_url(redis_server_url) -> str:
     """The test Redis: the database its URL names, else 0, shared by every test (each under its own key prefix)."""
-    return redis_server_url if urlparse(redis_server_url).path.strip("/") else f"{redis_server_url}/0"
+    return redis_database_url(redis_server_url)
 
 
 @pytest.fixture

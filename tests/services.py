@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlparse
 
 import redis
 from sqlalchemy import create_engine, text
@@ -99,6 +100,11 @@ def delete_keys(url: str, prefix: str, *, batch: int = 500) -> int:
     finally:
         client.close()
     return deleted
+
+
+def redis_database_url(server_url: str) -> str:
+    """The URL of the database the tests share on a Redis server: the one server_url names, else 0."""
+    return server_url if urlparse(server_url).path.strip("/") else f"{server_url.rstrip('/')}/0"
 
 
 def redis_answers(url: str) -> bool:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.settings import REPO_ROOT, Settings, get_settings
 from tests.service_fixtures import make_account, signed_in_context
-from tests.services import free_port
+from tests.services import delete_keys, free_port, redis_database_url
 
 LIVE_ACCOUNTS: dict = {}
 
@@ -71,12 +72,16 @@ def _answers(url: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory) -> str:
-    """`uvicorn app.main:app` in a subprocess on a free port, with a fresh data dir; yields its base URL."""
+def live_server(tmp_path_factory, redis_server_url) -> str:
+    """`uvicorn app.main:app` in a subprocess on a free port, with a fresh data dir and a Redis key prefix of its
+    own on the test Redis (not whatever answers on the embedded Redis's default port); yields its base URL."""
     data_dir = tmp_path_factory.mktemp("server-data")
     port = free_port()
     log_path = data_dir / "uvicorn.log"
-    env = {**os.environ, "TUNEBOARD_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1"}
+    redis_url = redis_database_url(redis_server_url)
+    prefix = f"tbtest-{uuid.uuid4().hex[:8]}:"
+    env = {**os.environ, "TUNEBOARD_DATA_DIR": str(data_dir), "HF_HUB_OFFLINE": "1", "TUNEBOARD_REDIS_URL": redis_url,
+           "TUNEBOARD_REDIS_KEY_PREFIX": prefix}
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
@@ -101,6 +106,7 @@ def live_server(tmp_path_factory) -> str:
     finally:
         process.terminate()
         process.wait(timeout=15)
+        delete_keys(redis_url, prefix)
 
 
 @pytest.fixture

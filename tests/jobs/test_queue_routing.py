@@ -87,6 +87,7 @@ def test_the_queue_warning_follows_the_form_in_the_browser(browser, live_server,
     page.goto("/")
     page.wait_for_selector("#peft-line")
     warning = page.locator("#msg-queue")
+    page.check("input[name=gradient_checkpointing]")  # off by default (as the worker runs); the figures assume it
     page.select_option("#queue", "gpu-24g")
     page.fill("input[name=sequence_length]", "16384")  # SmolLM2-135M at 16k tokens x 4: about 35 GiB
     expect(warning).to_contain_text("does not fit queue 'gpu-24g': its largest GPU is 22.5 GiB")
