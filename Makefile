@@ -33,6 +33,11 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  apt-get install -y -q chromium >/dev/null; } || echo "chromium not installed: browser tests will skip (or fail under CI=true)"
 
+# Two test processes side by side (pytest-xdist), each test an install of its own on the shared Redis and
+# PostgreSQL; worksteal hands a long test's neighbours to the idle process. The slowest tests are listed at the end.
+# Override for one run, e.g. `make test PYTEST_ARGS='-n 0 tests/jobs'`.
+PYTEST_ARGS ?= -n 2 --dist worksteal --durations=30
+
 test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -1,7 +1,8 @@
 """Fixtures that give a test a configured Tuneboard: data dir, database, Redis and worker processes.
 
 Loaded as a pytest plugin from conftest.py. A test asks for `tuneboard_env` (run once per database in
-TUNEBOARD_TEST_DATABASES, default SQLite and PostgreSQL; a test may pin its own with
+TUNEBOARD_TEST_DATABASES, default SQLite and PostgreSQL; end to end tests on the first only, see
+END_TO_END_FIXTURES; a test may pin its own with
 `@pytest.mark.parametrize("database_url", [...], indirect=True)`) and for `start_worker` to run real
 Celery workers. Tests share one Redis database: each is an install of its own there, under a key prefix
 (TUNEBOARD_REDIS_KEY_PREFIX) whose keys it deletes at the end, so test runs and xdist workers on one machine
@@ -36,14 +37,25 @@ from tests.services import (
 TEST_DATABASES = os.environ.get("TUNEBOARD_TEST_DATABASES", "sqlite,postgresql").split(",")
 
 
+# End to end tests (a real Celery worker process, or Chromium) cost seconds to minutes each, and what they add is
+# the whole path, not the database's part of it: those run on the first database only, unless marked
+# `both_databases` because their outcome rests on the database itself (claims, fenced writes, what the reaper
+# reads). The database's part (the state machine's conditional updates, queries, migrations, the API over them)
+# is tested on every database by the tests that need neither.
+END_TO_END_FIXTURES = ("start_worker", "browser")
+
+
 def pytest_generate_tests(metafunc):
-    """Run database tests on each of TEST_DATABASES unless the test picks its databases itself."""
+    """Run database tests on each of TEST_DATABASES (end to end tests on the first) unless the test picks its
+    databases itself."""
     if "database_url" not in metafunc.fixturenames:
         return
     for marker in metafunc.definition.iter_markers("parametrize"):
         if "database_url" in marker.args[0]:
             return
-    metafunc.parametrize("database_url", TEST_DATABASES, indirect=True)
+    end_to_end = any(name in metafunc.fixturenames for name in END_TO_END_FIXTURES)
+    on_each = not end_to_end or metafunc.definition.get_closest_marker("both_databases") is not None
+    metafunc.parametrize("database_url", TEST_DATABASES if on_each else TEST_DATABASES[:1], indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -254,6 +266,29 @@ def make_user(tuneboard_env):
     from app.db import new_session
 
     return lambda email, team_name, role="member": make_account(new_session, email, team_name, role)
+
+
+def watch_problems(tab) -> list[str]:
+    """Collect a tab's page errors and console errors into a list (also set as `tab.problems`).
+
+    htmx logs an aborted request as two console errors (htmx:afterRequest, then htmx:sendAbort). It aborts one
+    when the page navigates away or an hx-sync="replace" request replaces it: by design, not a fault, so the
+    pair is left out. A failed request (htmx:afterRequest, then htmx:sendError) stays in."""
+    problems: list[str] = []
+
+    def on_console(message) -> None:
+        if message.type != "error":
+            return
+        if message.text.startswith("htmx:sendAbort"):
+            if problems and problems[-1].startswith("htmx:afterRequest"):
+                problems.pop()
+            return
+        problems.append(message.text)
+
+    tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    tab.on("console", on_console)
+    tab.problems = problems
+    return problems
 
 
 def signed_in_context(browser, base_url: str, account: Account, **options):

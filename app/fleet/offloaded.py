@@ -136,8 +136,9 @@ def _run(task: _Task) -> None:
         if task.out.is_file():  # another web process on this host computed it while we waited
             return
         with log_file.open("w") as child_log:
-            # Its own session, so a timeout can kill the child and anything it started, as one group.
-            process = subprocess.Popen([sys.executable, *task.command, "--out", str(task.out)], stdout=child_log,
+            # Its own session, so a timeout can kill the child and anything it started, as one group. -P: the
+            # current folder is not put on its path, so a user's folder named app/ or workers/ cannot stand in.
+            process = subprocess.Popen([sys.executable, "-P", *task.command, "--out", str(task.out)], stdout=child_log,
                                        stderr=subprocess.STDOUT, cwd=child_process_dir(), start_new_session=True)
         try:
             returncode = process.wait(timeout=task.timeout)

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.settings import REPO_ROOT, Settings, get_settings
-from tests.service_fixtures import make_account, signed_in_context
+from tests.service_fixtures import make_account, signed_in_context, watch_problems
 from tests.services import delete_keys, free_port, redis_database_url
 
 LIVE_ACCOUNTS: dict = {}
@@ -116,9 +116,6 @@ def page(browser, live_server):
                                 viewport={"width": 1400, "height": 900})
     context.set_default_timeout(15_000)
     tab = context.new_page()
-    problems: list[str] = []
-    tab.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    tab.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-    tab.problems = problems
+    watch_problems(tab)
     yield tab
     context.close()

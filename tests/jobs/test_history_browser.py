@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.jobs.history_helpers import T0, add_job, bulk_jobs, stored_file
-from tests.service_fixtures import signed_in_context
+from tests.service_fixtures import signed_in_context, watch_problems
 
 HOUR = 3600
 
@@ -63,9 +63,7 @@ def history(account, make_user):
 def page(browser, live_server, account):
     context = signed_in_context(browser, live_server.url, account, viewport={"width": 1440, "height": 1000})
     tab = context.new_page()
-    tab.problems = []
-    tab.on("pageerror", lambda error: tab.problems.append(f"page error: {error}"))
-    tab.on("console", lambda message: tab.problems.append(message.text) if message.type == "error" else None)
+    watch_problems(tab)
     yield tab
     context.close()
 

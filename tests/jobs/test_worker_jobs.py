@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import zipfile
 
+import pytest
+
 from app.fleet import queue
 from tests.jobs.helpers import (
     all_events,
@@ -100,6 +102,7 @@ def test_queued_job_cancelled_before_any_worker_never_runs(client, start_worker,
     assert job["status"] == "cancelled" and job["attempts"] == 0
 
 
+@pytest.mark.both_databases  # the claim is the database's conditional update
 def test_duplicate_delivery_starts_one_run(client, start_worker, model_dir, tuneboard_env):
     # A visibility timeout far shorter than the run makes Redis hand the unacked message out again.
     workers = [start_worker(TUNEBOARD_VISIBILITY_TIMEOUT_SECONDS="2") for _ in range(2)]
@@ -114,6 +117,7 @@ def test_duplicate_delivery_starts_one_run(client, start_worker, model_dir, tune
     assert sum(w.log().count("nothing to claim") for w in workers) >= 1
 
 
+@pytest.mark.both_databases  # the claim is the database's conditional update
 def test_worker_killed_mid_run_resumes_from_its_checkpoint_on_another_worker(client, start_worker, model_dir):
     first = start_worker(name="doomed")
     train = upload(client, chat_records())
