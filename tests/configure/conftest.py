@@ -21,15 +21,15 @@ from tests.services import delete_keys, free_port, redis_database_url
 LIVE_ACCOUNTS: dict = {}
 
 
-def wait_until(check, timeout: float = 120.0, interval: float = 0.3):
-    """Call `check` until it returns something truthy; fail after `timeout` seconds."""
+def wait_until(check, timeout: float = 120.0, interval: float = 0.3, shown=None):
+    """Call `check` until it returns something truthy; fail after `timeout` seconds, with what `shown()` returns."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
         if result:
             return result
         time.sleep(interval)
-    pytest.fail(f"still not done after {timeout:.0f}s")
+    pytest.fail(f"still not done after {timeout:.0f}s" + (f": {shown()}" if shown else ""))
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -25,6 +24,7 @@ from app.db import new_session
 from app.fleet import queue
 from app.jobs import streams
 from app.tables import Job
+from tests.configure.conftest import wait_until
 from tests.jobs.conftest import client, model_dir  # noqa: F401 - fixtures this module uses
 from tests.jobs.helpers import (
     all_events,
@@ -195,16 +195,17 @@ def test_steps_logged_while_redis_was_down_reach_the_open_stream_and_a_replay_on
     url = f"{live_server.url}/v1/fine_tuning/jobs/{job['id']}/stream"
     page = SseReader(url, account.headers, {"after_step": stored[-1]})
     page.start()
-    _wait(lambda: len(page.steps()) >= 3, 60, lambda: page.events)
+    wait_until(lambda: len(page.steps()) >= 3, 60, 0.1, shown=lambda: page.events)
 
     own_redis.kill()
     before = _stored_step(job["id"])
     # The outage lasts until the worker logged two steps that only the database took, however fast it trains.
-    _wait(lambda: _stored_step(job["id"]) - before >= 2, 120, lambda: (before, _stored_step(job["id"])))
+    wait_until(lambda: _stored_step(job["id"]) - before >= 2, 120, 0.1,
+               shown=lambda: (before, _stored_step(job["id"])))
     during = _stored_step(job["id"])
     own_redis.start()  # empty: the stream, the attempt key and the broker's message are gone
     # Steps after the outage reach the open stream; then the run is cancelled and its stream ends.
-    _wait(lambda: page.steps() and page.steps()[-1] >= during + 3, 120, lambda: page.events[-3:])
+    wait_until(lambda: page.steps() and page.steps()[-1] >= during + 3, 120, 0.1, shown=lambda: page.events[-3:])
     assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").status_code == 200
     job = wait_until_finished(client, job["id"], timeout=120)
     assert job["status"] == "cancelled", job["error"]
@@ -227,14 +228,6 @@ def test_steps_logged_while_redis_was_down_reach_the_open_stream_and_a_replay_on
     resumed.run()
     assert resumed.error is None, resumed.error
     assert resumed.steps() == list(range(page.steps()[0] + 1, last + 1)), resumed.steps()
-
-
-def _wait(condition, timeout: float, shown) -> None:
-    """Poll until condition() holds; fails with what shown() returns when it does not within timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not reached in {timeout} s: {shown()}"
-        time.sleep(0.1)
 
 
 def test_a_job_created_while_redis_is_down_is_queued_and_runs_once_redis_is_back(
