@@ -41,4 +41,10 @@ def _test_models_are_under_a_model_root(tmp_path_factory):
     get_settings.cache_clear()
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked `long` first, in their order: begun last, one would be the run's tail on one test process
+    while the other sat idle (xdist hands the first tests to the first process, and the others steal)."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 pytest_plugins = ["tests.service_fixtures"]

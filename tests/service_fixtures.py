@@ -11,6 +11,7 @@ never see or wipe each other's keys.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import sys
@@ -167,14 +168,18 @@ def _close_celery_client() -> None:
 
 @pytest.fixture
 def start_worker(tuneboard_env, tmp_path):
-    """Start real Celery worker processes: start_worker(queues=None, name=None, **env) -> WorkerProcess."""
+    """Start real Celery worker processes: start_worker(queues=None, name=None, cold=False, **env) -> WorkerProcess.
+
+    Workers are forked from a Python with the ML stack imported (tests.preloaded); cold=True execs a fresh
+    `python -m celery`, as a user's machine starts one, for the tests about that start itself."""
     started: list[WorkerProcess] = []
     counter = itertools.count(1)
 
-    def start(queues: list[str] | None = None, name: str | None = None, **env: str) -> WorkerProcess:
+    def start(queues: list[str] | None = None, name: str | None = None, cold: bool = False,
+              **env: str) -> WorkerProcess:
         name = name or f"w{next(counter)}"
         worker = WorkerProcess({**tuneboard_env.env, **env}, queues or [tuneboard_env.queue], name,
-                               tmp_path / f"{name}.log")
+                               tmp_path / f"{name}.log", cold=cold)
         started.append(worker)
         worker.wait_ready()
         return worker
@@ -238,13 +243,30 @@ class Account:
         return {"Authorization": f"Bearer {self.token}"}
 
 
+ACCOUNT_PASSWORD = "correct horse 1"
+
+
+@functools.cache
+def _account_password_hash() -> str:
+    # Hashed once per test process: an Argon2 hash costs a sixth of a second by design, and hundreds of tests make
+    # accounts. Any valid hash of the password signs in as a fresh one would.
+    from app.accounts import credentials
+
+    return credentials.hash_password(ACCOUNT_PASSWORD)
+
+
 def make_account(session_factory, email: str, team_name: str, role: str = "admin") -> Account:
-    """Create (or reuse) the user and team, make the user a member with `role`, and sign them in."""
+    """Create (or reuse) the user, with password ACCOUNT_PASSWORD, and the team, make the user a member with `role`,
+    and sign them in."""
     from app.accounts import users
     from app.tables import Team
 
     with session_factory() as session:
-        user = users.find_user(session, email) or users.create_user(session, email, password="correct horse 1")
+        user = users.find_user(session, email)
+        if user is None:
+            user = users.create_user(session, email, commit=False)
+            user.password_hash, user.password_set_at = _account_password_hash(), users.now()
+            session.commit()
         team = session.query(Team).filter_by(name=team_name).one_or_none() or users.create_team(session, team_name)
         users.set_membership(session, user, team, role)
         _, token = users.create_api_token(session, user, team, "tests")

