@@ -66,6 +66,19 @@ class Settings(BaseSettings):
         "first job is claimed (off: a worker starts faster and smaller, and its first job waits instead).")
     max_upload_bytes: int = Field(512 * 1024**2, ge=1, description="Largest dataset upload accepted.")
 
+    inference_queue: str = Field(
+        "inference", pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+        description="Celery queue of chat completion requests. Its own workers keep a base model loaded and answer "
+        "while training workers are busy (`tuneboard up` starts one; `tuneboard worker --inference` on a fleet).")
+    inference_max_adapters: int = Field(
+        8, ge=1, le=256, description="Adapters an inference worker keeps loaded beside its base model; the least "
+        "recently used one is dropped when another is needed.")
+    inference_max_new_tokens: int = Field(
+        4096, ge=1, le=1_000_000, description="Most tokens one chat completion may ask to generate.")
+    inference_wait_seconds: float = Field(
+        120.0, gt=0, description="How long a chat completion waits for an inference worker to take it before it "
+        "fails (no worker, or all busy).")
+
     storage_url: str | None = Field(
         None, description="Where artifacts live: s3://BUCKET/PREFIX for an S3-compatible store (credentials from "
         "the standard AWS_* variables); default: the artifacts folder in the data dir.")

@@ -180,6 +180,21 @@ class Checkpoint(Base):
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
+class Conversation(Base):
+    """A playground conversation saved to share with the team: the models compared, the settings, every turn's
+    replies side by side (`data`, see app.inference.conversations)."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (Index("ix_conversations_team_created", "team_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("conv"))
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    created_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    title: Mapped[str] = mapped_column(String(200))
+    data: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
 class User(Base):
     """A person who signs in (browser) or whose tokens call the API."""
 

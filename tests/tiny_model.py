@@ -70,7 +70,7 @@ def _build_tokenizer(vocab_size: int):
     return wrapped
 
 
-def _build_config(arch: str, vocab_size: int, tokenizer):
+def _build_config(arch: str, vocab_size: int, tokenizer, context: int):
     from transformers import GPT2Config, LlamaConfig
 
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
@@ -78,24 +78,26 @@ def _build_config(arch: str, vocab_size: int, tokenizer):
     if arch == "llama":
         return LlamaConfig(
             vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
             tie_word_embeddings=False, initializer_range=INIT_RANGE, **ids,
         )
     if arch == "gpt2":
-        return GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=512,
+        return GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=context,
                           initializer_range=INIT_RANGE, **ids)
     raise ValueError(f"unknown tiny architecture {arch!r}")
 
 
-def build_tiny_model(directory: Path, *, arch: str = "llama", vocab_size: int = 384, seed: int = 0) -> Path:
-    """Write a tiny random causal LM and its tokenizer to `directory` and return it."""
+def build_tiny_model(directory: Path, *, arch: str = "llama", vocab_size: int = 384, seed: int = 0,
+                     context: int = 512) -> Path:
+    """Write a tiny random causal LM and its tokenizer to `directory` and return it; `context`: the positions it
+    reads (a replies test needs thousands)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tokenizer(vocab_size)
-    config = _build_config(arch, len(tokenizer), tokenizer)
+    config = _build_config(arch, len(tokenizer), tokenizer, context)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(directory)

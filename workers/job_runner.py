@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from app import redis_client
-from app.datasets.validator import load_examples, split_validation
+from app.datasets.job_examples import job_examples
 from app.db import new_session
 from app.estimator.job_config import JobConfig
 from app.job_status import JobStatus
@@ -23,7 +23,7 @@ from app.jobs import lifecycle
 from app.ops.logging_setup import add_log_fields
 from app.settings import Settings, get_settings
 from app.storage import artifacts
-from app.tables import DataFile, Job
+from app.tables import Job
 from workers.job_reporter import JobReporter
 
 log = logging.getLogger(__name__)
@@ -51,21 +51,6 @@ class LeaseKeeper(threading.Thread):
                         return
             except Exception:  # a brief DB outage must not kill the run; the lease has slack
                 log.exception("job %s: lease renewal failed", self.job_id)
-
-
-def _examples(settings: Settings, file_id: str, session):
-    data_file = session.get(DataFile, file_id)
-    return list(load_examples(artifacts.local_file(settings, data_file.storage_key),
-                              column_mapping=data_file.column_mapping).examples)
-
-
-def _datasets(settings: Settings, job: Job, config: JobConfig, session):
-    train = _examples(settings, job.training_file_id, session)
-    if job.validation_file_id:
-        return train, _examples(settings, job.validation_file_id, session)
-    if config.training.validation_split > 0:
-        return split_validation(train, config.training.validation_split, config.training.seed)
-    return train, None
 
 
 def attempt_key(job_id: str, attempt: int) -> str:
@@ -105,7 +90,9 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
                 resume_from = artifacts.local_dir(settings, claimed.resume_from.storage_key)
                 log.info("job %s: resuming from %s, fetched from %s", job_id, claimed.resume_from.storage_key,
                          artifacts.get_store(settings).describe())
-            train_examples, eval_examples = _datasets(settings, job, config, session)
+            train_examples, eval_examples = job_examples(settings, session, job,
+                                                         validation_split=config.training.validation_split,
+                                                         seed=config.training.seed)
             run = TrainingRun(
                 job_id=job_id, config=config, train_examples=train_examples, eval_examples=eval_examples,
                 output_dir=artifacts.work_dir(settings, attempt_key(job_id, attempt)), resume_from=resume_from,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.fleet.queue import TRAIN_TASK
+from app.fleet.queue import GENERATE_TASK, TRAIN_TASK
 from app.ops.logging_setup import log_context
 from workers.celery_app import app
 
@@ -14,3 +14,14 @@ def train_job(self, job_id: str) -> str:
 
     with log_context(job_id=job_id, task_id=self.request.id):
         return run_job(job_id, worker=self.request.hostname or "worker", task_id=self.request.id)
+
+
+# Acked on receipt, unlike training: a worker that dies mid-reply must not have the request delivered again to a
+# client long gone (the client's wait fails instead, and it may ask again).
+@app.task(name=GENERATE_TASK, bind=True, acks_late=False)
+def generate_reply(self, request: dict) -> str:
+    """Answer one chat completion request on this worker's loaded base model."""
+    from workers.inference.serve import serve
+
+    with log_context(request_id=request.get("request_id"), task_id=self.request.id):
+        return serve(request, worker=self.request.hostname or "worker")

@@ -1,4 +1,4 @@
-"""REST: the model catalog and each model's targetable modules (`/v1/models`)."""
+"""REST: each model's targetable modules (`/v1/models/{id}`); the list of models is `app.inference.models_api`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ class ModelCard(BaseModel):
     family: str
     size: str
     summary: str
+    parent: str | None = Field(None, description="For a fine-tuned model: the base model its adapter applies to.")
+    job_id: str | None = Field(None, description="For a fine-tuned model: the job that trained it.")
 
 
 class ModelList(BaseModel):
@@ -62,7 +64,7 @@ def inventory_error(exc: InventoryUnavailable):
     return error_response(exc.status, exc.message, type_=type_, param="model", code=exc.code)
 
 
-def _card(entry: catalog.CatalogEntry) -> ModelCard:
+def catalog_card(entry: catalog.CatalogEntry) -> ModelCard:
     return ModelCard(id=entry.id, owned_by=entry.id.split("/")[0], name=entry.name, family=entry.family,
                      size=entry.size, summary=entry.summary)
 
@@ -83,12 +85,6 @@ def targetable_modules(inventory: Inventory) -> list[TargetableModule]:
             count=1, params_per_rank=module.in_features + module.out_features,
         )
     return list(groups.values())
-
-
-@router.get("", response_model=ModelList, summary="The model catalog")
-def list_models() -> ModelList:
-    """Every catalog model with its summary."""
-    return ModelList(data=[_card(e) for e in catalog.entries()])
 
 
 @router.get(

@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("-Q", "--queues", help="comma-separated queues to serve (default: the default queue)")
     worker.add_argument("-n", "--name", help="worker name (default: worker)")
     worker.add_argument("-c", "--concurrency", type=int, default=1, help="jobs at once; keep 1 per GPU")
+    worker.add_argument("--inference", action="store_true",
+                        help="answer chat completions (the inference queue, TUNEBOARD_INFERENCE_QUEUE) instead of "
+                             "training: keeps a base model loaded, so give it a GPU of its own")
     worker.set_defaults(func=cmd_worker)
     tokens = commands.add_parser("tokens", help="API tokens").add_subparsers(dest="tokens_command", required=True)
     create = tokens.add_parser("create", help="print a new API token for a user")

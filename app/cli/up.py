@@ -1,6 +1,6 @@
-"""`tuneboard up`: everything on this machine in one terminal: the web app, one worker, the demo model's
-preparation and (unless configured otherwise) an embedded Redis, with SQLite; Ctrl-C stops them all.
-Must not import torch or `workers` (the worker is `celery -A workers`, another process).
+"""`tuneboard up`: everything on this machine in one terminal: the web app, a training worker, an inference worker, the
+demo model's preparation and (unless configured otherwise) an embedded Redis, with SQLite; Ctrl-C stops them all.
+Must not import torch or `workers` (the workers are `celery -A workers`, other processes).
 """
 
 from __future__ import annotations
@@ -141,6 +141,9 @@ def _start_and_wait(settings, host: str, port: int, children) -> int:
     if worker_stack_installed():
         children.start("worker", worker_command([settings.default_queue], "local"), env,
                        log=settings.data_dir / "worker.log")
+        # Its own process, so a chat in the playground is answered while the training worker runs a job.
+        children.start("inference worker", worker_command([settings.inference_queue], "inference"), env,
+                       log=settings.data_dir / "inference-worker.log")
         # First run converts the demo GGUF once (tens of seconds), alongside the web server's start.
         demo_log = settings.data_dir / "demo-model.log"
         converter = children.start("demo model", [sys.executable, "-P", "-m", "workers.demo_model"], env, log=demo_log,

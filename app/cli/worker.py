@@ -1,4 +1,5 @@
-"""`tuneboard worker`: a training worker in the foreground, and the Celery command line `up` starts one with.
+"""`tuneboard worker`: a training (or, with --inference, an inference) worker in the foreground, and the Celery
+command line `up` starts its workers with.
 Must not import torch or `workers` (the worker is `celery -A workers`, another process).
 """
 
@@ -22,7 +23,10 @@ def worker_command(queues: list[str], name: str, concurrency: int = 1) -> list[s
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a worker in the foreground on the given queues (wraps `celery -A workers worker`)."""
     settings = get_settings()
-    queues = args.queues.split(",") if args.queues else [settings.default_queue]
-    command = worker_command(queues, args.name or "worker", args.concurrency)
+    if args.inference:
+        queues, name = args.queues.split(",") if args.queues else [settings.inference_queue], args.name or "inference"
+    else:
+        queues, name = args.queues.split(",") if args.queues else [settings.default_queue], args.name or "worker"
+    command = worker_command(queues, name, args.concurrency)
     os.execv(sys.executable, command)
     return 0

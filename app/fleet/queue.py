@@ -21,6 +21,7 @@ from kombu.transport.redis import Channel
 from app.settings import DEFAULT_REDIS_KEY_PREFIX, Settings, get_settings
 
 TRAIN_TASK = "tuneboard.train_job"
+GENERATE_TASK = "tuneboard.generate_reply"
 BROKER_SOCKET_TIMEOUT_SECONDS = 30.0
 BROKER_CONNECT_TIMEOUT_SECONDS = 5.0
 BROKER_HEALTH_CHECK_SECONDS = 25
@@ -80,6 +81,12 @@ def get_celery() -> Celery:
 def enqueue_training(job_id: str, queue: str) -> None:
     """Send the training task for a committed job to the named queue."""
     get_celery().send_task(TRAIN_TASK, args=[job_id], queue=queue)
+
+
+def enqueue_generation(request: dict, queue: str, expires_seconds: float) -> None:
+    """Send a chat completion request to the inference queue; a worker that receives it after `expires_seconds`
+    drops it (its client stopped waiting)."""
+    get_celery().send_task(GENERATE_TASK, args=[request], queue=queue, expires=expires_seconds)
 
 
 def queue_keys(queue: str) -> list[str]:

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.job_status import JobStatus
+from app.jobs import model_names
 from app.jobs.create_request import BASE_LEARNING_RATE
 from app.jobs.lifecycle import event_payload, job_error
 from app.tables import Checkpoint, Event, Job, Metric
@@ -36,7 +37,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "model": job.model,
         "created_at": int(job.created_at),
         "finished_at": int(job.finished_at) if job.finished_at else None,
-        "fine_tuned_model": f"{job.model}:ft-{job.suffix or job.id}" if job.status == JobStatus.SUCCEEDED else None,
+        "fine_tuned_model": model_names.fine_tuned_model(job) if job.status == JobStatus.SUCCEEDED else None,
         "organization_id": "org-tuneboard",
         "result_files": [],
         "status": job.status,
@@ -93,7 +94,7 @@ def checkpoint_object(checkpoint: Checkpoint, job: Job, logged: dict[str, Any] |
         "object": "fine_tuning.job.checkpoint",
         "id": f"ftckpt-{checkpoint.id}",
         "created_at": int(checkpoint.created_at),
-        "fine_tuned_model_checkpoint": f"{job.model}:ft-{job.suffix or job.id}:ckpt-step-{checkpoint.step}",
+        "fine_tuned_model_checkpoint": model_names.checkpoint_model(job, checkpoint.step),
         "fine_tuning_job_id": job.id,
         "step_number": checkpoint.step,
         "metrics": logged or {"step": checkpoint.step},

@@ -72,7 +72,8 @@ def test_route_table_is_complete_and_every_non_public_route_is_guarded():
 
 @pytest.fixture
 def world(tuneboard_env, account, make_user):
-    """Team Alpha (admin Alice, member Bob) owning a file and a job; team Beta (member Carol)."""
+    """Team Alpha (admin Alice, member Bob) owning a file, a job and a saved conversation; team Beta (member
+    Carol)."""
     from app.main import create_app
 
     bob = make_user("bob@example.com", "Alpha", "member")
@@ -82,15 +83,20 @@ def world(tuneboard_env, account, make_user):
                              data={"purpose": "fine-tune"}).json()["id"]
         job_id = alice.post("/v1/fine_tuning/jobs", json={"model": "HuggingFaceTB/SmolLM2-135M", "training_file":
                                                           file_id, "lora": {"target_modules": ["q_proj"]}}).json()["id"]
+        conversation_id = alice.post("/playground/conversations", json={
+            "title": "t", "base_model": "openai-community/gpt2", "models": ["openai-community/gpt2"],
+            "turns": [{"user": "hi", "replies": []}]}).json()["id"]
     from app.db import new_session
     from app.tables import ApiToken
 
     with new_session() as session:
         token_id = session.query(ApiToken).filter_by(user_id=account.user_id).first().id
     values = {"job_id": job_id, "file_id": file_id, "token_id": token_id, "user_id": bob.user_id,
+              "conversation_id": conversation_id,
               "model_id": "openai-community/gpt2", "token": "not-a-link", "invitation_id": "inv-none",
               "team_id": account.team_id}
-    return {"alice": account, "bob": bob, "carol": carol, "values": values, "secrets": {job_id, file_id}}
+    return {"alice": account, "bob": bob, "carol": carol, "values": values,
+            "secrets": {job_id, file_id, conversation_id}}
 
 
 def _request(client: TestClient, method: str, path: str, values: dict):
@@ -102,7 +108,9 @@ def _request(client: TestClient, method: str, path: str, values: dict):
                 response.read()
             return response
     if method == "GET":
-        return client.get(url, params={"model": values["model_id"]} if path.endswith("/preview") else None)
+        params = ({"model": values["model_id"]} if path.endswith("/preview") else
+                  {"job_id": values["job_id"]} if path.endswith("/held-out") else None)
+        return client.get(url, params=params)
     if path == "/v1/files":
         return client.post(url, files={"file": ("x.jsonl", io.BytesIO(json_lines(chat_records(2))))},
                            data={"purpose": "fine-tune"})
@@ -136,7 +144,8 @@ def test_route_answers_each_kind_of_caller_correctly(world, method, path):
     with TestClient(app, headers=world["carol"].headers, follow_redirects=False) as outsider:
         response = _request(outsider, method, path, values)
     # Creating a job names Alpha's training file in its body: for Carol that file does not exist.
-    names_an_object = "{job_id}" in path or "{file_id}" in path or (method, path) == ("POST", "/v1/fine_tuning/jobs")
+    names_an_object = ("{job_id}" in path or "{file_id}" in path or "{conversation_id}" in path
+                       or (method, path) in {("POST", "/v1/fine_tuning/jobs"), ("GET", "/playground/held-out")})
     if names_an_object:
         assert response.status_code == 404, f"another team reached {path}: {response.status_code}"
     elif (method, path) in ADMIN_ONLY:

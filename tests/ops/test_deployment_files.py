@@ -26,11 +26,12 @@ DOCKERFILE = REPO_ROOT / "Dockerfile"
 # The Compose Specification's schema, vendored (see tests/data/README.md for its origin and licence).
 COMPOSE_SCHEMA = REPO_ROOT / "tests" / "data" / "compose-spec.json"
 
-SERVICES = {"postgres", "redis", "minio", "createbuckets", "migrate", "web", "worker", "flower"}
+SERVICES = {"postgres", "redis", "minio", "createbuckets", "migrate", "web", "worker", "inference", "flower"}
 VOLUMES = {"postgres-data": ("postgres", "/var/lib/postgresql/data"), "redis-data": ("redis", "/data"),
            "minio-data": ("minio", "/data"), "web-data": ("web", "/data"), "worker-data": ("worker", "/data")}
-LONG_RUNNING = {"postgres", "redis", "minio", "web", "worker"}
-TUNEBOARD_CONTAINERS = ("migrate", "web", "worker")
+LONG_RUNNING = {"postgres", "redis", "minio", "web", "worker", "inference"}
+TUNEBOARD_CONTAINERS = ("migrate", "web", "worker", "inference")
+GPU_SERVICES = {"worker", "inference"}  # training, and chat completions with a base model kept loaded
 BUCKET = "tuneboard-artifacts"
 # pip extras syntax naming `worker` (".[worker]", "tuneboard[dev,worker]"), or torch itself.
 WORKER_INSTALL = re.compile(r"\[[^\]]*\bworker\b[^\]]*\]|\btorch\b")
@@ -84,7 +85,8 @@ def stack_problems(compose: dict) -> list[str]:
     for name in LONG_RUNNING:
         if not services.get(name, {}).get("healthcheck", {}).get("test"):
             problems.append(f"{name} has no health check")
-    health_words = {"postgres": "pg_isready", "redis": "redis-cli ping", "web": "/healthz", "worker": "inspect ping"}
+    health_words = {"postgres": "pg_isready", "redis": "redis-cli ping", "web": "/healthz", "worker": "inspect ping",
+                    "inference": "inspect ping"}
     for name, word in health_words.items():
         test = " ".join(command_words(services.get(name, {}).get("healthcheck", {}).get("test")))
         if word not in test:
@@ -98,6 +100,9 @@ def stack_problems(compose: dict) -> list[str]:
         ("worker", "migrate"): "service_completed_successfully",
         ("worker", "redis"): "service_healthy",
         ("worker", "minio"): "service_healthy",
+        ("inference", "migrate"): "service_completed_successfully",
+        ("inference", "redis"): "service_healthy",
+        ("inference", "minio"): "service_healthy",
     }
     for (name, dependency), condition in expected.items():
         actual = (services.get(name, {}).get("depends_on") or {}).get(dependency, {})
@@ -128,15 +133,15 @@ def redis_problems(compose: dict) -> list[str]:
 
 
 def gpu_problems(compose: dict) -> list[str]:
-    """The worker reserves an NVIDIA GPU; nothing else does."""
+    """The training and inference workers each reserve an NVIDIA GPU; nothing else does."""
     problems = []
     for name, service in compose["services"].items():
         devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
         gpus = [d for d in devices if d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])
                 and ("count" in d or "device_ids" in d)]
-        if name == "worker" and not gpus:
-            problems.append("the worker reserves no NVIDIA GPU (deploy.resources.reservations.devices)")
-        if name != "worker" and devices:
+        if name in GPU_SERVICES and not gpus:
+            problems.append(f"{name} reserves no NVIDIA GPU (deploy.resources.reservations.devices)")
+        if name not in GPU_SERVICES and devices:
             problems.append(f"{name} reserves devices {devices}")
     return problems
 
@@ -206,6 +211,9 @@ def test_images_are_built_from_the_dockerfile_targets():
     assert any(port.endswith(":8000") for port in services["web"]["ports"])
     assert "tuneboard" in command_words(services["migrate"]["command"])
     assert command_words(services["migrate"]["command"])[-1] == "migrate"
+    # The inference worker runs the training worker's image, told to answer chat completions.
+    assert services["inference"]["image"] == services["worker"]["image"]
+    assert "--inference" in command_words(services["inference"]["command"])
 
 
 def test_the_checks_catch_a_broken_compose_file():
@@ -227,7 +235,7 @@ def test_the_checks_catch_a_broken_compose_file():
     racing = copy.deepcopy(compose)
     racing["services"]["web"]["depends_on"]["migrate"] = {"condition": "service_started"}
     racing["services"]["migrate"]["restart"] = "always"
-    assert len(stack_problems(racing)) == 2
+    assert len(stack_problems(racing)) == 3  # web races migrate; worker and inference wait for a one-shot that restarts
 
     lost = copy.deepcopy(compose)
     lost["services"]["worker"]["environment"]["WORKER_QUEUES"] = "gpu-80g"

@@ -1,6 +1,7 @@
 """`tuneboard up` as a user runs it on a fresh machine: a subprocess in an empty folder with nothing configured
-(embedded Redis, SQLite, one worker), signed in with the printed link, a tiny job run to the end through the
-API the pages use, then Ctrl-C (SIGINT) and not one process left behind. Also: the one-line refusals.
+(embedded Redis, SQLite, a training and an inference worker), signed in with the printed link, a tiny job run to
+the end through the API the pages use, a chat answered while it trains and one by its adapter after, then Ctrl-C
+(SIGINT) and not one process left behind. Also: the one-line refusals.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class UpProcess:
         pytest.fail(f"no line matching {pattern!r} after {timeout} s:\n" + "\n".join(self.lines))
 
 
+@pytest.mark.long
 def test_up_runs_a_job_end_to_end_and_ctrl_c_leaves_no_process(tmp_path, tiny_model_dir):
     port = free_port()
     # The tiny model's folder is a model root, as an admin would configure a folder of local models.
@@ -110,7 +112,7 @@ def test_up_runs_a_job_end_to_end_and_ctrl_c_leaves_no_process(tmp_path, tiny_mo
         assert address == f"http://127.0.0.1:{port}"
         link = up.wait_for_line(r"^\s+(http://\S+/login/link/\S+)$")[1]
         started = _process_tree(up.process.pid)
-        assert len(started) >= 3, started  # embedded Redis, worker (and its pool), web; maybe the demo converter
+        assert len(started) >= 4, started  # embedded Redis, two workers (and pools), web; maybe the demo converter
 
         with httpx.Client(base_url=address, follow_redirects=True, timeout=30) as browser:
             assert browser.get(link).status_code == 200  # the one-time link signs the admin in
@@ -122,15 +124,27 @@ def test_up_runs_a_job_end_to_end_and_ctrl_c_leaves_no_process(tmp_path, tiny_mo
             job = browser.post("/v1/fine_tuning/jobs", headers=headers, json={
                 "model": str(tiny_model_dir), "training_file": upload.json()["id"],
                 "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-                "training": {"max_steps": 4, "batch_size": 2, "sequence_length": 64, "precision": "fp32",
-                             "save_steps": 100}}).json()
+                "training": {"max_steps": 150, "batch_size": 2, "sequence_length": 64, "precision": "fp32",
+                             "save_steps": 1000}}).json()
             deadline = time.monotonic() + 300
+            while job["status"] == "queued" and time.monotonic() < deadline:
+                time.sleep(0.2)
+                job = browser.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
+            # The playground answers while the training worker is busy: chats have a worker of their own.
+            question = {"messages": [{"role": "user", "content": "The quick brown fox"}], "max_tokens": 8}
+            chat = browser.post("/v1/chat/completions", headers=headers, json={"model": str(tiny_model_dir),
+                                                                               **question})
+            assert chat.status_code == 200 and chat.json()["usage"]["completion_tokens"] >= 1, chat.text
+            assert browser.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "running"
             while job["status"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
                 time.sleep(0.5)
                 job = browser.get(f"/v1/fine_tuning/jobs/{job['id']}").json()
             assert job["status"] == "succeeded", job
             assert job["worker"].startswith("local@")
             assert browser.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter").content[:2] == b"PK"  # a zip
+            tuned = browser.post("/v1/chat/completions", headers=headers, json={"model": job["fine_tuned_model"],
+                                                                                **question})
+            assert tuned.status_code == 200 and tuned.json()["model"] == job["fine_tuned_model"], tuned.text
         assert (tmp_path / "data" / "tuneboard.db").is_file()  # the default data dir, in the current folder
 
         started |= _process_tree(up.process.pid)
@@ -211,6 +225,7 @@ def test_with_an_external_redis_and_database_up_starts_only_the_web_app_and_a_wo
     assert not (tmp_path / "data" / "tuneboard.db").exists()  # the configured database was used instead
 
 
+@pytest.mark.long
 def test_two_installs_with_their_own_data_dirs_and_ports_run_side_by_side(tmp_path):
     installs = []
     ports: set[int] = set()
