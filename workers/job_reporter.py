@@ -109,9 +109,11 @@ class JobReporter:
             self._progress = {"step": step, "epoch": epoch,
                               "trained_tokens": metrics.get("trained_tokens", self._progress.get("trained_tokens"))}
         if metrics.get("eval_loss") is not None:
+            # Step 0 is the evaluation before training: the fresh adapter leaves the base model's outputs unchanged.
+            said = (f"Held-out loss of the base model, before training: {metrics['eval_loss']:.4f}." if step == 0
+                    else f"Evaluation at step {step}: eval loss {metrics['eval_loss']:.4f}.")
             self._write(lambda session: self._event(
-                session, f"Evaluation at step {step}: eval loss {metrics['eval_loss']:.4f}.",
-                type_="evaluation", data={"step": step, "eval_loss": metrics["eval_loss"]}))
+                session, said, type_="evaluation", data={"step": step, "eval_loss": metrics["eval_loss"]}))
         if time.monotonic() - self._last_flush >= self.settings.metrics_flush_seconds:
             self.flush()
 

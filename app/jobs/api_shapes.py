@@ -28,6 +28,16 @@ def _hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
             "learning_rate_multiplier": round(multiplier, 6)}
 
 
+def held_out_comparison(job: Job) -> dict[str, Any] | None:
+    """A finished run's headline when it had held-out data: the base model's held-out loss (evaluated before the
+    first step), the adapter's at the end, and whether the adapter is worse than the base."""
+    metrics = job.final_metrics or {}
+    base, adapter = metrics.get("base_eval_loss"), metrics.get("eval_loss")
+    if base is None or adapter is None:
+        return None
+    return {"base_loss": base, "adapter_loss": adapter, "worse_than_base": adapter > base}
+
+
 def job_object(job: Job) -> dict[str, Any]:
     """The fine_tuning.job object, with Tuneboard's config, progress and estimate beside OpenAI's fields."""
     hyper = _hyperparameters(job.config)
@@ -38,6 +48,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "created_at": int(job.created_at),
         "finished_at": int(job.finished_at) if job.finished_at else None,
         "fine_tuned_model": model_names.fine_tuned_model(job) if job.status == JobStatus.SUCCEEDED else None,
+        "held_out": held_out_comparison(job),
         "organization_id": "org-tuneboard",
         "result_files": [],
         "status": job.status,

@@ -21,15 +21,15 @@ from app.accounts.auth import PrincipalDep, team_scoped
 from app.db import SessionDep
 from app.jobs import labels, model_names
 from app.jobs.adapter_card import adapter_name, trained_on_chat
-from app.jobs.api_shapes import checkpoint_steps_metrics, job_phase, progress_figures
+from app.jobs.api_shapes import checkpoint_steps_metrics, held_out_comparison, job_phase, progress_figures
 from app.tables import Checkpoint, DataFile, Event, Job, User
 from app.web.templating import templates, wants_fragment
 
 router = APIRouter(include_in_schema=False)
-# The result card's download name, usage snippet and playground links.
+# The result card's download name, usage snippet, playground links and held-out headline (also in the history).
 templates.env.filters.update(adapter_name=adapter_name, trained_on_chat=trained_on_chat,
                              fine_tuned_model=model_names.fine_tuned_model,
-                             checkpoint_model=model_names.checkpoint_model)
+                             checkpoint_model=model_names.checkpoint_model, held_out=held_out_comparison)
 EVENTS_SHOWN = 500
 
 

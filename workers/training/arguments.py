@@ -19,8 +19,11 @@ def training_arguments(
     mixed_precision: str | None,
     device: str,
     has_eval: bool,
+    evaluate_base: bool = False,
 ) -> Any:
-    """Build the TrainingArguments of a run from its settings and the worker's device."""
+    """Build the TrainingArguments of a run from its settings and the worker's device; `evaluate_base`: evaluate
+    once before the first step, when the fresh adapter still leaves the base model's outputs as they are (LoRA's B
+    starts at zero), which gives the base's held-out loss."""
     from transformers import TrainingArguments
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -64,6 +67,8 @@ def training_arguments(
         kwargs["warmup_ratio"] = settings.warmup_ratio
     else:
         kwargs["warmup_steps"] = settings.warmup_ratio
+    if has_eval and evaluate_base and "eval_on_start" in names:
+        kwargs["eval_on_start"] = True
     if settings.gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs, which LoRA's frozen embeddings are.
         prefix = "activation" if "activation_checkpointing" in names else "gradient"

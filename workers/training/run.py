@@ -72,6 +72,12 @@ def _last_logged(log_history: list[dict[str, Any]]) -> dict[str, float]:
     return found
 
 
+def _base_eval_loss(log_history: list[dict[str, Any]]) -> float | None:
+    """The held-out loss evaluated before the first step: the base model's, the adapter not yet trained."""
+    return next((entry["eval_loss"] for entry in log_history
+                 if entry.get("step") == 0 and entry.get("eval_loss") is not None), None)
+
+
 def _wrap_with_lora(model: Any, run: TrainingRun) -> Any:
     import torch
     from peft import get_peft_model, prepare_model_for_kbit_training
@@ -158,8 +164,10 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
     trainable_params, all_params = model.get_nb_trainable_parameters()
     callback = ReporterCallback(reporter, trainable_params=trainable_params, all_params=all_params,
                                 device=_device_label(base.device))
+    # A resumed run has its base evaluation in the checkpoint's log history already.
     args = training_arguments(settings, checkpoints_dir=run.checkpoints_dir, mixed_precision=base.mixed_precision,
-                              device=base.device, has_eval=eval_features is not None)
+                              device=base.device, has_eval=eval_features is not None,
+                              evaluate_base=resume_from is None)
     # Multiples of 8 keep tensor-core shapes on GPU; on CPU they would only add padding.
     collator = PaddingCollator(base.tokenizer.pad_token_id, pad_to_multiple_of=8 if base.device == "cuda" else None)
     trainer = TuneboardTrainer(model=model, args=args, data_collator=collator, train_dataset=train_features,
@@ -199,6 +207,8 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
 
     runtime = float(callback.summary.get("train_runtime", trainer_metrics.get("train_runtime", 0.0)))
     final = {k: v for k, v in callback.last_metrics.items() if k in ("loss", "eval_loss")}
+    if (base_eval := _base_eval_loss(state.log_history)) is not None:
+        final["base_eval_loss"] = base_eval
     final["train_runtime"] = runtime
     if runtime > 0:
         final["tokens_per_second"] = (state.num_input_tokens_seen - callback.start_tokens) / runtime
