@@ -91,7 +91,9 @@ def test_a_frozen_worker_that_lost_its_lease_writes_nothing_after_the_takeover(
     job = launch(client, model_dir, upload(client, chat_records())["id"], lora=LORA, training=TRAINING)
     wait_for(client, job["id"], lambda j: j["status"] == "running", what="running")
     second = start_worker(name="rescuer")
-    wait_for(client, job["id"], lambda j: j["progress"]["step"] >= 8, what="step 8")
+    # Past the first checkpoint, so the takeover resumes from it (and the stream rewinds) rather than starting over.
+    wait_for(client, job["id"], lambda j: j["progress"]["step"] >= TRAINING["save_steps"] + 2,
+             what="the first checkpoint")
 
     child = _training_child(first)
     _freeze(child, job["id"])

@@ -46,19 +46,20 @@ def test_job_trains_to_the_end_with_falling_loss_and_a_loadable_adapter(client, 
     assert job["status"] == "succeeded", job["error"]
     assert job["trainable_params"] == job["estimate"]["trainable_params"]
     steps = metric_steps(client, job["id"])
-    assert [p["step"] for p in steps] == list(range(1, 31))
-    losses = [p["loss"] for p in steps]
+    # Step 0: the held-out loss before training (the base model's), then every trained step.
+    assert [p["step"] for p in steps] == list(range(0, 31)) and steps[0]["loss"] is None
+    losses = [p["loss"] for p in steps[1:]]
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
-    assert [p["step"] for p in steps if p["eval_loss"] is not None] == [10, 20, 30]
+    assert [p["step"] for p in steps if p["eval_loss"] is not None] == [0, 10, 20, 30]
     checkpoints = client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
     assert sorted(c["step_number"] for c in checkpoints) == [10, 20, 30]
     types = [e["data"]["kind"] for e in all_events(client, job["id"])]
     assert types[:2] == ["queued", "started"] and types[-1] == "succeeded"
-    assert types.count("evaluation") == 3 and "checkpoint" in types
+    assert types.count("evaluation") == 4 and "checkpoint" in types
 
     # History lives in the database: it survives Redis losing every stream.
     assert tuneboard_env.forget_redis() > 0
-    assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 31))
+    assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(0, 31))
 
     archive = client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter")
     assert archive.status_code == 200
