@@ -14,12 +14,11 @@ import httpx
 import openai
 import pytest
 
-from tests.api.conftest import sdk_client, upload
+from tests.api.conftest import sdk_client
 from tests.configure.conftest import wait_until
-from tests.jobs.helpers import chat_records, wait_for_inventory
+from tests.inference.conftest import trained_tiny_job
 from tests.service_fixtures import make_account
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
 QUESTION = [{"role": "user", "content": "The quick brown fox"}]
 
 
@@ -33,22 +32,6 @@ def sdk(live_server, account):
 @pytest.fixture
 def inference_worker(start_worker, tuneboard_env):
     return start_worker(queues=[tuneboard_env.settings.inference_queue], name="inference")
-
-
-def _trained_job(sdk, tiny_model_dir, tuneboard_env):
-    wait_for_inventory(str(tiny_model_dir), tuneboard_env.settings)
-    train = upload(sdk, chat_records(16))
-    job = sdk.fine_tuning.jobs.create(
-        model=str(tiny_model_dir), training_file=train.id, suffix="tiny",
-        extra_body={"lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]},
-                    "training": {"max_steps": 6, "save_steps": 3, "batch_size": 4, "sequence_length": 64,
-                                 "precision": "fp32", "logging_steps": 1, "learning_rate": 5e-3}})
-    deadline = time.monotonic() + 240
-    while job.status not in TERMINAL and time.monotonic() < deadline:
-        time.sleep(0.5)
-        job = sdk.fine_tuning.jobs.retrieve(job.id)
-    assert job.status == "succeeded", job.error
-    return job
 
 
 def _local_greedy_reply(tiny_model_dir, adapter_zip: bytes | None, tmp_path, max_new_tokens: int) -> str:
@@ -77,7 +60,7 @@ def _local_greedy_reply(tiny_model_dir, adapter_zip: bytes | None, tmp_path, max
 def test_a_fine_tuned_model_is_listed_and_answers_streamed_and_whole_on_one_loaded_base(
         sdk, start_worker, inference_worker, tiny_model_dir, tuneboard_env, live_server, account, tmp_path):
     start_worker()
-    job = _trained_job(sdk, tiny_model_dir, tuneboard_env)
+    job = trained_tiny_job(sdk, tiny_model_dir, tuneboard_env)
 
     listed = {model.id: model for model in sdk.models.list()}
     assert "HuggingFaceTB/SmolLM2-135M-Instruct" in listed  # the catalog first, then the team's models
@@ -113,7 +96,7 @@ def test_a_fine_tuned_model_is_listed_and_answers_streamed_and_whole_on_one_load
 def test_another_teams_adapter_and_unknown_models_are_404_and_bad_settings_422(
         sdk, start_worker, inference_worker, tiny_model_dir, tuneboard_env, live_server):
     start_worker()
-    job = _trained_job(sdk, tiny_model_dir, tuneboard_env)
+    job = trained_tiny_job(sdk, tiny_model_dir, tuneboard_env)
     from app.db import new_session
 
     beta = make_account(new_session, "carol@example.com", "Beta")

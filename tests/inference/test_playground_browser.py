@@ -7,13 +7,12 @@ reference answer; the conversation is saved, and its link opens it for the team 
 from __future__ import annotations
 
 import os
-import time
 
 import httpx
 import pytest
 
-from tests.api.conftest import sdk_client, upload
-from tests.jobs.helpers import chat_records, wait_for_inventory
+from tests.api.conftest import sdk_client
+from tests.inference.conftest import trained_tiny_job
 from tests.service_fixtures import make_account, signed_in_context, watch_problems
 
 pytestmark = pytest.mark.browser
@@ -42,29 +41,12 @@ def _shot(page, name: str) -> None:
         page.screenshot(path=os.path.join(directory, name), full_page=True)
 
 
-def _trained_job(sdk, tiny_model_dir, tuneboard_env):
-    wait_for_inventory(str(tiny_model_dir), tuneboard_env.settings)
-    train = upload(sdk, chat_records(24))
-    job = sdk.fine_tuning.jobs.create(
-        model=str(tiny_model_dir), training_file=train.id, suffix="tiny",
-        extra_body={"lora": {"r": 4, "target_modules": ["q_proj", "v_proj"]},
-                    "training": {"max_steps": 6, "save_steps": 3, "batch_size": 4, "sequence_length": 64,
-                                 "precision": "fp32", "logging_steps": 1, "learning_rate": 5e-3,
-                                 "validation_split": 25}})
-    deadline = time.monotonic() + 240
-    while job.status not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
-        time.sleep(0.5)
-        job = sdk.fine_tuning.jobs.retrieve(job.id)
-    assert job.status == "succeeded", job.error
-    return job
-
-
 def test_compare_the_base_and_the_adapter_on_a_held_out_row_then_share_the_conversation(
         browser, live_server, account, start_worker, tuneboard_env, tiny_model_dir):
     start_worker()
     start_worker(queues=[tuneboard_env.settings.inference_queue], name="inference")
     sdk = sdk_client(live_server.url, account.token)
-    job = _trained_job(sdk, tiny_model_dir, tuneboard_env)
+    job = trained_tiny_job(sdk, tiny_model_dir, tuneboard_env, records=24, validation_split=25)
 
     context = signed_in_context(browser, live_server.url, account, viewport={"width": 1440, "height": 1000})
     page = context.new_page()
