@@ -25,7 +25,6 @@ ALIVE_TTL_SECONDS = 10
 # The web side refreshes the key every few seconds while its client listens (WANTED_REFRESH_SECONDS).
 WANTED_TTL_SECONDS = 15
 WANTED_REFRESH_SECONDS = 5
-KINDS = ("start", "delta", "end", "error")
 
 
 def _key(request_id: str, what: str) -> str:
@@ -50,7 +49,7 @@ def wanted_key(request_id: str) -> str:
 @dataclass(frozen=True, slots=True)
 class ReplyEntry:
     id: str
-    kind: str  # one of KINDS
+    kind: str  # "start", "delta", "end" or "error"
     data: dict[str, Any]
 
 
@@ -63,24 +62,9 @@ def append(client: redis.Redis, request_id: str, kind: str, data: dict[str, Any]
     pipe.execute()
 
 
-def parse(entries: list) -> list[ReplyEntry]:
-    """XREAD/XRANGE entries of a reply as ReplyEntry objects."""
-    return [ReplyEntry(entry_id, fields["k"], json.loads(fields["d"])) for entry_id, fields in entries]
-
-
-def keep_wanted(client: redis.Redis, request_id: str) -> None:
-    """Say (again) that a client waits for this request."""
-    client.set(wanted_key(request_id), "1", ex=WANTED_TTL_SECONDS)
-
-
 def is_wanted(client: redis.Redis, request_id: str) -> bool:
     """Whether a client still waits for this request."""
     return bool(client.exists(wanted_key(request_id)))
-
-
-def abandon(client: redis.Redis, request_id: str) -> None:
-    """The client left: the worker stops at its next check, and the reply is dropped."""
-    client.delete(wanted_key(request_id), reply_key(request_id))
 
 
 def mark_alive(client: redis.Redis, request_id: str) -> None:

@@ -16,9 +16,6 @@ from typing import Any
 
 from workers.inference.engine import InferenceEngine
 
-# The longest stop sequence accepted (the web side checks too); held-back text is at most this long.
-MAX_STOP_CHARS = 64
-
 
 class InferenceFailure(Exception):
     """A request this model cannot answer; `code` classifies it, the message says why in plain words."""
