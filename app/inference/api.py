@@ -16,8 +16,10 @@ from collections.abc import AsyncIterator
 from typing import Literal
 
 import anyio
+import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
+from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
@@ -172,6 +174,11 @@ async def create_chat_completion(body: ChatCompletionRequest, principal: Princip
     except NoWorker as exc:
         await reader.close()
         return error_response(503, str(exc), type_="server_error", code="no_worker")
+    except (redis.RedisError, OperationalError) as exc:  # the queue and the replies both live in Redis
+        with anyio.CancelScope(shield=True):
+            await reader.client.aclose()
+        return error_response(503, f"Redis, which carries chat requests to the workers, did not answer: {exc}",
+                              type_="server_error", code="redis_unavailable")
     except BaseException:
         await reader.close()
         raise
@@ -243,6 +250,9 @@ async def _stream(reader: ReplyReader, entries, first: ReplyEntry, request_id: s
                 entry = await anext(entries)
             except NoWorker as exc:
                 yield _stream_error(str(exc), "no_worker")
+                return
+            except redis.RedisError as exc:
+                yield _stream_error(f"Redis stopped answering mid-reply: {exc}", "redis_unavailable")
                 return
     finally:
         # A client that leaves cancels this generator: shielded, the close still tells the worker to stop now,
