@@ -24,7 +24,7 @@ from app.inference import api as inference_api
 from app.inference import models_api as model_list_api
 from app.inference import playground_pages
 from app.jobs import api as jobs_api
-from app.jobs import compare_pages, history_pages, stream_api
+from app.jobs import compare_pages, exports_api, held_out_answers, history_pages, stream_api
 from app.jobs import pages as job_pages
 from app.jobs.lease_reaper import ReaperThread
 from app.ops import metrics
@@ -92,7 +92,8 @@ def create_app() -> FastAPI:
     app.include_router(sign_in_pages.router)
     signed_in = [Depends(current_principal)]
     for module in (configure_page, history_pages, job_pages, compare_pages, data_card, account_pages, model_list_api,
-                   models_api, estimate_api, files_api, jobs_api, stream_api, inference_api, playground_pages):
+                   models_api, estimate_api, files_api, jobs_api, held_out_answers, exports_api, stream_api,
+                   inference_api, playground_pages):
         app.include_router(module.router, dependencies=signed_in)
     _serve_schema(app, signed_in)
     app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")

@@ -79,6 +79,18 @@ class Settings(BaseSettings):
         120.0, gt=0, description="How long a chat completion waits for an inference worker to take it before it "
         "fails (no worker, or all busy).")
 
+    vllm_urls: str = Field(
+        "", description="Comma-separated base URLs of vLLM OpenAI-compatible servers (started with --enable-lora and "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True). Chat completions for the base model a server serves, and for the "
+        "team's adapters on it, go there instead of to the inference workers.")
+    vllm_api_key: str | None = Field(None, description="The key the vLLM servers were started with (--api-key).")
+    vllm_adapter_dir: Path | None = Field(
+        None, description="A folder shared with the vLLM servers, where adapters are copied from the artifact store "
+        "for them to load; default: vllm-adapters in the data dir.")
+    vllm_adapter_dir_on_server: str | None = Field(
+        None, description="The same folder's path as the vLLM servers see it (another mount point in a container); "
+        "default: the same path.")
+
     storage_url: str | None = Field(
         None, description="Where artifacts live: s3://BUCKET/PREFIX for an S3-compatible store (credentials from "
         "the standard AWS_* variables); default: the artifacts folder in the data dir.")
@@ -124,6 +136,18 @@ class Settings(BaseSettings):
     @property
     def trusted_proxy_list(self) -> list[str]:
         return _comma_list(self.trusted_proxies)
+
+    @property
+    def vllm_url_list(self) -> list[str]:
+        return [url.rstrip("/") for url in _comma_list(self.vllm_urls)]
+
+    @property
+    def vllm_adapter_folder(self) -> Path:
+        return self.vllm_adapter_dir or self.data_dir / "vllm-adapters"
+
+    @property
+    def vllm_adapter_folder_on_server(self) -> str:
+        return self.vllm_adapter_dir_on_server or str(self.vllm_adapter_folder.resolve())
 
     @property
     def extra_queue_list(self) -> list[str]:

@@ -180,6 +180,50 @@ class Checkpoint(Base):
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
+class HeldOutSample(Base):
+    """One held-out prompt answered at one step: by the base (once per job, repeated on later steps) and by the
+    adapter as trained to that step, beside the reference answer from the data."""
+
+    __tablename__ = "held_out_samples"
+    __table_args__ = (UniqueConstraint("job_id", "step", "position", name="uq_held_out_samples_job_step_position"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    step: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(Integer)  # the prompt's place among the job's held-out prompts
+    line: Mapped[int] = mapped_column(Integer)  # the example's line in its file
+    prompt: Mapped[dict[str, Any]] = mapped_column()  # {"messages": [...]} or {"prompt": "..."}
+    reference: Mapped[str] = mapped_column(Text)
+    base_answer: Mapped[str] = mapped_column(Text)
+    adapter_answer: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+
+
+class Export(Base):
+    """A file set built from a finished job on a worker (a merged model), stored for download; one per kind."""
+
+    __tablename__ = "exports"
+    __table_args__ = (UniqueConstraint("job_id", "kind", name="uq_exports_job_kind"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=lambda: new_id("export"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32))  # queued, running, succeeded, failed
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1
+    stage: Mapped[str] = mapped_column(String(500), default="")  # what it is doing, in words
+    storage_key: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    files: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)  # [{"name", "bytes"}] once stored
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Renewed while a worker builds it: past this, the worker is taken for gone and the export may be asked again.
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=now)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
 class Conversation(Base):
     """A playground conversation saved to share with the team: the models compared, the settings, every turn's
     replies side by side (`data`, see app.inference.conversations)."""

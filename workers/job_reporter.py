@@ -132,6 +132,16 @@ class JobReporter:
 
         self._write(record)
 
+    def on_samples(self, *, step: int, samples: list[dict], seconds: float) -> None:
+        """Store the held-out answers made at a step, and say so in the job's events."""
+        def record(session) -> None:
+            lifecycle.record_held_out_samples(session, self.job_id, self.attempt, step, samples)
+            self._event(session, f"Answered {len(samples)} held-out prompt{'s' if len(samples) != 1 else ''} with the "
+                                 f"base model and the adapter at step {step} in {seconds:.1f} s.", type_="samples",
+                        data={"step": step, "samples": len(samples)})
+
+        self._write(record)
+
     def on_event(self, message: str, *, level: str = "info", type_: str = "message", data: dict | None = None) -> None:
         """An event of this attempt (free-form from the training code, or typed from the runner)."""
         self._write(lambda session: self._event(session, message, level=level, type_=type_, data=data))

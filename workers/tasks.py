@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.fleet.queue import GENERATE_TASK, TRAIN_TASK
+from app.fleet.queue import EXPORT_TASK, GENERATE_TASK, TRAIN_TASK
 from app.ops.logging_setup import log_context
 from workers.celery_app import app
 
@@ -25,3 +25,12 @@ def generate_reply(self, request: dict) -> str:
 
     with log_context(request_id=request.get("request_id"), task_id=self.request.id):
         return serve(request, worker=self.request.hostname or "worker")
+
+
+@app.task(name=EXPORT_TASK, bind=True)
+def export_merged(self, export_id: str) -> str:
+    """Build one job's merged model; a duplicate delivery returns 'skipped'."""
+    from workers.merged_export import run_export
+
+    with log_context(export_id=export_id, task_id=self.request.id):
+        return run_export(export_id, worker=self.request.hostname or "worker")

@@ -18,7 +18,8 @@ from app.estimator.job_config import TrainingSettings
 from app.web.api_errors import validation_param
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-_CHECKBOXES = ("use_rslora", "use_dora", "gradient_checkpointing", "has_validation_set", "alpha_locked")
+_CHECKBOXES = ("use_rslora", "use_dora", "gradient_checkpointing", "has_validation_set", "alpha_locked",
+               "samples_at_checkpoints")
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
 
 
@@ -34,7 +35,8 @@ class FormState:
 # The training settings the form has a field for, named as in the schema; their defaults are the schema's.
 TRAINING_FIELDS = ("learning_rate", "num_epochs", "max_steps", "gradient_accumulation_steps", "warmup_ratio",
                    "lr_scheduler", "weight_decay", "seed", "eval_steps", "save_steps", "loss_on",
-                   "validation_split", "sequence_length", "batch_size")
+                   "validation_split", "sequence_length", "batch_size", "held_out_samples",
+                   "sample_max_new_tokens")
 _OPTIONAL_NUMBERS = ("max_steps", "eval_steps")
 _TRAINING_DEFAULTS = TrainingSettings()
 
@@ -53,6 +55,7 @@ def default_values(model: str = DEFAULT_MODEL) -> dict[str, object]:
         "layers_to_transform": "", "layers_pattern": "", "rank_pattern": "",
         "precision": _TRAINING_DEFAULTS.weights_precision,
         "gradient_checkpointing": _TRAINING_DEFAULTS.gradient_checkpointing,
+        "samples_at_checkpoints": _TRAINING_DEFAULTS.samples_at_checkpoints,
         "dataset_examples": "", "has_validation_set": False,
         **{key: _text(getattr(_TRAINING_DEFAULTS, key)) for key in TRAINING_FIELDS},
         **LAUNCH_DEFAULTS,
@@ -152,7 +155,8 @@ def training_payload(values: dict) -> dict:
     """The `training` object of the job the form describes, from its raw values (the schema validates them)."""
     payload: dict = {key: values[key] for key in TRAINING_FIELDS if key not in _OPTIONAL_NUMBERS}
     payload.update({key: values[key] or None for key in _OPTIONAL_NUMBERS})
-    payload.update(precision=values["precision"], gradient_checkpointing=values["gradient_checkpointing"])
+    payload.update(precision=values["precision"], gradient_checkpointing=values["gradient_checkpointing"],
+                   samples_at_checkpoints=values["samples_at_checkpoints"])
     return payload
 
 
@@ -248,6 +252,7 @@ def values_from_job_config(config: dict) -> dict[str, object]:
         "rank_pattern": "\n".join(f"{key} = {rank}" for key, rank in (lora.get("rank_pattern") or {}).items()),
         "precision": "4bit" if training.get("load_in_4bit") else training.get("precision", "bf16"),
         "gradient_checkpointing": bool(training.get("gradient_checkpointing")),
+        "samples_at_checkpoints": bool(training.get("samples_at_checkpoints")),
     })
     values.update({key: _text(training[key]) for key in TRAINING_FIELDS if key in training})
     return values

@@ -58,6 +58,13 @@ class TrainingSettings(BaseModel):
     validation_split: float = Field(
         0.0, ge=0, le=50, description="Percent of the training file held out for evaluation when no file is given."
     )
+    held_out_samples: int = Field(
+        8, ge=0, le=64, description="Held-out prompts that the base model and the adapter answer at the end of the "
+        "run, shown beside the reference answers (needs validation data; 0 turns it off).")
+    sample_max_new_tokens: int = Field(128, ge=1, le=4096,
+                                       description="Longest answer to a held-out prompt, in tokens.")
+    samples_at_checkpoints: bool = Field(
+        False, description="Also answer the held-out prompts with the adapter at every checkpoint.")
 
     @property
     def weights_precision(self) -> Literal["bf16", "fp16", "fp32", "4bit"]:

@@ -22,6 +22,7 @@ from app.settings import DEFAULT_REDIS_KEY_PREFIX, Settings, get_settings
 
 TRAIN_TASK = "tuneboard.train_job"
 GENERATE_TASK = "tuneboard.generate_reply"
+EXPORT_TASK = "tuneboard.export_merged"
 BROKER_SOCKET_TIMEOUT_SECONDS = 30.0
 BROKER_CONNECT_TIMEOUT_SECONDS = 5.0
 BROKER_HEALTH_CHECK_SECONDS = 25
@@ -81,6 +82,11 @@ def get_celery() -> Celery:
 def enqueue_training(job_id: str, queue: str) -> None:
     """Send the training task for a committed job to the named queue."""
     get_celery().send_task(TRAIN_TASK, args=[job_id], queue=queue)
+
+
+def enqueue_export(export_id: str, queue: str) -> None:
+    """Send the task that builds a committed export (a merged model) to the job's queue, where its base fits."""
+    get_celery().send_task(EXPORT_TASK, args=[export_id], queue=queue)
 
 
 def enqueue_generation(request: dict, queue: str, expires_seconds: float) -> None:

@@ -2,8 +2,9 @@
 
 The `openai` SDK works unchanged: `model` is a base model id or a job's `fine_tuned_model` (or a checkpoint's
 `fine_tuned_model_checkpoint`), `stream=True` gives chat.completion.chunk events and `[DONE]`. The request goes
-to an inference worker (never computed here); the answer's status is decided once the worker has loaded the model
-and produced its first piece, so a model that cannot load is an HTTP error the SDK raises, not a broken stream.
+to an inference worker (never computed here), or to a vLLM server that serves its base (`app.inference.vllm`); the
+answer's status is decided once the worker has loaded the model and produced its first piece, so a model that
+cannot load is an HTTP error the SDK raises, not a broken stream.
 Must not import torch or `workers`.
 """
 
@@ -26,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from app.accounts.auth import PrincipalDep
 from app.db import new_session
 from app.fleet import queue
-from app.inference import targets
+from app.inference import targets, vllm
 from app.inference.replies import ReplyEntry
 from app.inference.reply_reader import NoWorker, ReplyReader
 from app.settings import get_settings
@@ -164,11 +165,15 @@ async def create_chat_completion(body: ChatCompletionRequest, principal: Princip
         request_id, target, request = await _send(body, principal, max_new_tokens)
     except targets.ModelNotFound as exc:
         return error_response(404, str(exc), param="model", code="model_not_found")
-    reader = ReplyReader(settings, request_id)
+    # A base a vLLM server serves is answered there; any other by the inference workers, through Redis.
+    server = await vllm.server_for(settings, target.base_model)
+    reader = vllm.VllmReply(settings, server, target.adapter_key, request) if server else ReplyReader(settings,
+                                                                                                     request_id)
     try:
         await reader.want()
-        await run_in_threadpool(queue.enqueue_generation, request, settings.inference_queue,
-                                settings.inference_wait_seconds)
+        if server is None:
+            await run_in_threadpool(queue.enqueue_generation, request, settings.inference_queue,
+                                    settings.inference_wait_seconds)
         entries = reader.entries()
         first = await _first_answer(entries)
     except NoWorker as exc:

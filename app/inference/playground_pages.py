@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from app.accounts.auth import PrincipalDep, team_scoped
 from app.accounts.users import Principal
 from app.datasets.format_common import DatasetInvalid, Example
+from app.datasets.held_out import held_out_turn
 from app.datasets.job_examples import job_examples
 from app.db import SessionDep, new_session
 from app.estimator import catalog
@@ -113,17 +114,15 @@ async def save_conversation(request: Request, principal: PrincipalDep):
 
 def _row(example: Example) -> dict | None:
     """A held-out example as a playground turn: the conversation before its last answer, and that answer."""
-    if example.messages:
-        messages = list(example.messages)
-        if len(messages) < 2 or messages[-1]["role"] != "assistant" or messages[-2]["role"] != "user":
-            return None
-        system = messages[0]["content"] if messages[0]["role"] == "system" else ""
-        context = [m for m in messages[:-2] if m["role"] != "system"]
-        return {"system": system, "context": context, "user": messages[-2]["content"],
-                "reference": messages[-1]["content"]}
-    if example.prompt is not None:
-        return {"system": "", "context": [], "user": example.prompt, "reference": example.completion or ""}
-    return None
+    turn = held_out_turn(example)
+    if turn is None:
+        return None
+    if turn.messages is None:
+        return {"system": "", "context": [], "user": turn.prompt, "reference": turn.reference}
+    messages = list(turn.messages)
+    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+    context = [m for m in messages[:-1] if m["role"] != "system"]
+    return {"system": system, "context": context, "user": messages[-1]["content"], "reference": turn.reference}
 
 
 @router.get("/playground/held-out")

@@ -26,6 +26,7 @@ from app.jobs import adapter_card, lifecycle, metric_downsampling
 from app.jobs.api_shapes import checkpoint_object, checkpoint_steps_metrics, event_object, job_object, metric_point
 from app.jobs.create_request import CreateJobRequest
 from app.jobs.launch import LaunchError, launch
+from app.jobs.ollama_modelfile import adapter_modelfile
 from app.settings import get_settings
 from app.storage import artifacts
 from app.storage.zip_stream import stream_zip
@@ -269,7 +270,8 @@ def _downsampled_metrics(session: Session, job_id: str, after_step: int, max_poi
 @router.get("/{job_id}/adapter", summary="Download the trained adapter (Tuneboard extension)",
             response_class=Response, responses={**ERRORS, 200: ADAPTER_DOWNLOAD})
 def download_adapter(job_id: str, session: SessionDep, principal: PrincipalDep, file: AdapterFile | None = None):
-    """A zip of adapter_model.safetensors, adapter_config.json and a model card, or one of the two with `file`."""
+    """A zip of adapter_model.safetensors, adapter_config.json, a model card and an Ollama Modelfile, or one of the
+    first two with `file`."""
     job = team_scoped(session, Job, job_id, principal)
     if job is None:
         return _not_found(job_id)
@@ -292,7 +294,7 @@ def download_adapter(job_id: str, session: SessionDep, principal: PrincipalDep, 
     adapter_config = json.loads(artifacts.read_bytes(settings, f"{job.adapter_key}/adapter_config.json"))
     card = adapter_card.model_card(session, job, adapter_config).encode()
     entries = [*((name, artifacts.iter_chunks(settings, f"{job.adapter_key}/{name}")) for name in names),
-               ("README.md", [card])]
+               ("README.md", [card]), ("Modelfile", [adapter_modelfile(job).encode()])]
     # Named after the run, so a user's downloads of several runs tell themselves apart.
     filename = f"{adapter_card.adapter_name(job)}.zip"
     return StreamingResponse(stream_zip(entries), media_type="application/zip",

@@ -25,7 +25,7 @@ from app.fleet.queue import broker_holdings, enqueue_training, get_celery
 from app.job_status import JobStatus
 from app.jobs import streams
 from app.settings import Settings
-from app.tables import Checkpoint, Event, Job, Metric, now
+from app.tables import Checkpoint, Event, HeldOutSample, Job, Metric, now
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +219,7 @@ def rewind(session: Session, client: redis.Redis | None, job_id: str, attempt: i
     tell stream readers; AttemptFenced when the attempt no longer owns the job."""
     hold_attempt(session, job_id, attempt)
     session.execute(delete(Metric).where(Metric.job_id == job_id, Metric.step > step))
+    session.execute(delete(HeldOutSample).where(HeldOutSample.job_id == job_id, HeldOutSample.step > step))
     session.commit()
     _publish(client, job_id, "rewind", {"step": step}, max_len=max_len, attempt=attempt)
 
@@ -232,6 +233,15 @@ def record_checkpoint(session: Session, job_id: str, attempt: int, step: int, st
         session.add(Checkpoint(job_id=job_id, step=step, storage_key=storage_key))
     else:
         existing.storage_key = storage_key
+    session.commit()
+
+
+def record_held_out_samples(session: Session, job_id: str, attempt: int, step: int, samples: list[dict]) -> None:
+    """Store the held-out answers made at one step, replacing any an earlier attempt made there; AttemptFenced when
+    the attempt no longer owns the job."""
+    hold_attempt(session, job_id, attempt)
+    session.execute(delete(HeldOutSample).where(HeldOutSample.job_id == job_id, HeldOutSample.step == step))
+    session.add_all(HeldOutSample(job_id=job_id, step=step, **sample) for sample in samples)
     session.commit()
 
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.accounts.auth import PrincipalDep, team_scoped
 from app.db import SessionDep
-from app.jobs import labels, model_names
+from app.jobs import exports, held_out_answers, labels, model_names
 from app.jobs.adapter_card import adapter_name, trained_on_chat
 from app.jobs.api_shapes import checkpoint_steps_metrics, held_out_comparison, job_phase, progress_figures
 from app.tables import Checkpoint, DataFile, Event, Job, User
@@ -54,6 +54,8 @@ def _context(session: Session, job: Job) -> dict:
         "config_yaml": yaml.safe_dump(job.config, sort_keys=False),
         "label_errors": {}, "drafts": {}, "saved": None,
         "phase": job_phase(session, job), "figures": progress_figures(session, job),
+        "export": exports.find(session, job.id, "merged") if job.adapter_key else None,
+        **held_out_answers.page_context(session, job),
     }
 
 

@@ -92,7 +92,7 @@ def world(tuneboard_env, account, make_user):
     with new_session() as session:
         token_id = session.query(ApiToken).filter_by(user_id=account.user_id).first().id
     values = {"job_id": job_id, "file_id": file_id, "token_id": token_id, "user_id": bob.user_id,
-              "conversation_id": conversation_id,
+              "conversation_id": conversation_id, "kind": "merged",
               "model_id": "openai-community/gpt2", "token": "not-a-link", "invitation_id": "inv-none",
               "team_id": account.team_id}
     return {"alice": account, "bob": bob, "carol": carol, "values": values,

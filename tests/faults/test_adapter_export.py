@@ -90,7 +90,8 @@ def test_downloaded_adapter_names_the_hub_base_and_loads_where_only_the_zip_and_
     run = tmp_path / "elsewhere"
     run.mkdir()
     with zipfile.ZipFile(io.BytesIO(download.content)) as archive:
-        assert sorted(archive.namelist()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+        assert sorted(archive.namelist()) == ["Modelfile", "README.md", "adapter_config.json",
+                                              "adapter_model.safetensors"]
         archive.extractall(run / ZIP_NAME)
     user_cache = _hub_cache(run / "hf-cache", tiny_model_dir)
     base_dir = user_cache / ("models--" + HUB_ID.replace("/", "--")) / "snapshots" / COMMIT

@@ -89,6 +89,25 @@ def test_another_teams_fine_tuned_models_are_not_found_nor_listed(tuneboard_env,
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"
 
 
+def test_a_fine_tuned_model_is_retrieved_as_openai_retrieves_one_and_a_base_id_still_reaches_its_card(
+        tuneboard_env, account, client):
+    from app.db import new_session
+
+    ours = _finished(account.team_id, "ours", time.time())
+    card = client.get("/v1/models/org/base:ft-ours")
+    assert card.status_code == 200, card.text
+    assert card.json() | {"created": 0} == card.json() | {
+        "id": "org/base:ft-ours", "object": "model", "owned_by": "Alpha", "parent": "org/base", "job_id": ours,
+        "family": "fine-tuned", "created": 0}
+    beta = make_account(new_session, "carol@example.com", "Beta")
+    _finished(beta.team_id, "secret", time.time())
+    for unknown in ("org/base:ft-secret", "org/base:ft-never", f"org/base:ft-{ours}:ckpt-step-7"):
+        answer = client.get(f"/v1/models/{unknown}")
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found", unknown
+    base = client.get("/v1/models/HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert base.status_code == 200 and base.json()["architecture"] == "LlamaForCausalLM"
+
+
 def test_fine_tuned_names_read_back_to_their_parts():
     assert model_names.parse("org/base:ft-x") == model_names.FineTunedName("org/base", "x", None)
     assert model_names.parse("/models/m:ft-ftjob-1:ckpt-step-30") == model_names.FineTunedName("/models/m",

@@ -1,7 +1,9 @@
 """The playground in Chromium, with a real training worker and a real inference worker: a job's "Try it" link opens
 it with the adapter chosen beside the base; a held-out row of the job's validation split becomes the turn; Enter
 sends it; both replies stream into their columns (seen arriving in pieces), each with its speed, beside the row's
-reference answer; the conversation is saved, and its link opens it for the team (another team gets a 404).
+reference answer; the conversation is saved, and its link opens it for the team (another team gets a 404). Back on
+the job page, the held-out answers stand beside their references, and "Build merged model" shows its progress
+until the download is there.
 """
 
 from __future__ import annotations
@@ -101,6 +103,24 @@ def test_compare_the_base_and_the_adapter_on_a_held_out_row_then_share_the_conve
     page.set_viewport_size({"width": 400, "height": 900})
     assert page.evaluate("() => document.scrollingElement.scrollWidth") <= 400
     _shot(page, "playground-phone.png")
+
+    page.set_viewport_size({"width": 1440, "height": 1000})
+    page.goto(f"/jobs/{job.id}")
+    answers = page.locator("#held-out-answers .answer-row")
+    assert answers.count() == 6  # the 25 % split of 24 records, all under the default of 8
+    first_reference = page.text_content("#held-out-answers .answer-row .reference p")
+    assert first_reference.strip() and page.text_content("#held-out-answers h2").count("at step 6") == 1
+    page.click("#build-merged")
+    page.wait_for_selector("#merged-progress")  # the bar, while a worker builds it
+    page.wait_for_selector("#download-merged", timeout=120_000)  # the block polled itself to the end
+    assert "Download merged model (.zip" in page.text_content("#download-merged")
+    _shot(page, "job-held-out-and-merged.png")
+    page.set_viewport_size({"width": 400, "height": 900})
+    wide = page.evaluate("() => [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right"
+                         " > 401).slice(0, 8).map(e => e.tagName + '#' + e.id + '.' + e.className + ' '"
+                         " + Math.round(e.getBoundingClientRect().right))")
+    _shot(page, "job-held-out-phone.png")
+    assert page.evaluate("() => document.scrollingElement.scrollWidth") <= 400, wide
     assert problems == []
     context.close()
 

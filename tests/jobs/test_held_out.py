@@ -17,8 +17,9 @@ def test_a_run_with_a_validation_split_reports_the_base_and_the_adapter_held_out
     file_id = upload(client, chat_records(24))["id"]
     job = launch(client, model_dir, file_id, lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
                  training={"max_steps": 6, "batch_size": 4, "sequence_length": 64, "precision": "fp32",
-                           "logging_steps": 1, "eval_steps": 3, "save_steps": 100, "validation_split": 25,
-                           "learning_rate": 5e-3})
+                           "logging_steps": 1, "eval_steps": 3, "save_steps": 3, "validation_split": 25,
+                           "learning_rate": 5e-3, "held_out_samples": 3, "samples_at_checkpoints": True,
+                           "sample_max_new_tokens": 8})
     finished = wait_until_finished(client, job["id"])
     assert finished["status"] == "succeeded", finished["error"]
 
@@ -33,6 +34,23 @@ def test_a_run_with_a_validation_split_reports_the_base_and_the_adapter_held_out
 
     page = " ".join(client.get(f"/jobs/{job['id']}").text.split())
     assert f"Held-out loss: base {evaluated[0]:.4f} → adapter {evaluated[6]:.4f}" in page
+
+    # The held-out prompts answered by the base and the adapter: at each checkpoint (asked for) and at the end, the
+    # same prompts the playground offers as held-out rows, with their references.
+    answers = client.get(f"/v1/fine_tuning/jobs/{job['id']}/held_out_answers").json()
+    assert answers["step"] == 6 and answers["steps"] == [3, 6]
+    rows = client.get("/playground/held-out", params={"job_id": job["id"]}).json()["rows"][:3]
+    assert [answer["reference"] for answer in answers["data"]] == [row["reference"] for row in rows]
+    assert [answer["prompt"]["messages"][-1]["content"] for answer in answers["data"]] == [row["user"] for row in rows]
+    at_three = client.get(f"/v1/fine_tuning/jobs/{job['id']}/held_out_answers", params={"step": 3}).json()["data"]
+    assert [a["base_answer"] for a in at_three] == [a["base_answer"] for a in answers["data"]]  # the base is the base
+    missing = client.get(f"/v1/fine_tuning/jobs/{job['id']}/held_out_answers", params={"step": 4})
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "step"
+    assert "steps with answers: 3, 6" in missing.json()["error"]["message"]
+    assert "Answered 3 held-out prompts with the base model and the adapter at step 6" in " ".join(messages)
+    assert page.count('class="answer-row"') == 3 and "at step 6" in page
+    block = client.get(f"/jobs/{job['id']}/held-out-answers", params={"step": 3}).text
+    assert block.count('class="answer-row"') == 3 and '<option value="3" selected>' in block
 
 
 def test_a_run_that_made_the_held_out_loss_worse_is_flagged_everywhere(client, account):

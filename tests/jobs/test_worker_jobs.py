@@ -64,7 +64,8 @@ def test_job_trains_to_the_end_with_falling_loss_and_a_loadable_adapter(client, 
     archive = client.get(f"/v1/fine_tuning/jobs/{job['id']}/adapter")
     assert archive.status_code == 200
     with zipfile.ZipFile(io.BytesIO(archive.content)) as unpacked:
-        assert sorted(unpacked.namelist()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+        assert sorted(unpacked.namelist()) == ["Modelfile", "README.md", "adapter_config.json",
+                                               "adapter_model.safetensors"]
         unpacked.extractall(tmp_path / "adapter")
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -26,12 +26,13 @@ DOCKERFILE = REPO_ROOT / "Dockerfile"
 # The Compose Specification's schema, vendored (see tests/data/README.md for its origin and licence).
 COMPOSE_SCHEMA = REPO_ROOT / "tests" / "data" / "compose-spec.json"
 
-SERVICES = {"postgres", "redis", "minio", "createbuckets", "migrate", "web", "worker", "inference", "flower"}
+SERVICES = {"postgres", "redis", "minio", "createbuckets", "migrate", "web", "worker", "inference", "flower", "vllm"}
 VOLUMES = {"postgres-data": ("postgres", "/var/lib/postgresql/data"), "redis-data": ("redis", "/data"),
-           "minio-data": ("minio", "/data"), "web-data": ("web", "/data"), "worker-data": ("worker", "/data")}
-LONG_RUNNING = {"postgres", "redis", "minio", "web", "worker", "inference"}
+           "minio-data": ("minio", "/data"), "web-data": ("web", "/data"), "worker-data": ("worker", "/data"),
+           "vllm-adapters": ("vllm", "/adapters"), "vllm-cache": ("vllm", "/root/.cache/huggingface")}
+LONG_RUNNING = {"postgres", "redis", "minio", "web", "worker", "inference", "vllm"}
 TUNEBOARD_CONTAINERS = ("migrate", "web", "worker", "inference")
-GPU_SERVICES = {"worker", "inference"}  # training, and chat completions with a base model kept loaded
+GPU_SERVICES = {"worker", "inference", "vllm"}  # training, and chat completions with a base model kept loaded
 BUCKET = "tuneboard-artifacts"
 # pip extras syntax naming `worker` (".[worker]", "tuneboard[dev,worker]"), or torch itself.
 WORKER_INSTALL = re.compile(r"\[[^\]]*\bworker\b[^\]]*\]|\btorch\b")
@@ -86,7 +87,7 @@ def stack_problems(compose: dict) -> list[str]:
         if not services.get(name, {}).get("healthcheck", {}).get("test"):
             problems.append(f"{name} has no health check")
     health_words = {"postgres": "pg_isready", "redis": "redis-cli ping", "web": "/healthz", "worker": "inspect ping",
-                    "inference": "inspect ping"}
+                    "inference": "inspect ping", "vllm": "/health"}
     for name, word in health_words.items():
         test = " ".join(command_words(services.get(name, {}).get("healthcheck", {}).get("test")))
         if word not in test:
@@ -182,6 +183,34 @@ def environment_problems(compose: dict) -> list[str]:
     return problems
 
 
+def vllm_problems(compose: dict) -> list[str]:
+    """The optional vLLM server: behind its profile, LoRA on and loadable at run time, reading the folder web fills."""
+    services = compose["services"]
+    vllm, web = services.get("vllm", {}), services.get("web", {})
+    problems = []
+    if vllm.get("profiles") != ["vllm"]:
+        problems.append(f"vllm is not behind the profile 'vllm': {vllm.get('profiles')}")
+    words = [interpolate(word) for word in command_words(vllm.get("command"))]
+    if "--enable-lora" not in words:
+        problems.append(f"vllm runs without --enable-lora: {words}")
+    if environment(vllm).get("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "").lower() != "true":
+        problems.append("vllm does not allow loading adapters at run time (VLLM_ALLOW_RUNTIME_LORA_UPDATING)")
+    web_env = environment(web)
+    mounts = {entry.split(":")[1]: entry.split(":")[0] for service in (vllm, web)
+              for entry in service.get("volumes", []) if isinstance(entry, str) and ":" in entry}
+    web_dir = web_env.get("TUNEBOARD_VLLM_ADAPTER_DIR")
+    server_dir = web_env.get("TUNEBOARD_VLLM_ADAPTER_DIR_ON_SERVER")
+    if not web_dir or not server_dir or mounts.get(web_dir) is None or mounts.get(web_dir) != mounts.get(server_dir):
+        problems.append(f"web's adapter folder {web_dir} and vllm's {server_dir} are not one volume: {mounts}")
+    if "--api-key" in words and web_env.get("TUNEBOARD_VLLM_API_KEY") != words[words.index("--api-key") + 1]:
+        problems.append("web does not send the key vllm was started with")
+    return problems
+
+
+def test_the_optional_vllm_server_reads_the_adapters_web_copies():
+    assert vllm_problems(load_compose()) == []
+
+
 def test_compose_file_follows_the_compose_specification():
     assert schema_problems(load_compose()) == []
 
@@ -241,6 +270,12 @@ def test_the_checks_catch_a_broken_compose_file():
     lost["services"]["worker"]["environment"]["WORKER_QUEUES"] = "gpu-80g"
     lost["services"]["web"]["environment"]["TUNEBOARD_REDIS_URL"] = "redis://localhost:6379/0"
     assert len(environment_problems(lost)) == 2
+
+    unshared = copy.deepcopy(compose)
+    unshared["services"]["vllm"]["command"].remove("--enable-lora")
+    unshared["services"]["web"]["environment"]["TUNEBOARD_VLLM_ADAPTER_DIR_ON_SERVER"] = "/elsewhere"
+    del unshared["services"]["vllm"]["profiles"]
+    assert len(vllm_problems(unshared)) == 3
 
 
 # --- Dockerfile -----------------------------------------------------------------------------------------------

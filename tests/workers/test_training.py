@@ -50,6 +50,7 @@ class RecordingReporter:
     logs: list[tuple[int, float, dict]] = field(default_factory=list)
     checkpoints: list[tuple[int, Path]] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)
+    samples: dict[int, list[dict]] = field(default_factory=dict)
     stop_checks: int = 0
 
     def on_start(self, **kwargs) -> None:
@@ -63,6 +64,9 @@ class RecordingReporter:
 
     def on_event(self, message: str, *, level: str = "info") -> None:
         self.events.append((level, message))
+
+    def on_samples(self, *, step: int, samples: list[dict], seconds: float) -> None:
+        self.samples[step] = samples
 
     def should_stop(self) -> bool:
         self.stop_checks += 1
@@ -189,6 +193,59 @@ def test_saved_adapter_reloads_with_the_trained_logits(full_run, tiny_dir):
         expected, got = trained(**batch).logits, reloaded(**batch).logits
     assert torch.allclose(expected, got, atol=1e-5)
     assert not torch.allclose(base_logits, got, atol=1e-3)  # the adapter does change the model
+
+
+def _greedy(model, tokenizer, prompt: dict) -> str:
+    """One prompt answered on its own, as a user would in a script: chat template, greedy, 128 new tokens."""
+    if "messages" in prompt:
+        inputs = tokenizer.apply_chat_template(prompt["messages"], add_generation_prompt=True, return_tensors="pt",
+                                               return_dict=True)
+    else:
+        inputs = tokenizer(prompt["prompt"], return_tensors="pt")
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=128, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(output[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_held_out_prompts_are_answered_by_the_base_and_by_the_adapter(full_run, tiny_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert list(full_run.reporter.samples) == [12]  # at the end only, unless checkpoints are asked for
+    rows = full_run.reporter.samples[12]
+    assert [row["reference"] for row in rows] == [example.messages[-1]["content"] for example in EVAL]
+    assert [row["prompt"] for row in rows] == [{"messages": list(example.messages[:-1])} for example in EVAL]
+    # Batched on the trained model, yet each answer is what that prompt gets alone from a fresh base and from the
+    # saved adapter.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    assert [row["base_answer"] for row in rows] == [_greedy(base, tokenizer, row["prompt"]) for row in rows]
+    adapted = PeftModel.from_pretrained(base, full_run.result.adapter_dir).eval()
+    assert [row["adapter_answer"] for row in rows] == [_greedy(adapted, tokenizer, row["prompt"]) for row in rows]
+    assert any(row["base_answer"] != row["adapter_answer"] for row in rows)
+    assert full_run.model.training is False or full_run.model.training is True  # left usable either way
+    assert any("Answering 4 held-out prompts" in message for _, message in full_run.reporter.events)
+
+
+def test_held_out_answers_at_checkpoints_reuse_the_base_answers(tiny_dir, tmp_path):
+    completions = [Example(prompt=f"French for {en}:", completion=f" {fr}") for en, fr in FRENCH.items()]
+    config = tiny_config(tiny_dir, max_steps=4, save_steps=2, eval_steps=None, held_out_samples=2,
+                         samples_at_checkpoints=True, sample_max_new_tokens=6)
+    reporter = RecordingReporter()
+    train(make_run(config, tmp_path, train_examples=completions * 3, eval_examples=completions[:5]), reporter)
+    assert sorted(reporter.samples) == [2, 4]  # the last checkpoint's answers are the final ones, made once
+    for rows in reporter.samples.values():
+        assert [row["prompt"] for row in rows] == [{"prompt": "French for cat:"}, {"prompt": "French for dog:"}]
+        assert [row["reference"] for row in rows] == [" chat", " chien"]
+    assert [row["base_answer"] for row in reporter.samples[2]] == [row["base_answer"] for row in reporter.samples[4]]
+    assert all(len(row["adapter_answer"]) <= 6 * 20 for rows in reporter.samples.values() for row in rows)
+
+
+def test_no_held_out_data_or_zero_samples_answers_nothing(tiny_dir, tmp_path):
+    config = tiny_config(tiny_dir, max_steps=2, save_steps=100, eval_steps=None, held_out_samples=0)
+    reporter = RecordingReporter()
+    train(make_run(config, tmp_path, eval_examples=EVAL), reporter)
+    assert reporter.samples == {}
 
 
 def test_stop_keeps_a_checkpoint_and_resume_continues_exactly(full_run, tiny_dir, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,11 @@ class RunAlreadyComplete(Exception):  # a signal, not an error
 class ReporterCallback(TrainerCallback):
     """Forwards Trainer progress to a Reporter and stops training when it asks."""
 
-    def __init__(self, reporter: Reporter, *, trainable_params: int, all_params: int, device: str):
+    def __init__(self, reporter: Reporter, *, trainable_params: int, all_params: int, device: str,
+                 on_checkpoint_model: Callable[[Any, int], None] | None = None):
         self.reporter = reporter
+        self.on_checkpoint_model = on_checkpoint_model  # called with the model at each checkpoint (held-out answers)
+        self.sampled_step: int | None = None
         self.trainable_params = trainable_params
         self.all_params = all_params
         self.device = device
@@ -128,3 +132,6 @@ class ReporterCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         path = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         self.reporter.on_checkpoint(step=state.global_step, path=path)
+        if self.on_checkpoint_model is not None and kwargs.get("model") is not None and not self.stop_requested:
+            self.on_checkpoint_model(kwargs["model"], state.global_step)
+            self.sampled_step = state.global_step

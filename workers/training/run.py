@@ -7,10 +7,12 @@ translation of known failures into `TrainingFailure`. The loop itself is the Tra
 from __future__ import annotations
 
 import gc
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from workers.training.contract import Reporter, TrainingFailure, TrainingResult, TrainingRun
+from workers.training.held_out_answers import HeldOutAnswers
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -111,6 +113,16 @@ def _wrap_with_lora(model: Any, run: TrainingRun) -> Any:
     return peft_model
 
 
+def _answer_held_out(samples: HeldOutAnswers, reporter: Reporter, model: Any, step: int) -> None:
+    """Answer the held-out prompts with the base and the adapter as trained to `step`, and report the answers."""
+    reporter.on_event(f"Answering {len(samples.turns)} held-out prompts with the base model and the adapter "
+                      f"(step {step}).")
+    answered = samples.answer(model, reporter.should_stop)
+    if answered is not None:
+        rows, seconds = answered
+        reporter.on_samples(step=step, samples=rows, seconds=seconds)
+
+
 def train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
     """Fine-tune run.config.model with LoRA on run's examples; report progress; return what was produced."""
     import torch
@@ -162,8 +174,12 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
 
     model = _wrap_with_lora(base.model, run)
     trainable_params, all_params = model.get_nb_trainable_parameters()
+    samples = HeldOutAnswers(run.eval_examples, base.tokenizer, limit=settings.held_out_samples,
+                             max_new_tokens=settings.sample_max_new_tokens, sequence_length=settings.sequence_length)
+    sample_at_checkpoint = partial(_answer_held_out, samples, reporter) if samples and settings.samples_at_checkpoints \
+        else None
     callback = ReporterCallback(reporter, trainable_params=trainable_params, all_params=all_params,
-                                device=_device_label(base.device))
+                                device=_device_label(base.device), on_checkpoint_model=sample_at_checkpoint)
     # A resumed run has its base evaluation in the checkpoint's log history already.
     args = training_arguments(settings, checkpoints_dir=run.checkpoints_dir, mixed_precision=base.mixed_precision,
                               device=base.device, has_eval=eval_features is not None,
@@ -204,6 +220,8 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
         name_base_model(run.adapter_dir, run.config.model.strip())
         adapter_dir = run.adapter_dir
         reporter.on_event(f"Saved the adapter after {state.global_step} steps.")
+        if samples and callback.sampled_step != state.global_step:
+            _answer_held_out(samples, reporter, model, state.global_step)
 
     runtime = float(callback.summary.get("train_runtime", trainer_metrics.get("train_runtime", 0.0)))
     final = {k: v for k, v in callback.last_metrics.items() if k in ("loss", "eval_loss")}
