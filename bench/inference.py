@@ -7,8 +7,9 @@ machine's CPU. On each, `workers.inference.engine.InferenceEngine` (what an infe
 LoRA adapters (r=16 on all seven projections, random B so they change the replies):
 
 - base load: `engine.prepare(base)` on a fresh engine (weights read and built);
-- switch: `engine.prepare(base, adapter)` alternating between two loaded adapters (PEFT `set_adapter`), median,
-  and its share of a base load (target: at most 1 %);
+- switch: `engine.prepare(base, adapter)` alternating between two loaded adapters (the engine sets each adapted
+  layer's active adapter itself), median, and its share of a base load (target: at most 1 %); beside it PEFT's
+  `set_adapter` alternating the same way, the baseline the engine used before;
 - tokens/s generating exactly N new tokens greedy (min_new_tokens = max_new_tokens) for: the base alone, the
   base with one adapter unmerged (the engine's way), and the same adapter merged into a copy of the base
   (`merge_and_unload`); the adapter's overhead against the base (target: at most 15 %);
@@ -115,6 +116,13 @@ def measure_model(name: str, base_dir: Path, work: Path, tokens: int, repeats: i
     for index in range(10):
         switches.append(engine.prepare(str(base_dir), (("a1", "a2")[index % 2], adapters[index % 2])).seconds)
     switch = statistics.median(switches)
+    # The baseline in the same run: PEFT's own set_adapter, which the engine used to call for every switch.
+    peft_switches = []
+    for index in range(10):
+        started = time.perf_counter()
+        engine.model.set_adapter(("a1", "a2")[index % 2])
+        peft_switches.append(time.perf_counter() - started)
+    peft_switch = statistics.median(peft_switches)
     engine.prepare(str(base_dir), ("a1", adapters[0]))
     adapter_tps, adapter_first = _speed(engine, tokens, repeats, adapter=True)
     h.progress(f"{name}: with an adapter {adapter_tps:.1f} tokens/s; merging a copy")
@@ -136,6 +144,7 @@ def measure_model(name: str, base_dir: Path, work: Path, tokens: int, repeats: i
         result = generate(engine, QUESTION, columns, use_adapter=column is not None, on_text=lambda _text: None)
         last_first = time.perf_counter() - started - result.seconds + (result.first_token_seconds or 0)
     return {"model": name, "base_load_s": base_load, "adapter_first_load_s": first_load, "switch_ms": switch * 1000,
+            "peft_set_adapter_ms": peft_switch * 1000,
             "switch_share_of_base_load": switch / base_load, "base_tps": base_tps, "adapter_tps": adapter_tps,
             "merged_tps": merged_tps, "adapter_overhead": 1 - adapter_tps / base_tps,
             "first_token_base_s": base_first, "first_token_adapter_s": adapter_first,
@@ -234,9 +243,9 @@ def main() -> int:
 
     print()
     print(h.markdown_table(
-        ["model", "base load", "switch (set_adapter)", "switch / load", "base tok/s", "+ adapter tok/s",
+        ["model", "base load", "switch (engine)", "PEFT set_adapter", "switch / load", "base tok/s", "+ adapter tok/s",
          "merged tok/s", "adapter overhead", "first token (adapter)", "5 columns: last first token"],
-        [[m["model"], f"{m['base_load_s']:.2f} s", f"{m['switch_ms']:.2f} ms",
+        [[m["model"], f"{m['base_load_s']:.2f} s", f"{m['switch_ms']:.2f} ms", f"{m['peft_set_adapter_ms']:.2f} ms",
           f"{m['switch_share_of_base_load'] * 100:.3f} %", f"{m['base_tps']:.1f}", f"{m['adapter_tps']:.1f}",
           f"{m['merged_tps']:.1f}", f"{m['adapter_overhead'] * 100:.1f} %", f"{m['first_token_adapter_s']:.3f} s",
           f"{m['comparison_last_first_token_s']:.2f} s"] for m in models]))

@@ -18,7 +18,13 @@ ALL_LINEAR = "all-linear"
 # Module names (not patterns) in a list; a 70B model's every linear layer, named in full, fits.
 MAX_MODULE_NAMES = 4096
 
-PositiveRank = Annotated[int, Field(ge=1, description="LoRA rank; PEFT requires a positive integer.")]
+
+# A rank written 4.0 is kept as written: PEFT refuses it (a TypeError sizing the LoRA matrices) only where it reaches
+# an adapted module, and `select_modules` does the same.
+PositiveRank = Annotated[int | float, Field(ge=1, description="LoRA rank; PEFT requires a positive integer.")]
+# PEFT checks a pattern's rank only on the modules the pattern gives it to: a 0 for a key that matches nothing
+# is accepted (and select_modules refuses a 0 that reaches an adapted module, as PEFT's layer does).
+PatternRank = Annotated[int | float, Field(ge=0)]
 
 
 def _check_regex(value: str, field_name: str) -> None:
@@ -55,7 +61,7 @@ class LoraSettings(BaseModel):
     modules_to_save: list[str] | None = Field(None, description="Modules trained in full and saved with the adapter.")
     layers_to_transform: list[int] | int | None = None
     layers_pattern: list[str] | str | None = None
-    rank_pattern: dict[str, PositiveRank] = Field(default_factory=dict)
+    rank_pattern: dict[str, PatternRank] = Field(default_factory=dict)
     alpha_pattern: dict[str, int | float] = Field(default_factory=dict)
     task_type: Literal["CAUSAL_LM"] | None = None
 

@@ -263,13 +263,26 @@ def select_modules(inventory: Inventory, settings: LoraSettings) -> Selection:
         else:
             if module.kind not in ADAPTABLE_KINDS:
                 raise _unsupported(module)
-            adapted.append(AdaptedModule(module, rank_of(key), alpha_of(key)) if has_patterns
+            rank = rank_of(key) if has_patterns else settings.r
+            _check_layer_rank(settings, key, rank)
+            adapted.append(AdaptedModule(module, rank, alpha_of(key)) if has_patterns
                            else AdaptedModule(module, settings.r, settings.lora_alpha))
 
     if not adapted:
         raise _no_match_error(settings, targets, excluded, unmatched)
     saved, unmatched_saves = _select_saved(inventory, settings, {a.module.name for a in adapted})
     return Selection(adapted, saved, targets, unmatched_saves)
+
+
+def _check_layer_rank(settings: LoraSettings, key: str, rank: int | float) -> None:
+    """Refuse a rank PEFT's LoRA layer refuses, where it reaches the layer (unused, PEFT never looks at it)."""
+    field = "r" if rank is settings.r or not settings.rank_pattern else "rank_pattern"
+    where = f"{field} gives {key} rank {rank!r}"
+    if isinstance(rank, float):
+        raise EstimateError(field, f"a rank must be an integer: PEFT sizes the LoRA matrices with it and refuses "
+                                   f"{rank!r} ({where}).")
+    if rank < 1:  # the LoRA layer's own words
+        raise EstimateError(field, f"`r` should be a positive integer value but the value passed is {rank} ({where}).")
 
 
 def _no_match_error(settings: LoraSettings, targets, excluded: int, unmatched: int) -> EstimateError:

@@ -141,6 +141,7 @@ def _patterns(draw, family: str, layers: int, field: str, values) -> dict[str, A
         *LINEAR_NAMES[family],
         rf"{LAYERS_PATTERN[family]}\.{draw(st.integers(0, layers))}\..*",
         rf"{LAYERS_PATTERN[family]}\.0\.{ATTENTION_PARENT[family]}\.{LINEAR_NAMES[family][0]}",
+        "nonexistent",  # matches nothing: even a zero rank on it is accepted
     ]
     chosen = draw(st.lists(st.sampled_from(keys), min_size=1, max_size=2, unique=True))
     return {field: {key: draw(values) for key in chosen}}
@@ -181,6 +182,10 @@ def lora_options(draw, config: Any) -> dict[str, Any]:
         options["target_modules"] = draw(st.sampled_from(["all-linear", "ALL-LINEAR"]))
     options |= _exclusions(draw, family, layers)
     options |= _saves(draw, family)
-    options |= _patterns(draw, family, layers, "rank_pattern", st.integers(1, 32))
+    # A zero rank is refused only where it reaches an adapted module; a rank written 4.0 is refused always.
+    ranks = st.one_of(st.integers(1, 32), st.integers(1, 32), st.integers(1, 32), st.just(0), st.just(4.0))
+    options |= _patterns(draw, family, layers, "rank_pattern", ranks)
+    if draw(st.integers(0, 30)) == 0:
+        options["r"] = float(options["r"])
     options |= _patterns(draw, family, layers, "alpha_pattern", st.integers(1, 64))
     return options

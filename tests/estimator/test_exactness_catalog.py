@@ -77,6 +77,8 @@ def _option_cases(model_id: str) -> dict[str, dict[str, Any]]:
             r=8, target_modules=linear, rank_pattern={linear[0]: 2, rf"{pattern}\.0\..*": 32},
             alpha_pattern={linear[-1]: 64},
         ),
+        # A zero rank is PEFT's to refuse only where its key gives it to an adapted module: here nothing matches.
+        "zero rank on a key that matches nothing": dict(r=4, target_modules=linear, rank_pattern={"nonexistent": 0}),
         "embedding and lm_head LoRA with DoRA": dict(target_modules=[embedding, "lm_head"], use_dora=True),
         # PEFT condenses 20+ names to suffixes, so the exact-name exemption from layers_to_transform no longer applies.
         "20+ full names with layers_to_transform": dict(target_modules=linear_full_names, layers_to_transform=[1]),

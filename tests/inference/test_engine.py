@@ -79,6 +79,28 @@ def test_two_adapters_share_one_loaded_base_and_each_answers_as_peft_alone_would
     assert engine.adapters() == ["first", "second"]
 
 
+def test_switching_to_and_from_an_adapter_with_a_saved_module_answers_as_peft_does(engine, tiny_model_dir, adapters,
+                                                                                    tmp_path):
+    """The engine switches adapters by setting each adapted layer's active adapter itself (PEFT's set_adapter walks
+    the whole model): a modules_to_save copy must follow too, and fall back to the original without its adapter."""
+    torch.manual_seed(9)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules=["k_proj"], modules_to_save=["lm_head"],
+                                      init_lora_weights=False))
+    with torch.no_grad():
+        model.base_model.model.lm_head.modules_to_save["default"].weight.mul_(1.5)  # the saved copy differs
+    model.save_pretrained(tmp_path / "saver")
+    expected = {"saver": _reference(tiny_model_dir, tmp_path / "saver"),
+                "first": _reference(tiny_model_dir, adapters["first"])}
+    assert expected["saver"] != expected["first"]
+    engine.max_adapters = 3
+    folders = {"saver": tmp_path / "saver", "first": adapters["first"]}
+    for name in ("first", "saver", "first", "saver", "first"):
+        engine.prepare(str(tiny_model_dir), (name, folders[name]))
+        assert _reply(engine, adapter=True) == expected[name], name
+    assert engine.stats.adapter_loads == 2
+
+
 def test_the_least_recently_used_adapter_is_dropped_for_a_new_one(engine, tiny_model_dir, adapters):
     for name in ("first", "second", "first", "third"):  # "second" is then the least recently used
         engine.prepare(str(tiny_model_dir), (name, adapters[name]))

@@ -71,7 +71,7 @@ def inventory_children(parent: int) -> list[Child]:
     return [c for c in children_of(parent) if "workers.inventory" in c.cmdline or c.state == "Z"]
 
 
-def no_children_soon(parent: int, timeout: float = 30) -> bool:
+def no_children_soon(parent: int, timeout: float = 60) -> bool:
     """Whether the parent has no inventory child and no zombie within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while inventory_children(parent) and time.monotonic() < deadline:
