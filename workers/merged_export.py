@@ -14,7 +14,6 @@ import logging
 import shutil
 import threading
 import time
-import traceback
 from pathlib import Path
 
 from app.db import new_session
@@ -150,7 +149,6 @@ def run_export(export_id: str, worker: str) -> str:
             if (store_failure := artifacts.store_failure(settings, exc)) is not None:
                 reason = str(store_failure)
             exports.fail(session, export_id, worker, reason)
-            log.debug("%s", traceback.format_exc())
             shutil.rmtree(out, ignore_errors=True)
             return exports.FAILED
         finally:

@@ -79,16 +79,13 @@ async def _discover(client: httpx.AsyncClient, settings: Settings, server: _Serv
 
 async def server_for(settings: Settings, base_model: str) -> _Server | None:
     """The vLLM server that serves this base model, or None (the inference workers answer)."""
-    if not settings.vllm_url_list:
-        return None
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-        for url in settings.vllm_url_list:
-            server = _servers.setdefault(url, _Server(url))
-            if time.monotonic() - server.asked_at > DISCOVERY_SECONDS:
+    servers = [_servers.setdefault(url, _Server(url)) for url in settings.vllm_url_list]
+    stale = [server for server in servers if time.monotonic() - server.asked_at > DISCOVERY_SECONDS]
+    if stale:
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            for server in stale:
                 await _discover(client, settings, server)
-            if base_model in server.bases:
-                return server
-    return None
+    return next((server for server in servers if base_model in server.bases), None)
 
 
 def _materialise(settings: Settings, adapter_key: str, name: str) -> str:
@@ -114,7 +111,7 @@ class VllmReply:
     def __init__(self, settings: Settings, server: _Server, adapter_key: str | None, request: dict):
         self.settings, self.server, self.adapter_key, self.request = settings, server, adapter_key, request
         self.client = httpx.AsyncClient(timeout=TIMEOUT, headers=_headers(settings))
-        self.model = adapter_name(adapter_key) if adapter_key else next(iter(sorted(server.bases)))
+        self.model = adapter_name(adapter_key) if adapter_key else request["base_model"]
         self._response: httpx.Response | None = None
 
     async def want(self) -> None:
@@ -150,19 +147,20 @@ class VllmReply:
         return body
 
     async def _open(self) -> httpx.Response:
-        for attempt in (1, 2):
-            request = self.client.build_request("POST", f"{self.server.url}/v1/chat/completions", json=self._body())
-            try:
-                response = await self.client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                raise NoWorker(f"the vLLM server at {self.server.url} did not answer: {exc}") from exc
-            if response.status_code == 404 and self.adapter_key and attempt == 1:
-                await response.aclose()  # restarted since it loaded the adapter: load it again, ask once more
-                self.server.adapters.discard(self.model)
-                await self._load()
-                continue
-            return response
-        raise AssertionError("unreachable")
+        response = await self._send()
+        if response.status_code == 404 and self.adapter_key:
+            await response.aclose()  # restarted since it loaded the adapter: load it again, ask once more
+            self.server.adapters.discard(self.model)
+            await self._load()
+            response = await self._send()
+        return response
+
+    async def _send(self) -> httpx.Response:
+        request = self.client.build_request("POST", f"{self.server.url}/v1/chat/completions", json=self._body())
+        try:
+            return await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise NoWorker(f"the vLLM server at {self.server.url} did not answer: {exc}") from exc
 
     async def entries(self) -> AsyncIterator[ReplyEntry]:
         """start, the reply's deltas, then end (with usage and timing) or error."""
@@ -209,7 +207,8 @@ class VllmReply:
 
 def _error_data(status: int, text: str) -> dict:
     try:
-        message = json.loads(text).get("message") or json.loads(text).get("error", {}).get("message") or text
+        body = json.loads(text)
+        message = body.get("message") or body.get("error", {}).get("message") or text
     except (ValueError, AttributeError):
         message = text
     message = f"the vLLM server answered {status}: {str(message)[:500]}"

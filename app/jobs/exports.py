@@ -75,7 +75,8 @@ def request(session: Session, job: Job, kind: str, settings: Settings) -> tuple[
         log.warning("export %s: the job queue (Redis) did not answer (%s)", export.id, exc)
         fail(session, export.id, None, "The job queue (Redis) did not answer; ask for the export again once it is "
                                        "back.")
-        raise QueueUnavailable(str(exc)) from exc
+        raise QueueUnavailable("The job queue (Redis) did not answer; ask for the export again once it is back.") \
+            from exc
     session.refresh(export)
     return export, True
 

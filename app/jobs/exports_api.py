@@ -2,13 +2,12 @@
 download it whole or file by file, and the Ollama Modelfile of the adapter.
 
 `POST /v1/fine_tuning/jobs/{id}/exports` answers 202 when it sent a task, 200 when the export is built or being
-built. The job page's block (`/jobs/{id}/exports/merged`) polls itself while the export is under way. Must not
-import torch or `workers`.
+built. The job page's block (`/jobs/{id}/exports/merged`) polls itself while the export is under way.
+Must not import torch or `workers`.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -52,15 +51,11 @@ def _job_or_404(session: Session, job_id: str, principal: Principal) -> Job | JS
     return job
 
 
-def _ask(session: Session, job: Job, kind: str) -> tuple[Export | None, bool, JSONResponse | None]:
-    try:
-        export, sent = exports.request(session, job, kind, get_settings())
-        return export, sent, None
-    except exports.ExportRefused as exc:
-        return None, False, error_response(409, str(exc), param="fine_tuning_job_id", code="adapter_not_available")
-    except exports.QueueUnavailable:
-        return None, False, error_response(503, "The job queue (Redis) did not answer; ask for the export again once "
-                                                "it is back.", code="redis_unavailable")
+def _refusal(exc: exports.ExportRefused | exports.QueueUnavailable) -> JSONResponse:
+    """The API's answer to an export that could not be asked for: 409 without an adapter, 503 without Redis."""
+    if isinstance(exc, exports.ExportRefused):
+        return error_response(409, str(exc), param="fine_tuning_job_id", code="adapter_not_available")
+    return error_response(503, str(exc), code="redis_unavailable")
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/exports", summary="Build an export of a job (Tuneboard extension)",
@@ -70,9 +65,10 @@ def create_export(job_id: str, session: SessionDep, principal: PrincipalDep, bod
     job = _job_or_404(session, job_id, principal)
     if isinstance(job, JSONResponse):
         return job
-    export, sent, refused = _ask(session, job, (body or ExportRequest()).kind)
-    if refused is not None:
-        return refused
+    try:
+        export, sent = exports.request(session, job, (body or ExportRequest()).kind, get_settings())
+    except (exports.ExportRefused, exports.QueueUnavailable) as exc:
+        return _refusal(exc)
     return JSONResponse(exports.export_object(export), status_code=202 if sent else 200)
 
 
@@ -174,12 +170,9 @@ def build_merged_from_page(request: Request, job_id: str, session: SessionDep, p
     job = team_scoped(session, Job, job_id, principal)
     if job is None:
         return templates.TemplateResponse(request, "not_found.html", {"what": f"job {job_id}"}, status_code=404)
-    export, _, refused = _ask(session, job, "merged")
-    if refused is not None:
+    try:
+        export, _ = exports.request(session, job, "merged", get_settings())
+    except (exports.ExportRefused, exports.QueueUnavailable) as exc:
         # 200 even so: htmx swaps only successful answers, and the reason belongs beside the button.
-        return _block(request, job, exports.find(session, job.id, "merged"), error=_message(refused))
+        return _block(request, job, exports.find(session, job.id, "merged"), error=str(exc))
     return _block(request, job, export)
-
-
-def _message(response: JSONResponse) -> str:
-    return json.loads(response.body)["error"]["message"]

@@ -66,7 +66,8 @@ def list_held_out_answers(
                               code="job_not_found")
     steps = answer_steps(session, job_id)
     if step is not None and step not in steps:
-        said = ", ".join(map(str, steps)) or "none yet"
+        # The latest few: a run answering at every checkpoint may have thousands of steps with answers.
+        said = ", ".join(map(str, steps[-20:])) or "none yet"
         return error_response(404, f"Job {job_id} has no held-out answers at step {step} (steps with answers: "
                                    f"{said}).", param="step", code="step_not_found")
     shown = step if step is not None else (steps[-1] if steps else None)

@@ -155,3 +155,29 @@ def test_the_job_pages_button_queues_the_build_and_polls_its_progress(client, ac
     assert '<progress id="merged-progress"' in block and 'hx-trigger="every 1s"' in block
     assert "Waiting for a worker." in block
     assert 'id="merged-progress"' in client.get(f"/jobs/{job_id}").text  # a reload shows it under way too
+
+
+def test_asking_for_an_export_while_redis_is_down_says_so_and_can_be_asked_again(account, tuneboard_env,
+                                                                                  monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import get_settings
+    from tests.services import free_port
+
+    job_id = stored_job(account.team_id, status="succeeded", adapter_key="jobs/r/adapter")
+    monkeypatch.setenv("TUNEBOARD_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    get_settings.cache_clear()
+    with TestClient(create_app(), headers=account.headers) as down:
+        refused = down.post(f"/v1/fine_tuning/jobs/{job_id}/exports", json={})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "redis_unavailable"
+        export = down.get(f"/v1/fine_tuning/jobs/{job_id}/exports/merged").json()
+        assert export["status"] == "failed" and "Redis" in export["error"]["message"]
+        block = down.post(f"/jobs/{job_id}/exports/merged", headers={"HX-Request": "true"}).text
+        assert "did not answer" in block and 'id="build-merged"' in block  # the reason beside the button
+    monkeypatch.setenv("TUNEBOARD_REDIS_URL", tuneboard_env.redis_url)
+    get_settings.cache_clear()
+    with TestClient(create_app(), headers=account.headers) as back:
+        again = back.post(f"/v1/fine_tuning/jobs/{job_id}/exports", json={})
+        assert again.status_code == 202 and again.json()["status"] == "queued" and again.json()["error"] is None
+    get_settings.cache_clear()

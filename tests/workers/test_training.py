@@ -223,7 +223,6 @@ def test_held_out_prompts_are_answered_by_the_base_and_by_the_adapter(full_run, 
     adapted = PeftModel.from_pretrained(base, full_run.result.adapter_dir).eval()
     assert [row["adapter_answer"] for row in rows] == [_greedy(adapted, tokenizer, row["prompt"]) for row in rows]
     assert any(row["base_answer"] != row["adapter_answer"] for row in rows)
-    assert full_run.model.training is False or full_run.model.training is True  # left usable either way
     assert any("Answering 4 held-out prompts" in message for _, message in full_run.reporter.events)
 
 
