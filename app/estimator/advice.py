@@ -91,6 +91,13 @@ def _saves(selection: Selection) -> list[Advice]:
             f"{nested[0]!r} lies inside {nested[1]!r}, which is already saved in full; PEFT may keep an extra "
             "copy of it. Name only the outer module (entries match by suffix: GPT-2's 'attn' also hits "
             "'c_attn'; write '.attn').")))
+    base_layer = next((name for name in names if name.endswith(".base_layer")), None)
+    if base_layer:
+        layer = base_layer.removesuffix(".base_layer")
+        advice.append(Advice(field="modules_to_save", level="warning", message=(
+            f"{base_layer!r} is the original weight PEFT keeps inside the LoRA layer {layer!r}: saving it trains "
+            "a full copy of that weight beside the adapter. To train the layer in full instead, take it out of "
+            "target_modules and name it in modules_to_save.")))
     return advice
 
 

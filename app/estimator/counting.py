@@ -126,15 +126,17 @@ def count(inventory: Inventory, settings: LoraSettings, selection: Selection) ->
         _adapter_files(item, use_dora, files)
 
     # Full copies, the biases `bias` frees, and how wrapping freezes the originals they sit in.
+    adapted_names = {a.module.name for a in selection.adapted}
     saves = replay(
         inventory,
         settings.modules_to_save if selection.saved else None,
         _freed_biases(inventory, settings, selection.adapted),
+        adapted_names,
+        use_dora,
     )
-    adapted_names = {a.module.name for a in selection.adapted}
     if settings.bias == "all":
         for key, shape in saves.bias_keys:
-            files[_PREFIX + _adapted_bias_name(key, adapted_names)] = shape
+            files[_PREFIX + key] = shape
     elif settings.bias == "lora_only":
         for item in selection.adapted:
             if item.module.bias is not None:
@@ -153,14 +155,6 @@ def count(inventory: Inventory, settings: LoraSettings, selection: Selection) ->
         groups=groups,
         files=files,
     )
-
-
-def _adapted_bias_name(name: str, adapted_names: set[str]) -> str:
-    # An adapted layer keeps its original weights under `base_layer`.
-    owner = name.rsplit(".", 1)[0]
-    if owner in adapted_names:
-        return f"{owner}.base_layer.bias"
-    return name
 
 
 # peft.utils.constants.EMBEDDING_LAYER_NAMES

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from app.estimator.inventory import ADAPTABLE_KINDS, Inventory, Module
 from app.estimator.lora_settings import LoraSettings
 from app.estimator.pattern_cost import PatternCheck, PatternTooCostly, check_cost
+from app.estimator.peft_tree import ADAPTER_NAME, CONTAINER_TYPES, TreeModule, injected_modules
 
 _DEFAULT_LAYER_INDEX = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")
 
@@ -184,29 +185,56 @@ def _select_saved(
 ) -> tuple[list[Module], tuple[str, ...]]:
     if not settings.modules_to_save:
         return [], ()
-    # PEFT's _set_trainable matches a plain suffix here, without a '.' boundary, and skips entries that hit nothing.
+    # PEFT's _set_trainable matches a plain suffix here, without a '.' boundary, over the model as LoRA left it,
+    # and skips entries that hit nothing.
     entries = settings.modules_to_save
-    saved = [m for m in inventory.modules if m.name and any(m.name.endswith(e) for e in entries)]
-    unmatched = tuple(e for e in entries if not any(m.name.endswith(e) for m in saved))
-    for module in saved:
-        entry = next(e for e in entries if module.name.endswith(e))
-        if module.name in adapted_names:
-            raise EstimateError(
-                "modules_to_save",
-                f"modules_to_save entry {entry!r} selects {module.name!r}, which LoRA also adapts; "
-                "PEFT refuses to save an adapted layer in full.",
-            )
-        inside = sorted(n for n in adapted_names if n.startswith(module.name + "."))
-        if inside:
-            # PEFT accepts this one (unlike the case above) but builds a model nobody wants, so Tuneboard refuses.
-            raise EstimateError(
-                "modules_to_save",
-                f"modules_to_save entry {entry!r} selects {module.name!r} (entries match a plain suffix), which "
-                f"contains LoRA-targeted {inside[0]!r}: PEFT would copy it together with its LoRA layers, freeze "
-                "the original adapter and train the copy's full weights plus a duplicate adapter. To train the "
-                f"module in full, name it exactly ({module.short_name!r}); otherwise drop this entry.",
-            )
-    return saved, unmatched
+    saved: list[Module] = []
+    hit: set[str] = set()
+    for tree_module in injected_modules(inventory, adapted_names, settings.use_dora):
+        name = tree_module.name
+        entry = next((e for e in entries if name.endswith(e)), None)
+        if entry is None:
+            continue
+        hit.update(e for e in entries if name.endswith(e))
+        _check_savable(tree_module, entry, adapted_names)
+        saved.append(tree_module.module)  # type: ignore[arg-type]  # _check_savable refused the module-less ones
+    return saved, tuple(e for e in entries if e not in hit)
+
+
+def _check_savable(tree_module: TreeModule, entry: str, adapted_names: set[str]) -> None:
+    """Refuse a modules_to_save hit PEFT refuses (or, for a module holding LoRA layers, Tuneboard does)."""
+    name = tree_module.name
+    selects = f"modules_to_save entry {entry!r} selects {name!r}"
+    if tree_module.grandparent_is_lora:
+        raise EstimateError(
+            "modules_to_save",
+            f"{selects}, the adapter-named entry PEFT puts inside the LoRA layer {tree_module.lora_layer!r}; PEFT "
+            "refuses to save part of a LoRA layer (entries match a plain suffix, so the adapter's name "
+            f"{ADAPTER_NAME!r} hits it).",
+        )
+    if tree_module.type in CONTAINER_TYPES:
+        inserted = f"which PEFT inserted into the LoRA layer {tree_module.lora_layer!r}" if tree_module.lora_layer \
+            else "a container"
+        raise EstimateError(
+            "modules_to_save",
+            f"{selects}, a {tree_module.type} {inserted}; PEFT can only save a module with a forward of its own, "
+            "not a ModuleDict, ModuleList, ParameterDict or ParameterList. Name the modules inside it instead.",
+        )
+    if tree_module.lora_layer is not None:
+        raise EstimateError(
+            "modules_to_save",
+            f"{selects}, which LoRA also adapts; PEFT refuses to save an adapted layer in full.",
+        )
+    inside = sorted(n for n in adapted_names if n.startswith(name + "."))
+    if inside:
+        # PEFT accepts this one (unlike the cases above) but builds a model nobody wants, so Tuneboard refuses.
+        raise EstimateError(
+            "modules_to_save",
+            f"{selects} (entries match a plain suffix), which contains LoRA-targeted {inside[0]!r}: PEFT would "
+            "copy it together with its LoRA layers, freeze the original adapter and train the copy's full weights "
+            f"plus a duplicate adapter. To train the module in full, name it exactly ({name.rsplit('.', 1)[-1]!r}); "
+            "otherwise drop this entry.",
+        )
 
 
 def _pattern_checks(settings: LoraSettings, targets: frozenset[str] | str) -> list[PatternCheck]:

@@ -14,8 +14,7 @@ import re
 from dataclasses import dataclass
 
 from app.estimator.inventory import Inventory
-
-ADAPTER_NAME = "default"
+from app.estimator.peft_tree import ADAPTER_NAME, BASE_LAYER, injected_modules, injected_name
 
 
 class _Tensor:
@@ -124,15 +123,22 @@ def _refresh(wrapper: _Node) -> None:
     _set_trainable(wrapper.copy, True)  # type: ignore[arg-type]
 
 
-def _build_tree(inventory: Inventory, trainable: set[str]) -> _Node:
-    nodes: dict[str, _Node] = {}
+def _build_tree(inventory: Inventory, trainable: set[str], adapted: set[str]) -> _Node:
+    nodes: dict[str, _Node] = {}  # base module name -> the node holding its parameters and children
     tensors: dict[str, _Tensor] = {}
     for module in inventory.modules:
         node = _Node()
         nodes[module.name] = node
         if module.name:
             parent, _, short = module.name.rpartition(".")
-            nodes[parent].children[short] = node
+            if module.name in adapted:
+                # The LoRA layer takes the module's place and keeps the original as its base_layer. Its LoRA
+                # tensors stay out of this tree: the adapter's own counts come from elsewhere.
+                lora_layer = _Node()
+                lora_layer.children[BASE_LAYER] = node
+                nodes[parent].children[short] = lora_layer
+            else:
+                nodes[parent].children[short] = node
         for param in module.params:
             if param.alias_of is not None:
                 tensor = tensors[param.alias_of]
@@ -164,9 +170,16 @@ class Replay:
     saved_tensors: tuple[tuple[str, tuple[int, ...]], ...]  # what the wrappers contribute to the file
 
 
-def replay(inventory: Inventory, entries: list[str] | None, initially_trainable: set[str]) -> Replay:
-    """Wrap what `modules_to_save` selects exactly as PEFT does, starting from the base parameters that
-    `bias` left trainable; names in the result are relative to the base model."""
+def replay(
+    inventory: Inventory,
+    entries: list[str] | None,
+    initially_trainable: set[str],
+    adapted: set[str],
+    use_dora: bool,
+) -> Replay:
+    """Wrap what `modules_to_save` selects exactly as PEFT does, on the model with LoRA layers in place,
+    starting from the base parameters that `bias` left trainable; names in the result are relative to the
+    base model. Entries PEFT refuses must have been refused before (`matching.select_modules`)."""
     if not entries:
         # Nothing to wrap: the base model as it is, with the freed biases trainable.
         return Replay(
@@ -177,13 +190,13 @@ def replay(inventory: Inventory, entries: list[str] | None, initially_trainable:
                 p.numel for m in inventory.modules for p in m.params
                 if p.alias_of is None and p.full_name in initially_trainable
             ) if initially_trainable else 0,
-            bias_keys=inventory.bias_keys,
+            bias_keys=tuple((injected_name(key, adapted), shape) for key, shape in inventory.bias_keys),
             saved_tensors=(),
         )
-    root = _build_tree(inventory, initially_trainable)
+    root = _build_tree(inventory, initially_trainable, adapted)
     wrapped: list[str] = []
-    for module in inventory.modules:  # named_modules() order, as PEFT walks it
-        key = module.name
+    for tree_module in injected_modules(inventory, adapted, use_dora):  # named_modules() order, as PEFT walks it
+        key = tree_module.name
         if not key or not any(key.endswith(entry) for entry in entries):
             continue
         parts = key.split(".")

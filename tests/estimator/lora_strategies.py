@@ -130,6 +130,15 @@ def _saves(draw, family: str) -> dict[str, Any]:
         f"{LAYERS_PATTERN[family]}.0",  # a whole block, nesting everything saved inside it
         LINEAR_NAMES[family][-1],
         other_embedding,
+        # Matching runs after LoRA injection, so entries also reach what PEFT inserted: the original weights it
+        # keeps as base_layer (wrapped and copied), its ModuleDicts and their adapter-named entries (refused).
+        "base_layer",
+        "layer",
+        "lora_A",
+        "dropout",
+        "magnitude_vector",
+        "default",
+        LAYERS_PATTERN[family],  # the ModuleList of blocks: refused
     ]
     return {"modules_to_save": draw(st.lists(st.sampled_from(candidates), min_size=1, max_size=3, unique=True))}
 

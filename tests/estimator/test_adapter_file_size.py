@@ -3,9 +3,9 @@
 Tiny float32 models with random weights (catalog configs shrunk to a few small layers, and random
 family configs) are wrapped with real PEFT and saved to a temporary directory; the file size must equal
 the estimate byte for byte. Covers plain LoRA, DoRA's magnitude vectors, freed biases, modules_to_save
-copies (a tied lm_head included, and nested entries), LoRA on embeddings (whose base weights
-save_embedding_layers="auto" adds to the file) and per-module ranks. On a mismatch the assertion lists
-the tensor names only one side has.
+copies (a tied lm_head included, nested entries, and an adapted layer's base_layer), LoRA on embeddings
+(whose base weights save_embedding_layers="auto" adds to the file) and per-module ranks.
+On a mismatch the assertion lists the tensor names only one side has.
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ def _cases(config: Any) -> dict[str, dict[str, Any]]:
         "embedding lora dora": dict(r=4, target_modules=[embedding, "lm_head"], use_dora=True),
         "regex naming the input embedding": dict(target_modules=rf"{prefix}\.{embedding}|.*\.{linear[0]}"),
         "rank pattern": dict(r=8, target_modules=linear, rank_pattern={linear[0]: 2}, alpha_pattern={linear[0]: 4}),
+        # Entries match a plain suffix after injection: "base_layer" copies an adapted layer's original weights.
+        "save base layers, bias all": dict(target_modules=linear[:1], modules_to_save=["base_layer"], bias="all"),
+        "save base layers, bias lora_only": dict(target_modules=linear[:2], modules_to_save=["layer"],
+                                                 bias="lora_only"),
         "nested saves": dict(target_modules=["c_fc"], modules_to_save=[ATTENTION_PARENT[family]])
         if family == "gpt2"
         else dict(target_modules=linear[:1], modules_to_save=["mlp", linear[-1]]),

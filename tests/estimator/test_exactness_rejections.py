@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from app.estimator.matching import EstimateError
 from tests.estimator.peft_reference import (
     ATTENTION_PARENT,
+    LAYERS_PATTERN,
     LINEAR_NAMES,
     OTHER_NAMES,
     catalog_config,
@@ -76,6 +77,21 @@ def _cases(model_id: str) -> dict[str, tuple[dict[str, Any], str]]:
             "layers_to_transform",
         ),
         "empty target list": (dict(target_modules=[]), "target_modules"),
+        # modules_to_save matching runs after LoRA injection and reaches what PEFT inserted.
+        "modules_to_save naming a LoRA ModuleDict": (dict(target_modules=one, modules_to_save=["lora_A"]),
+                                                     "modules_to_save"),
+        "modules_to_save naming the adapter": (dict(target_modules=one, modules_to_save=["default"]),
+                                               "modules_to_save"),
+        "modules_to_save hitting lora_dropout": (dict(target_modules=one, modules_to_save=["dropout"]),
+                                                 "modules_to_save"),
+        "modules_to_save naming DoRA magnitudes": (
+            dict(target_modules=one, use_dora=True, modules_to_save=["magnitude_vector"]),
+            "modules_to_save",
+        ),
+        "modules_to_save naming the block list": (
+            dict(target_modules=["lm_head"], modules_to_save=[LAYERS_PATTERN[family]]),
+            "modules_to_save",
+        ),
     }
 
 
@@ -124,3 +140,17 @@ def test_saving_a_module_that_holds_lora_targets_is_refused_though_peft_accepts_
         estimate_for(catalog_inventory(model_id), options)
     assert error.value.field == "modules_to_save"
     assert "'self_attn'" in error.value.message  # tells the user the exact name to use instead
+
+
+def test_saving_an_adapted_layers_base_layer_copies_its_original_weights_as_peft_does():
+    """"base_layer" names nothing in the base model, but after injection every adapted layer has one.
+
+    PEFT then trains a full copy of each original weight beside the adapter; the estimate counts it, and says
+    so in a warning, instead of silently counting the adapter alone."""
+    model_id = "HuggingFaceTB/SmolLM2-135M"
+    options = dict(r=8, target_modules=["q_proj"], modules_to_save=["base_layer"])
+    real = peft_outcome(fresh_meta_model(catalog_config(model_id)), options)
+    result = estimate_for(catalog_inventory(model_id), options)
+    assert (result.trainable_params, result.all_params) == (real.trainable, real.all) == (10_229_760, 144_744_768)
+    assert result.modules_to_save[0] == "model.layers.0.self_attn.q_proj.base_layer"
+    assert any("base_layer" in w.message and w.field == "modules_to_save" for w in result.warnings)
