@@ -59,6 +59,22 @@ def _peft_default_targets(model_type: str) -> list[str] | None:
     return sorted(targets) if targets else None
 
 
+def _peft_moe_conversion(model: Any) -> dict[str, Any] | None:
+    """How PEFT rewrites a LoRA config for this model type (transformers 5 fused its MoE experts), if it does.
+
+    Recorded so the torch-free estimator can replay peft's `_convert_peft_config_moe` for the same type."""
+    from peft.utils import transformers_weight_conversion as conversion
+    from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+    model_type = getattr(model.config, "model_type", None)
+    pattern = conversion._MODEL_TO_CONVERSION_PATTERN.get(model_type)
+    mapping = conversion._MOE_TARGET_MODULE_MAPPING.get(pattern) if pattern else None
+    fused = conversion._MOE_FUSED_TARGETS.get(pattern) if pattern else None
+    if not mapping or not fused or get_checkpoint_conversion_mapping(model_type) is None:
+        return None
+    return {"mapping": dict(mapping), "fused": {name: list(old) for name, old in fused.items()}}
+
+
 def _build_on_meta(config: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
@@ -108,6 +124,8 @@ def build_inventory(config: Any, model_id: str) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": name, "type": type(module).__name__, "kind": kind, "params": params}
         if in_features is not None:
             entry["in"], entry["out"] = int(in_features), int(out_features)
+        if getattr(module, "is_transposed", False) is True:
+            entry["transposed"] = True  # stacked expert weights stored (experts, in, out): PEFT sizes LoRA by it
         modules.append(entry)
 
     output_embedding = model.get_output_embeddings()
@@ -120,6 +138,7 @@ def build_inventory(config: Any, model_id: str) -> dict[str, Any]:
         "model_type": config.model_type,
         "config": _config_summary(config),
         "peft_default_targets": _peft_default_targets(config.model_type),
+        "peft_moe_conversion": _peft_moe_conversion(model),
         "input_embedding": names_by_id.get(id(input_embedding)),
         "output_embedding": names_by_id.get(id(output_embedding)) if output_embedding is not None else None,
         "generated_with": {

@@ -18,7 +18,7 @@ from app.base_models import hub_lookup
 from app.base_models.model_ids import UnknownModel, resolve_model_id
 from app.estimator import catalog
 from app.estimator.config_limits import FAILURE_PREFIX, ConfigTooLarge, check_config_size
-from app.estimator.inventory import Inventory, load_inventory
+from app.estimator.inventory import INVENTORY_FORMAT, Inventory, load_inventory
 from app.fleet import offloaded
 from app.safe_paths import inside
 from app.settings import Settings, get_settings
@@ -157,7 +157,8 @@ def _check_on_hub(model_id: str) -> None:
 
 
 def _cache_path(source: ModelSource, settings: Settings) -> Path:
-    return inside(settings.inventory_cache_dir, f"{source.cache_name}.json")
+    # The format is in the name, so an inventory cached by an older Tuneboard is computed again, not misread.
+    return inside(settings.inventory_cache_dir, f"{source.cache_name}.v{INVENTORY_FORMAT}.json")
 
 
 def cached_inventory(model_id: str, settings: Settings) -> Inventory | None:

@@ -11,10 +11,12 @@ import json
 import re
 from dataclasses import dataclass
 
-from app.estimator.inventory import Inventory
+from app.estimator.inventory import Inventory, Param
 from app.estimator.lora_settings import LoraSettings
 from app.estimator.matching import AdaptedModule, Selection
 from app.estimator.modules_to_save import replay
+from app.estimator.parameter_targets import AdaptedParameter
+from app.estimator.peft_tree import injected_name
 
 _PREFIX = "base_model.model."
 
@@ -44,6 +46,7 @@ class ModuleGroup:
     count: int
     params_each: int
     layers: tuple[int, ...]
+    experts: int = 1  # a stacked expert weight adapted through target_parameters: LoRA of rank r per expert
 
     @property
     def params_total(self) -> int:
@@ -107,12 +110,36 @@ def _groups(adapted: list[AdaptedModule], use_dora: bool) -> tuple[ModuleGroup, 
     return tuple(groups)
 
 
-def _freed_biases(inventory: Inventory, settings: LoraSettings, adapted: list[AdaptedModule]) -> set[str]:
+def _parameter_groups(selection: Selection) -> tuple[ModuleGroup, ...]:
+    grouped: dict[tuple[str, int], list[AdaptedParameter]] = {}
+    for item in selection.adapted_parameters:
+        grouped.setdefault((f"{item.module.group_name}.{item.name}", item.r), []).append(item)
+    groups = []
+    for (pattern, r), items in grouped.items():
+        first = items[0]
+        layers = tuple(sorted({i.module.layer for i in items if i.module.layer is not None}))
+        groups.append(ModuleGroup(pattern, f"{first.module.type}.{first.name}", first.in_features,
+                                  first.out_features, r, len(items), first.params, layers, first.experts))
+    return tuple(groups)
+
+
+def _parameter_files(item: AdaptedParameter, files: dict[str, tuple[int, ...]]) -> None:
+    base = _PREFIX + item.wrapper_path
+    files[base + ".lora_A.weight"] = (item.r * item.experts, item.in_features)
+    files[base + ".lora_B.weight"] = (item.out_features, item.r * item.experts)
+
+
+def _lora_biases(inventory: Inventory, selection: Selection) -> list[Param]:
+    """Biases of the modules LoRA wraps (module or parameter targets), which bias="lora_only" trains."""
+    return [bias for name in selection.lora_stacks if (bias := inventory.by_name[name].bias) is not None]
+
+
+def _freed_biases(inventory: Inventory, settings: LoraSettings, selection: Selection) -> set[str]:
     """Base biases that `bias` makes trainable before modules_to_save wraps anything."""
     if settings.bias == "all":
         return {p.full_name for p in inventory.bias_params}
     if settings.bias == "lora_only":
-        return {b.full_name for b in (a.module.bias for a in adapted) if b is not None}
+        return {b.full_name for b in _lora_biases(inventory, selection)}
     return set()
 
 
@@ -120,27 +147,28 @@ def count(inventory: Inventory, settings: LoraSettings, selection: Selection) ->
     """Exact parameter counts, the per-module breakdown and the adapter's tensors."""
     files: dict[str, tuple[int, ...]] = {}
     use_dora = settings.use_dora
-    groups = _groups(selection.adapted, use_dora)
+    groups = _groups(selection.adapted, use_dora) + _parameter_groups(selection)
     adapter_params = sum(g.params_total for g in groups)
     for item in selection.adapted:
         _adapter_files(item, use_dora, files)
+    for parameter in selection.adapted_parameters:
+        _parameter_files(parameter, files)
 
     # Full copies, the biases `bias` frees, and how wrapping freezes the originals they sit in.
-    adapted_names = {a.module.name for a in selection.adapted}
+    stacks = selection.lora_stacks
     saves = replay(
         inventory,
         settings.modules_to_save if selection.saved else None,
-        _freed_biases(inventory, settings, selection.adapted),
-        adapted_names,
+        _freed_biases(inventory, settings, selection),
+        stacks,
         use_dora,
     )
     if settings.bias == "all":
         for key, shape in saves.bias_keys:
             files[_PREFIX + key] = shape
     elif settings.bias == "lora_only":
-        for item in selection.adapted:
-            if item.module.bias is not None:
-                files[f"{_PREFIX}{item.module.name}.base_layer.bias"] = item.module.bias.shape
+        for bias in _lora_biases(inventory, selection):
+            files[_PREFIX + injected_name(bias.full_name, stacks)] = bias.shape
     for key, shape in saves.saved_tensors:
         files[_PREFIX + key] = shape
     for tensor in _saved_embedding_weights(inventory, selection):

@@ -49,6 +49,8 @@ class ModuleBreakdown(BaseModel):
     params_each: int
     params_total: int
     layers: list[int]
+    experts: int = Field(1, description="Experts in a stacked expert weight adapted through target_parameters: "
+                                        "LoRA of rank r for each.")
 
 
 class AdapterBytes(BaseModel):
@@ -118,6 +120,7 @@ def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse
             ModuleBreakdown(
                 pattern=g.pattern, type=g.type, in_features=g.in_features, out_features=g.out_features, r=g.r,
                 count=g.count, params_each=g.params_each, params_total=g.params_total, layers=list(g.layers),
+                experts=g.experts,
             )
             for g in counts.groups
         ],

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-INVENTORY_FORMAT = 1
+INVENTORY_FORMAT = 2  # 2: MoE conversion rules and transposed expert weights
 
 # Kinds the estimator counts. PEFT also wraps Conv and MultiheadAttention, which LLMs do not use.
 ADAPTABLE_KINDS = frozenset({"linear", "conv1d", "embedding"})
@@ -46,6 +46,7 @@ class Module:
     in_features: int | None
     out_features: int | None
     params: tuple[Param, ...]
+    transposed: bool = False  # stacked expert weights stored (experts, in, out) rather than (experts, out, in)
     subtree_params: int = 0  # unique parameters under this module, i.e. what a deep copy holds
     children: list[str] = field(default_factory=list)
     # Derived from the name once at load, because every estimate asks for them on every adapted module.
@@ -76,6 +77,9 @@ class Inventory:
         self.model_type: str = data["model_type"]
         self.config: dict[str, Any] = data["config"]
         self.peft_default_targets: list[str] | None = data.get("peft_default_targets")
+        # PEFT's transformers-5 rewrite of LoRA configs for this model type: {"mapping": old name -> new target,
+        # "fused": stacked parameter -> the old names fused into it}, or None.
+        self.peft_moe_conversion: dict[str, Any] | None = data.get("peft_moe_conversion")
         self.input_embedding: str | None = data.get("input_embedding")
         self.output_embedding: str | None = data.get("output_embedding")
         self.generated_with: dict[str, str] = data.get("generated_with", {})
@@ -86,6 +90,7 @@ class Inventory:
                 kind=m["kind"],
                 in_features=m.get("in"),
                 out_features=m.get("out"),
+                transposed=m.get("transposed", False),
                 params=tuple(
                     Param(f"{m['name']}.{pname}" if m["name"] else pname, tuple(shape), alias)
                     for pname, shape, alias in m["params"]

@@ -54,6 +54,11 @@ class LoraSettings(BaseModel):
         description="Module names (exact or '.'-suffix match), a regex matched against the full name, "
         "'all-linear', or null for PEFT's default for the architecture.",
     )
+    target_parameters: list[str] | None = Field(
+        None,
+        description="Parameter names (exact or '.'-suffix match) adapted directly, e.g. a mixture-of-experts "
+        "layer's stacked expert weights ('experts.gate_up_proj') or its router ('gate.weight').",
+    )
     exclude_modules: list[str] | str | None = None
     bias: Literal["none", "all", "lora_only"] = "none"
     use_rslora: bool = Field(False, description="Scale by lora_alpha / sqrt(r) instead of lora_alpha / r.")
@@ -77,6 +82,17 @@ class LoraSettings(BaseModel):
                 raise ValueError(f"{info.field_name} entries must be non-empty module names")
             if any(len(item) > MAX_PATTERN_CHARS for item in value):
                 raise ValueError(f"{info.field_name} entries must be at most {MAX_PATTERN_CHARS} characters long")
+        return value
+
+    @field_validator("target_parameters")
+    @classmethod
+    def _parameter_names(cls, value: list[str] | None) -> list[str] | None:
+        _check_count(value or [], "target_parameters", MAX_MODULE_NAMES)
+        for item in value or []:
+            if not item.strip():
+                raise ValueError("target_parameters entries must be non-empty parameter names")
+            if len(item) > MAX_PATTERN_CHARS:
+                raise ValueError(f"target_parameters entries must be at most {MAX_PATTERN_CHARS} characters long")
         return value
 
     @field_validator("modules_to_save")

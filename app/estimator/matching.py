@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from app.estimator import moe_conversion
 from app.estimator.inventory import ADAPTABLE_KINDS, Inventory, Module
 from app.estimator.lora_settings import LoraSettings
+from app.estimator.parameter_targets import AdaptedParameter, ParameterRefused, select_parameters
 from app.estimator.pattern_cost import PatternCheck, PatternTooCostly, check_cost
 from app.estimator.peft_tree import ADAPTER_NAME, CONTAINER_TYPES, TreeModule, injected_modules
 
@@ -40,6 +42,16 @@ class Selection:
     saved: list[Module]  # modules_to_save hits, in named_modules() order (nested hits included)
     targets: frozenset[str] | str  # target_modules as PEFT resolves them
     unmatched_saves: tuple[str, ...] = ()  # modules_to_save entries that match nothing; PEFT ignores them
+    adapted_parameters: tuple[AdaptedParameter, ...] = ()  # target_parameters hits, in PEFT's wrapping order
+    settings: LoraSettings | None = None  # the settings PEFT applies (an MoE model's converted ones)
+
+    @property
+    def lora_stacks(self) -> dict[str, int]:
+        """How many LoRA layers PEFT stacks at each adapted module's path."""
+        stacks = {a.module.name: 1 for a in self.adapted}
+        for parameter in self.adapted_parameters:
+            stacks[parameter.module.name] = stacks.get(parameter.module.name, 0) + 1
+        return stacks
 
 
 # peft.utils.constants.MIN_TARGET_MODULES_FOR_OPTIMIZATION
@@ -95,6 +107,8 @@ def resolve_targets(inventory: Inventory, settings: LoraSettings) -> frozenset[s
     20 or more names condensed to the shortest suffixes that still single them out, as PEFT does."""
     targets = settings.target_modules
     if targets is None:
+        if not inventory.peft_default_targets and settings.target_parameters:
+            return frozenset()  # LoRA on parameters alone
         if not inventory.peft_default_targets:
             raise EstimateError(
                 "target_modules",
@@ -181,7 +195,7 @@ def _unsupported(module: Module) -> EstimateError:
 
 
 def _select_saved(
-    inventory: Inventory, settings: LoraSettings, adapted_names: set[str]
+    inventory: Inventory, settings: LoraSettings, lora_stacks: dict[str, int]
 ) -> tuple[list[Module], tuple[str, ...]]:
     if not settings.modules_to_save:
         return [], ()
@@ -190,13 +204,13 @@ def _select_saved(
     entries = settings.modules_to_save
     saved: list[Module] = []
     hit: set[str] = set()
-    for tree_module in injected_modules(inventory, adapted_names, settings.use_dora):
+    for tree_module in injected_modules(inventory, lora_stacks, settings.use_dora):
         name = tree_module.name
         entry = next((e for e in entries if name.endswith(e)), None)
         if entry is None:
             continue
         hit.update(e for e in entries if name.endswith(e))
-        _check_savable(tree_module, entry, adapted_names)
+        _check_savable(tree_module, entry, set(lora_stacks))
         saved.append(tree_module.module)  # type: ignore[arg-type]  # _check_savable refused the module-less ones
     return saved, tuple(e for e in entries if e not in hit)
 
@@ -266,7 +280,18 @@ def check_pattern_cost(settings: LoraSettings, module_names: list[str]) -> None:
 
 
 def select_modules(inventory: Inventory, settings: LoraSettings) -> Selection:
-    """The modules LoRA adapts (with their rank and alpha) and the modules saved in full."""
+    """The modules and parameters LoRA adapts (with their rank and alpha) and the modules saved in full."""
+    if inventory.peft_moe_conversion and settings.target_modules is None and not settings.target_parameters:
+        raise EstimateError(
+            "target_modules",
+            f"PEFT has no default target_modules for {inventory.model_type!r} on transformers 5 (it rewrites "
+            "the config for the fused experts and drops the default): name the modules, e.g. "
+            '["q_proj", "v_proj"], or "all-linear".',
+        )
+    try:
+        settings = moe_conversion.convert(inventory, settings, _peft_target_check(inventory, settings))
+    except moe_conversion.ConversionRefused as exc:
+        raise EstimateError("target_modules", str(exc)) from None
     targets = resolve_targets(inventory, settings)
     try:
         check_cost(_pattern_checks(settings, targets), [m.name for m in inventory.modules if m.name])
@@ -296,10 +321,34 @@ def select_modules(inventory: Inventory, settings: LoraSettings) -> Selection:
             adapted.append(AdaptedModule(module, rank, alpha_of(key)) if has_patterns
                            else AdaptedModule(module, settings.r, settings.lora_alpha))
 
-    if not adapted:
+    adapted_names = {a.module.name for a in adapted}
+    try:
+        parameters = select_parameters(
+            inventory, settings.target_parameters or [], adapted_names, rank_of, alpha_of,
+            use_dora=settings.use_dora, lora_dropout=settings.lora_dropout,
+        )
+    except ParameterRefused as exc:
+        field = str(exc).split(":", 1)[0] if str(exc).startswith(("use_dora:", "lora_dropout:")) else \
+            "target_parameters"
+        raise EstimateError(field, str(exc)) from None
+    for parameter in parameters:
+        _check_layer_rank(settings, parameter.key, parameter.r)
+    if not adapted and not parameters:
         raise _no_match_error(settings, targets, excluded, unmatched)
-    saved, unmatched_saves = _select_saved(inventory, settings, {a.module.name for a in adapted})
-    return Selection(adapted, saved, targets, unmatched_saves)
+    selection = Selection(adapted, [], targets, (), tuple(parameters), settings)
+    saved, unmatched_saves = _select_saved(inventory, settings, selection.lora_stacks)
+    return Selection(adapted, saved, targets, unmatched_saves, tuple(parameters), settings)
+
+
+def _peft_target_check(inventory: Inventory, settings: LoraSettings):
+    """PEFT's `check_target_module_exists` for settings as given (exclusions first), before any conversion."""
+    if not inventory.peft_moe_conversion or settings.target_modules is None:
+        return lambda key: False
+    targets = settings.target_modules if isinstance(settings.target_modules, str) else \
+        frozenset(settings.target_modules)
+    is_excluded = _exclusion_matcher(settings)
+    is_target = _target_matcher(targets, settings)
+    return lambda key: not (is_excluded is not None and is_excluded(key)) and is_target(key)
 
 
 def _check_layer_rank(settings: LoraSettings, key: str, rank: int | float) -> None:

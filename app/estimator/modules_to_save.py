@@ -123,7 +123,7 @@ def _refresh(wrapper: _Node) -> None:
     _set_trainable(wrapper.copy, True)  # type: ignore[arg-type]
 
 
-def _build_tree(inventory: Inventory, trainable: set[str], adapted: set[str]) -> _Node:
+def _build_tree(inventory: Inventory, trainable: set[str], adapted: dict[str, int]) -> _Node:
     nodes: dict[str, _Node] = {}  # base module name -> the node holding its parameters and children
     tensors: dict[str, _Tensor] = {}
     for module in inventory.modules:
@@ -131,14 +131,14 @@ def _build_tree(inventory: Inventory, trainable: set[str], adapted: set[str]) ->
         nodes[module.name] = node
         if module.name:
             parent, _, short = module.name.rpartition(".")
-            if module.name in adapted:
-                # The LoRA layer takes the module's place and keeps the original as its base_layer. Its LoRA
-                # tensors stay out of this tree: the adapter's own counts come from elsewhere.
+            # LoRA layers take an adapted module's place, each keeping what it replaced as its base_layer. Their
+            # LoRA tensors stay out of this tree: the adapter's own counts come from elsewhere.
+            place = node
+            for _ in range(adapted.get(module.name, 0)):
                 lora_layer = _Node()
-                lora_layer.children[BASE_LAYER] = node
-                nodes[parent].children[short] = lora_layer
-            else:
-                nodes[parent].children[short] = node
+                lora_layer.children[BASE_LAYER] = place
+                place = lora_layer
+            nodes[parent].children[short] = place
         for param in module.params:
             if param.alias_of is not None:
                 tensor = tensors[param.alias_of]
@@ -174,7 +174,7 @@ def replay(
     inventory: Inventory,
     entries: list[str] | None,
     initially_trainable: set[str],
-    adapted: set[str],
+    adapted: dict[str, int],
     use_dora: bool,
 ) -> Replay:
     """Wrap what `modules_to_save` selects exactly as PEFT does, on the model with LoRA layers in place,

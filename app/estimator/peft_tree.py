@@ -51,28 +51,48 @@ def _inserted(owner: str, module: Module, use_dora: bool) -> list[TreeModule]:
     return tree
 
 
-def injected_name(name: str, adapted: set[str]) -> str:
-    """Where a base module's path leads after injection: under an adapted layer it moves into base_layer."""
+def _wrapper_paths(name: str, depth: int) -> list[str]:
+    """Paths of the LoRA layers stacked at `name`, outermost first: each parameter PEFT adapts directly on one
+    module wraps the wrapper before it, which becomes its base_layer."""
+    return [name + f".{BASE_LAYER}" * level for level in range(depth)]
+
+
+def injected_name(name: str, adapted: dict[str, int]) -> str:
+    """Where a base module's (or parameter's) path leads after injection: under an adapted module it moves below
+    that module's stack of LoRA layers, one base_layer per layer."""
     parts = name.split(".")
     for end in range(len(parts) - 1, 0, -1):
-        if ".".join(parts[:end]) in adapted:
-            return ".".join(parts[:end] + [BASE_LAYER] + parts[end:])
+        depth = adapted.get(".".join(parts[:end]))
+        if depth:
+            return ".".join(parts[:end] + [BASE_LAYER] * depth + parts[end:])
     return name
 
 
-def injected_modules(inventory: Inventory, adapted: set[str], use_dora: bool) -> Iterator[TreeModule]:
-    """Every module of the LoRA-injected model, named as `named_modules()` names them, in its order."""
-    pending: list[tuple[str, Module]] = []  # LoRA layers whose inserted containers follow their base subtree
+def injected_modules(inventory: Inventory, adapted: dict[str, int], use_dora: bool) -> Iterator[TreeModule]:
+    """Every module of the LoRA-injected model, named as `named_modules()` names them, in its order.
+
+    `adapted` maps each adapted module to the number of LoRA layers stacked on it: 1 for a target module, one per
+    adapted parameter for `target_parameters` (PEFT's ParamWrapper, which refuses DoRA)."""
+    pending: list[tuple[str, Module, list[str]]] = []  # LoRA stacks whose inserted containers follow the original
     for module in inventory.modules:
         while pending and not module.name.startswith(pending[-1][0] + "."):
-            yield from _inserted(*pending.pop(), use_dora)
-        if module.name in adapted:
-            yield TreeModule(module.name, f"LoRA {module.type}", None, lora_layer=module.name)
-            base_name = f"{module.name}.{BASE_LAYER}"
-            yield TreeModule(base_name, module.type, replace(module, name=base_name))
-            pending.append((module.name, module))
+            yield from _close(*pending.pop(), use_dora)
+        depth = adapted.get(module.name, 0) if module.name else 0
+        if depth:
+            wrappers = _wrapper_paths(module.name, depth)
+            for path in wrappers:
+                yield TreeModule(path, f"LoRA {module.type}", None, lora_layer=path)
+            original = module.name + f".{BASE_LAYER}" * depth
+            yield TreeModule(original, module.type, replace(module, name=original))
+            pending.append((module.name, module, wrappers))
             continue
         name = injected_name(module.name, adapted) if pending else module.name
         yield TreeModule(name, module.type, module if name == module.name else replace(module, name=name))
     while pending:
-        yield from _inserted(*pending.pop(), use_dora)
+        yield from _close(*pending.pop(), use_dora)
+
+
+def _close(name: str, module: Module, wrappers: list[str], use_dora: bool) -> Iterator[TreeModule]:
+    # Pre-order: the innermost LoRA layer's containers come right after the original module's subtree.
+    for path in reversed(wrappers):
+        yield from _inserted(path, module, use_dora)
