@@ -51,7 +51,7 @@ def default_values(model: str = DEFAULT_MODEL) -> dict[str, object]:
     return {
         "model": model, "r": "16", "lora_alpha": "16", "alpha_locked": True, "lora_dropout": "0",
         "bias": "none", "use_rslora": False, "use_dora": False, "target_mode": "modules",
-        "target_modules": [], "target_regex": "", "modules_to_save": [], "exclude_modules": "",
+        "target_modules": [], "target_regex": "", "target_parameters": [], "modules_to_save": [], "exclude_modules": "",
         "layers_to_transform": "", "layers_pattern": "", "rank_pattern": "",
         "precision": _TRAINING_DEFAULTS.weights_precision,
         "gradient_checkpointing": _TRAINING_DEFAULTS.gradient_checkpointing,
@@ -68,7 +68,7 @@ def values_from_form(form) -> dict[str, object]:
     for key in values:
         if key in _CHECKBOXES:
             values[key] = form.get(key) in ("on", "true", "1")
-        elif key in ("target_modules", "modules_to_save"):
+        elif key in ("target_modules", "target_parameters", "modules_to_save"):
             values[key] = [v for v in form.getlist(key) if v]
         elif form.get(key) is not None:
             values[key] = str(form.get(key)).strip()
@@ -121,7 +121,7 @@ def _targets(values: dict) -> list[str] | str | None:
         return str(values["target_regex"])
     if mode == "default":
         return None
-    if not values["target_modules"]:
+    if not values["target_modules"] and not values["target_parameters"]:
         raise FormError("target_modules", "choose at least one module to adapt")
     return list(values["target_modules"])
 
@@ -178,6 +178,7 @@ def parse(values: dict[str, object]) -> FormState:
             "r": values["r"], "lora_alpha": lora_alpha, "lora_dropout": values["lora_dropout"] or 0,
             "bias": values["bias"], "use_rslora": values["use_rslora"], "use_dora": values["use_dora"],
             "target_modules": collect(_targets, values),
+            "target_parameters": list(values["target_parameters"]) or None,
             "modules_to_save": list(values["modules_to_save"]) or None,
             "exclude_modules": _names(str(values["exclude_modules"])),
             "layers_to_transform": collect(_layers, str(values["layers_to_transform"])),
@@ -246,6 +247,7 @@ def values_from_job_config(config: dict) -> dict[str, object]:
         "lora_dropout": _text(lora.get("lora_dropout", 0.0)), "bias": lora.get("bias", "none"),
         "use_rslora": bool(lora.get("use_rslora")), "use_dora": bool(lora.get("use_dora")),
         "modules_to_save": list(lora.get("modules_to_save") or []),
+        "target_parameters": list(lora.get("target_parameters") or []),
         "exclude_modules": exclude if isinstance(exclude, str) else ", ".join(exclude or []),
         "layers_to_transform": _layers_text(lora.get("layers_to_transform")),
         "layers_pattern": layers_pattern if isinstance(layers_pattern, str) else ", ".join(layers_pattern or []),

@@ -1,7 +1,9 @@
 """One transformer block of a model, laid out for the module picker: sections of projection boxes.
 
 Each box carries the shortest `target_modules` entry that selects exactly that projection in every
-layer (GPT-2's `c_proj` needs `attn.c_proj` / `mlp.c_proj`). Pure stdlib; no torch, no `workers`.
+layer (GPT-2's `c_proj` needs `attn.c_proj` / `mlp.c_proj`). A mixture-of-experts block adds its stacked
+expert weights (one box standing for all experts) and its router, which LoRA reaches through
+`target_parameters`. Pure stdlib; no torch, no `workers`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ class Box:
     out_features: int
     count: int  # modules across the model that the target selects
     has_bias: bool
+    field: str = "target_modules"  # or "target_parameters" for an expert weight or a router
+    experts: int = 1  # a stacked expert weight: LoRA of rank r for each expert
 
     @property
     def per_rank(self) -> int:
-        return self.in_features + self.out_features
+        return self.experts * (self.in_features + self.out_features)
 
 
 @dataclass
@@ -44,8 +48,9 @@ class BlockDiagram:
 
     @property
     def boxes(self) -> list[Box]:
+        """The boxes target_modules can name (expert weights and routers are target_parameters)."""
         inside = [b for s in self.sections for b in (*s.inputs, *([s.output] if s.output else []))]
-        return inside + self.outside
+        return [b for b in inside + self.outside if b.field == "target_modules"]
 
 
 def _section_title(container: str) -> str:
@@ -91,6 +96,34 @@ def _box(module: Module, block_prefix: str, adaptable: list[Module]) -> Box:
     )
 
 
+def _is_router(module: Module) -> bool:
+    return module.kind == "other" and ("router" in module.type.lower() or module.short_name in ("gate", "router"))
+
+
+def _parameter_boxes(module: Module, block_prefix: str, inventory: Inventory) -> list[Box]:
+    """Boxes for a block module's own weights that LoRA reaches only as parameters: stacked experts, routers."""
+    if module.kind != "other" or not module.params:
+        return []
+    count = sum(1 for m in inventory.modules if m.group_name == module.group_name)
+    boxes = []
+    for param in module.params:
+        name = param.full_name.rpartition(".")[2]
+        shape = param.shape
+        if len(shape) == 3:
+            experts, first, second = shape
+            in_features, out_features = (first, second) if module.transposed else (second, first)
+        elif len(shape) == 2 and name == "weight" and _is_router(module):
+            experts, in_features, out_features = 1, shape[1], shape[0]
+        else:
+            continue
+        boxes.append(Box(
+            target=f"{module.short_name}.{name}", path=f"{module.name.removeprefix(block_prefix)}.{name}",
+            type="Router" if experts == 1 else f"{experts} experts", in_features=in_features,
+            out_features=out_features, count=count, has_bias=False, field="target_parameters", experts=experts,
+        ))
+    return boxes
+
+
 def block_diagram(inventory: Inventory) -> BlockDiagram:
     """The first decoder block's projections grouped by their parent (attention, MLP)."""
     block = inventory.first_block()
@@ -106,6 +139,10 @@ def block_diagram(inventory: Inventory) -> BlockDiagram:
             container = relative.rsplit(".", 1)[0] if "." in relative else ""
             section = sections.setdefault(container, Section(_section_title(container or "block"), container))
             section.inputs.append(_box(module, block_prefix, adaptable))
+        elif parameter_boxes := _parameter_boxes(module, block_prefix, inventory):
+            container = relative.rsplit(".", 1)[0] if "." in relative else ""
+            section = sections.setdefault(container, Section(_section_title(container or "block"), container))
+            section.inputs.extend(parameter_boxes)
         elif "norm" in module.type.lower() or "norm" in module.short_name or module.short_name.startswith("ln"):
             if module.params:
                 norms.append(relative)

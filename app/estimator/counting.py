@@ -47,6 +47,7 @@ class ModuleGroup:
     params_each: int
     layers: tuple[int, ...]
     experts: int = 1  # a stacked expert weight adapted through target_parameters: LoRA of rank r per expert
+    parameter: bool = False  # adapted through target_parameters (a ParamWrapper), not target_modules
 
     @property
     def params_total(self) -> int:
@@ -119,7 +120,8 @@ def _parameter_groups(selection: Selection) -> tuple[ModuleGroup, ...]:
         first = items[0]
         layers = tuple(sorted({i.module.layer for i in items if i.module.layer is not None}))
         groups.append(ModuleGroup(pattern, f"{first.module.type}.{first.name}", first.in_features,
-                                  first.out_features, r, len(items), first.params, layers, first.experts))
+                                  first.out_features, r, len(items), first.params, layers, first.experts,
+                                  parameter=True))
     return tuple(groups)
 
 

@@ -51,6 +51,7 @@ class ModuleBreakdown(BaseModel):
     layers: list[int]
     experts: int = Field(1, description="Experts in a stacked expert weight adapted through target_parameters: "
                                         "LoRA of rank r for each.")
+    parameter: bool = Field(False, description="Adapted through target_parameters rather than target_modules.")
 
 
 class AdapterBytes(BaseModel):
@@ -120,7 +121,7 @@ def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse
             ModuleBreakdown(
                 pattern=g.pattern, type=g.type, in_features=g.in_features, out_features=g.out_features, r=g.r,
                 count=g.count, params_each=g.params_each, params_total=g.params_total, layers=list(g.layers),
-                experts=g.experts,
+                experts=g.experts, parameter=g.parameter,
             )
             for g in counts.groups
         ],

@@ -27,6 +27,7 @@ class AdaptedGroup(Protocol):
     in_features: int
     out_features: int
     r: int
+    parameter: bool  # adapted through target_parameters
 
 
 def check_rank_limits(groups: Iterable[AdaptedGroup], base_rank: int) -> None:
@@ -35,7 +36,9 @@ def check_rank_limits(groups: Iterable[AdaptedGroup], base_rank: int) -> None:
     PEFT itself accepts such a rank, so `estimate()` (held equal to PEFT by the exactness suite) does not call
     this; the form and the launch do.
     """
-    over = [g for g in groups if g.r > min(g.in_features, g.out_features)]
+    # Parameters adapted through target_parameters are left out: PEFT's MoE rewrite adds the router (8 outputs on
+    # Mixtral) to every "all-linear" run, where a rank above its width is wasteful, not a mistake to refuse.
+    over = [g for g in groups if g.r > min(g.in_features, g.out_features) and not g.parameter]
     if not over:
         return
     tightest = min(over, key=lambda g: (min(g.in_features, g.out_features), g.pattern))

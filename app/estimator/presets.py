@@ -43,7 +43,8 @@ def _full_attention(diagram: BlockDiagram) -> tuple[str, ...]:
 
 
 def _whole_block(diagram: BlockDiagram) -> tuple[str, ...]:
-    return tuple(b.target for s in diagram.sections for b in (*s.inputs, *([s.output] if s.output else [])))
+    return tuple(b.target for s in diagram.sections for b in (*s.inputs, *([s.output] if s.output else []))
+                 if b.field == "target_modules")
 
 
 def presets_for(diagram: BlockDiagram) -> list[Preset]:

@@ -70,7 +70,7 @@ def test_cached_local_inventory_serves_other_configs_exactly(client, tiny_llama_
     }).text
     expected = peft_counts(tiny_llama_dir, r=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                                 "gate_proj", "up_proj", "down_proj"])
-    assert peft_line(*expected) in html
+    assert peft_line(*expected) in html, html[html.find("estimate-invalid"):][:1500]
 
 
 def test_local_inventory_is_listed_under_v1_models_once_computed(client, tiny_llama_dir):
@@ -112,3 +112,37 @@ def test_hub_id_that_cannot_be_fetched_says_offline_at_once(client, monkeypatch)
     response = client.post(ESTIMATE, json={"model": "nobody/no-such-model"})
     assert response.status_code == 404 and response.json()["error"]["code"] == "hub_unreachable"
     assert response.json()["error"]["message"].startswith("Offline: cannot look up 'nobody/no-such-model'")
+
+
+def test_a_mixtral_folder_draws_its_experts_and_router_and_estimates_them_exactly(client, tmp_path):
+    """A mixture-of-experts model: the picture shows the stacked experts and the router as boxes that set
+    target_parameters, and ticking them gives PEFT's own counts."""
+    directory = tmp_path / "tiny-mixtral"
+    directory.mkdir()
+    (directory / "config.json").write_text(json.dumps({
+        "model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "hidden_size": 32,
+        "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "num_local_experts": 4, "num_experts_per_tok": 2, "vocab_size": 256, "max_position_embeddings": 64,
+    }))
+    model = str(directory)
+    settled(client, {"model": model, "lora": {"target_modules": ["q_proj"]}})
+    page = client.get("/", params={"model": model}).text
+    assert 'name="target_parameters" value="experts.gate_up_proj"' in page
+    assert "×4 experts, stacked" in page
+    assert 'name="target_parameters" value="gate.weight"' in page
+
+    html = client.post("/estimate", headers={"HX-Request": "true"}, data={
+        "model": model, "r": "8", "alpha_locked": "on", "target_mode": "modules", "target_modules": ["q_proj"],
+        "target_parameters": ["experts.gate_up_proj", "experts.down_proj", "gate.weight"],
+        "bias": "none", "lora_dropout": "0", "precision": "bf16", "sequence_length": "512", "batch_size": "1",
+    }).text
+    expected = peft_counts(directory, r=8, lora_alpha=8, target_modules=["q_proj"],
+                           target_parameters=["experts.gate_up_proj", "experts.down_proj", "gate.weight"])
+    assert peft_line(*expected) in html, html[html.find("estimate-invalid"):][:1500]
+
+    refused = client.post("/estimate", headers={"HX-Request": "true"}, data={
+        "model": model, "r": "8", "alpha_locked": "on", "target_mode": "modules", "target_modules": ["q_proj"],
+        "target_parameters": ["experts.down_proj"], "lora_dropout": "0.1",
+        "bias": "none", "precision": "bf16", "sequence_length": "512", "batch_size": "1",
+    }).text
+    assert "needs lora_dropout 0" in refused
