@@ -87,7 +87,7 @@ def _config_summary(config: Any) -> dict[str, Any]:
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = getattr(text_config, "hidden_size", None)
     heads = getattr(text_config, "num_attention_heads", None)
-    return {
+    summary = {
         "hidden_size": hidden,
         "intermediate_size": getattr(text_config, "intermediate_size", None)
         or getattr(text_config, "n_inner", None)
@@ -100,6 +100,11 @@ def _config_summary(config: Any) -> dict[str, Any]:
         "max_position_embeddings": getattr(text_config, "max_position_embeddings", None),
         "tie_word_embeddings": bool(getattr(text_config, "tie_word_embeddings", False)),
     }
+    # A mixture-of-experts model runs only some experts per token: the training-time estimate needs how many.
+    experts_per_token = getattr(text_config, "num_experts_per_tok", None)
+    if experts_per_token:
+        summary["num_experts_per_tok"] = int(experts_per_token)
+    return summary
 
 
 def build_inventory(config: Any, model_id: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from app.base_models.api import inventory_error
 from app.base_models.inventories import InventoryUnavailable, get_inventory
 from app.estimator.estimate import EstimateRequest, EstimateResponse, estimate
 from app.estimator.matching import EstimateError
+from app.fleet import throughput
 from app.settings import Settings, get_settings
 from app.web.api_errors import ErrorEnvelope, error_response
 
@@ -31,6 +32,8 @@ def post_estimate(body: EstimateRequest, settings: SettingsDep):
     except InventoryUnavailable as exc:
         return inventory_error(exc)
     try:
-        return estimate(inventory, body)
+        result = estimate(inventory, body)
     except EstimateError as exc:
         return error_response(422, exc.message, param=f"lora.{exc.field}", code="invalid_lora_config")
+    throughput.predict(result.training_time, settings)
+    return result

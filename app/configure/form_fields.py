@@ -188,6 +188,10 @@ def parse(values: dict[str, object]) -> FormState:
         "training": training_payload(values),
         "dataset_examples": _number(values, "dataset_examples"),
         "has_validation_set": values["has_validation_set"],
+        # Facts of the chosen files (launch_context.apply_dataset_facts), not form fields.
+        "dataset_tokens_per_example": values.get("dataset_tokens_per_example"),
+        "tokens_source": values.get("tokens_source") or None,
+        "validation_examples": values.get("validation_examples") or 0,
     }
     try:
         request = EstimateRequest.model_validate(payload)

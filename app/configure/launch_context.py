@@ -12,13 +12,13 @@ from sqlalchemy import select
 from app import redis_client
 from app.accounts.auth import team_scoped
 from app.accounts.users import Principal
+from app.datasets.token_stats import padded_tokens_per_example
 from app.db import new_session
-from app.estimator.job_config import training_examples
+from app.estimator.job_config import held_out_examples, training_examples
 from app.estimator.run_plan import CHARACTERS_PER_TOKEN, plan_run
 from app.fleet import worker_registry
-from app.job_status import JobStatus
-from app.settings import Settings
-from app.tables import DataFile, Job
+from app.settings import Settings, get_settings
+from app.tables import DataFile
 
 log = logging.getLogger(__name__)
 RECENT_FILES = 100
@@ -30,13 +30,23 @@ def apply_dataset_facts(values: dict, principal: Principal) -> DataFile | None:
         return None
     with new_session() as session:
         train = team_scoped(session, DataFile, str(values["training_file"]), principal)
-        has_validation_file = bool(values.get("validation_file")) and \
-            team_scoped(session, DataFile, str(values["validation_file"]), principal) is not None
+        validation = team_scoped(session, DataFile, str(values["validation_file"]), principal) \
+            if values.get("validation_file") else None
+        has_validation_file = validation is not None
     if train is None:
         return None
     split = _float(values.get("validation_split"))
     values["dataset_examples"] = str(max(1, training_examples(train.examples, split)))
     values["has_validation_set"] = has_validation_file or split > 0
+    values["validation_examples"] = validation.examples if has_validation_file and validation is not None \
+        else held_out_examples(train.examples, split)
+    try:
+        tokens, source = padded_tokens_per_example(
+            get_settings(), train, str(values["model"]), batch_size=int(values["batch_size"]),
+            sequence_length=int(values["sequence_length"]), loss_on=str(values.get("loss_on") or "assistant"))
+    except ValueError:
+        return train  # the batch size or sequence length at fault shows its own error
+    values["dataset_tokens_per_example"], values["tokens_source"] = tokens, source
     return train
 
 
@@ -47,15 +57,6 @@ def _float(text) -> float:
         return 0.0
 
 
-def _measured_tokens_per_second(session, model: str, team_id: str) -> float | None:
-    rates = session.scalars(
-        select(Job.final_metrics).where(Job.team_id == team_id, Job.model == model, Job.status == JobStatus.SUCCEEDED)
-        .order_by(Job.finished_at.desc()).limit(5)
-    ).all()
-    values = [r["tokens_per_second"] for r in rates if r and r.get("tokens_per_second")]
-    return sum(values) / len(values) if values else None
-
-
 def launch_context(values: dict, settings: Settings, principal: Principal) -> dict:
     """The team's files to pick from, the run plan for the chosen data, and live queues."""
     with new_session() as session:
@@ -63,7 +64,6 @@ def launch_context(values: dict, settings: Settings, principal: Principal) -> di
             if values.get("training_file") else None
         files = session.scalars(select(DataFile).where(DataFile.team_id == principal.team.id)
                                 .order_by(DataFile.created_at.desc()).limit(RECENT_FILES)).all()
-        tokens_per_second = _measured_tokens_per_second(session, str(values["model"]), principal.team.id)
     queues = _queues(settings)
     context: dict = {"files": files, "train_file": train, "plan": None, "queues": queues,
                      "qlora_available": any(w.qlora for q in queues for w in q["workers"])}
@@ -77,7 +77,7 @@ def launch_context(values: dict, settings: Settings, principal: Principal) -> di
                 num_epochs=float(values["num_epochs"]),
                 max_steps=int(values["max_steps"]) if values["max_steps"] else None,
                 tokens_per_example=min(chars / CHARACTERS_PER_TOKEN, float(values["sequence_length"])),
-                tokens_measured=False, tokens_per_second=tokens_per_second,
+                tokens_measured=False, tokens_per_second=None,
             )
         except (ValueError, ZeroDivisionError):
             pass  # the fields at fault show their own errors

@@ -15,7 +15,7 @@ from app.configure import form_fields
 from app.configure.clone import clone_values
 from app.configure.launch_context import apply_dataset_facts, launch_context
 from app.configure.launch_form import job_config
-from app.db import SessionDep
+from app.db import SessionDep, new_session
 from app.estimator import catalog
 from app.estimator.block_diagram import block_diagram
 from app.estimator.estimate import estimate
@@ -23,6 +23,7 @@ from app.estimator.export import to_python, to_yaml
 from app.estimator.limits import check_rank_limits
 from app.estimator.matching import EstimateError
 from app.estimator.presets import presets_for
+from app.fleet import throughput
 from app.fleet.queue_fit import queue_memory_advice
 from app.jobs.launch import LaunchError, launch
 from app.settings import Settings, get_settings
@@ -89,6 +90,7 @@ def _context(state: form_fields.FormState, settings: Settings, principal: Princi
         check_rank_limits(result.modules, state.request.lora.r)  # PEFT accepts it; no layer has that rank
         context["result"] = result
         _add_queue_advice(context, values, settings)
+        _add_queue_times(context, values)
         context["python"] = to_python(state.request.lora)
         context["yaml"] = to_yaml(state.request.lora)
     except EstimateError as exc:
@@ -104,6 +106,17 @@ def _add_queue_advice(context: dict, values: dict, settings: Settings) -> None:
                                  gradient_checkpointing=bool(values.get("gradient_checkpointing")))
     if advice is not None:
         context["result"].warnings.append(advice)
+
+
+def _add_queue_times(context: dict, values: dict) -> None:
+    time = context["result"].training_time
+    if time is None:
+        return
+    with new_session() as session:
+        time.queues = throughput.queue_times(session, context["queues"], time.flops, time.steps)
+    chosen = str(values.get("queue") or "")
+    context["chosen_time"] = next((t for t in time.queues if t.queue == chosen), None) or \
+        next(iter(time.queues), None)
 
 
 def _render(request: Request, template: str, context: dict, status_code: int = 200) -> HTMLResponse:

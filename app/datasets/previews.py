@@ -45,3 +45,18 @@ def get_preview(settings: Settings, data_file: DataFile, model: str, loss_on: Lo
         command += ["--column-mapping", json.dumps(data_file.column_mapping)]
     return Preview(offloaded.cached_or_start(out, command, settings))
 
+
+
+def cached_preview(settings: Settings, data_file: DataFile, model: str,
+                   loss_on: LossOn = "assistant") -> Preview | None:
+    """The preview if it was already computed, else None; never starts a computation."""
+    try:
+        out = _cache_path(settings, data_file, resolve_source(model, settings), loss_on)
+    except Exception:
+        return None
+    if not out.is_file():
+        return None
+    try:
+        return Preview(json.loads(out.read_text()))
+    except (OSError, ValueError):
+        return None

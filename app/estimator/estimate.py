@@ -16,6 +16,7 @@ from app.estimator.inventory import Inventory
 from app.estimator.job_config import JobConfig
 from app.estimator.matching import select_modules
 from app.estimator.memory import GPU_SIZES_GB, Precision, estimate_memory
+from app.estimator.training_time import TokensSource, TrainingTime, training_time
 
 
 class EstimateRequest(JobConfig):
@@ -35,8 +36,15 @@ class EstimateRequest(JobConfig):
             data = {**data, "training": training}
         return data
 
-    dataset_examples: int | None = Field(None, ge=1, description="Training examples, for rank advice.")
+    dataset_examples: int | None = Field(None, ge=1, description="Training examples, for rank advice and the "
+                                                                 "run's length.")
     has_validation_set: bool = Field(False, description="Whether the run has validation data, for advice.")
+    dataset_tokens_per_example: float | None = Field(
+        None, gt=0, le=10_000_000, description="Expected tokens per training example once padded to its "
+        "micro-batch's longest; sequence_length is assumed when not given.")
+    tokens_source: TokensSource | None = Field(None, description="Where dataset_tokens_per_example comes from: "
+                                               "'measured' (tokenized, the default), 'characters' (÷4).")
+    validation_examples: int = Field(0, ge=0, description="Examples evaluated at each evaluation.")
 
 
 class ModuleBreakdown(BaseModel):
@@ -88,6 +96,9 @@ class EstimateResponse(BaseModel):
     adapter_bytes: AdapterBytes
     scale: float = Field(..., description="lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA.")
     memory: MemoryBreakdown
+    training_time: TrainingTime | None = Field(
+        None, description="The run's FLOPs (when its length is known: dataset_examples or max_steps), and its "
+        "duration on each live queue.")
     warnings: list[Advice]
 
 
@@ -140,8 +151,25 @@ def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse
             total=memory.total,
             fits={str(size): ok for size, ok in zip(GPU_SIZES_GB, memory.fits().values(), strict=True)},
         ),
+        training_time=_training_time(inventory, request, counts.adapter_params, counts.saved_params),
         warnings=advise(
             inventory, lora, selection,
             dataset_examples=request.dataset_examples, has_validation_set=request.has_validation_set,
         ),
+    )
+
+
+def _training_time(inventory: Inventory, request: EstimateRequest, adapter_params: int,
+                   saved_params: int) -> TrainingTime | None:
+    training = request.training
+    examples = request.dataset_examples
+    if examples is None and training.max_steps:
+        examples = training.max_steps * training.batch_size * training.gradient_accumulation_steps
+    if examples is None:
+        return None
+    return training_time(
+        inventory, training, adapter_params=adapter_params, saved_params=saved_params, examples=examples,
+        validation_examples=request.validation_examples if request.has_validation_set else 0,
+        tokens_per_example=request.dataset_tokens_per_example,
+        tokens_source=request.tokens_source or "measured",
     )

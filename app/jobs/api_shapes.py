@@ -14,6 +14,7 @@ from app.job_status import JobStatus
 from app.jobs import model_names
 from app.jobs.create_request import BASE_LEARNING_RATE
 from app.jobs.lifecycle import event_payload, job_error
+from app.jobs.time_prediction import time_prediction
 from app.tables import Checkpoint, Event, Job, Metric
 
 
@@ -49,6 +50,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "finished_at": int(job.finished_at) if job.finished_at else None,
         "fine_tuned_model": model_names.fine_tuned_model(job) if job.status == JobStatus.SUCCEEDED else None,
         "held_out": held_out_comparison(job),
+        "time_prediction": time_prediction(job),
         "organization_id": "org-tuneboard",
         "result_files": [],
         "status": job.status,

@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse
 from app.accounts.auth import PrincipalDep
 from app.db import SessionDep
 from app.jobs import history
+from app.jobs.time_prediction import team_prediction_errors
 from app.web.templating import templates, wants_fragment
 
 router = APIRouter(include_in_schema=False)
@@ -21,7 +22,8 @@ router = APIRouter(include_in_schema=False)
 def history_page(request: Request, session: SessionDep, principal: PrincipalDep):
     """The team's jobs, filtered, searched, sorted and paged as the query string says."""
     filters = history.HistoryFilters.from_query(request.query_params)
-    context = {"filters": filters, "page": history.history_page(session, principal.team.id, filters)}
+    context = {"filters": filters, "page": history.history_page(session, principal.team.id, filters),
+               "time_errors": team_prediction_errors(session, principal.team.id)}
     if wants_fragment(request):
         response = templates.TemplateResponse(request, "partials/history_results.html", {**context, "fragment": True})
         # The address bar gets the tidy form of the view (no empty fields), the one a person would share.

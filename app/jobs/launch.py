@@ -13,10 +13,11 @@ from app import redis_client
 from app.accounts.auth import team_scoped
 from app.accounts.users import Principal
 from app.base_models.inventories import InventoryUnavailable, get_inventory
+from app.datasets.token_stats import padded_tokens_per_example
 from app.estimator.estimate import EstimateRequest, estimate
 from app.estimator.job_config import JobConfig, held_out_examples, training_examples
 from app.estimator.limits import ImpossibleSettings, check_rank_limits, memory_over_every_worker
-from app.fleet import worker_registry
+from app.fleet import throughput, worker_registry
 from app.jobs import lifecycle
 from app.settings import Settings
 from app.tables import DataFile, Job
@@ -30,8 +31,11 @@ class LaunchError(ValueError):
         self.param, self.message, self.status, self.code = param, message, status, code
 
 
-def estimate_at_launch(config: JobConfig, examples: int, has_validation: bool, settings: Settings) -> dict | None:
-    """The estimate the job is launched with; None while a non-catalog model's inventory is unknown."""
+def estimate_at_launch(config: JobConfig, examples: int, has_validation: bool, settings: Settings, *,
+                       queue: str | None = None, train: DataFile | None = None,
+                       validation_examples: int = 0) -> dict | None:
+    """The estimate the job is launched with, its predicted time on `queue` included; None while a non-catalog
+    model's inventory is unknown."""
     from app.estimator.matching import EstimateError
 
     try:
@@ -40,7 +44,12 @@ def estimate_at_launch(config: JobConfig, examples: int, has_validation: bool, s
         if exc.refused:  # an unknown model (or absurd config) is refused; one not computed yet is not
             raise LaunchError("model", exc.message, status=exc.status, code=exc.code) from None
         return None
-    request = EstimateRequest(**dict(config), dataset_examples=examples, has_validation_set=has_validation)
+    tokens, source = padded_tokens_per_example(settings, train, config.model, batch_size=config.training.batch_size,
+                                               sequence_length=config.training.sequence_length,
+                                               loss_on=config.training.loss_on) if train else (None, "sequence_length")
+    request = EstimateRequest(**dict(config), dataset_examples=examples, has_validation_set=has_validation,
+                              dataset_tokens_per_example=tokens, tokens_source=source,
+                              validation_examples=validation_examples)
     try:
         result = estimate(inventory, request)
     except EstimateError as exc:
@@ -49,6 +58,7 @@ def estimate_at_launch(config: JobConfig, examples: int, has_validation: bool, s
         check_rank_limits(result.modules, config.lora.r)
     except ImpossibleSettings as exc:
         raise LaunchError(f"lora.{exc.field}", exc.message, code="rank_above_layer", status=exc.status) from exc
+    throughput.predict(result.training_time, settings, queue or settings.default_queue)
     return result.model_dump(mode="json")
 
 
@@ -81,7 +91,9 @@ def launch(session: Session, settings: Settings, principal: Principal, config: J
         _require_qlora_worker(queue or settings.default_queue)
     examples = training_examples(train.examples, split)
     has_validation = validation is not None or split > 0
-    launch_estimate = estimate_at_launch(config, examples, has_validation, settings)
+    validation_examples = validation.examples if validation is not None else held_out_examples(train.examples, split)
+    launch_estimate = estimate_at_launch(config, examples, has_validation, settings, queue=queue, train=train,
+                                         validation_examples=validation_examples)
     if launch_estimate is not None:
         _require_memory_fits(launch_estimate["memory"]["total"], queue or settings.default_queue)
     job = Job(model=config.model, queue=queue or settings.default_queue, config=config.model_dump(mode="json"),

@@ -22,6 +22,7 @@ from app.db import SessionDep
 from app.jobs import exports, held_out_answers, labels, model_names
 from app.jobs.adapter_card import adapter_name, trained_on_chat
 from app.jobs.api_shapes import checkpoint_steps_metrics, held_out_comparison, job_phase, progress_figures
+from app.jobs.time_prediction import time_prediction
 from app.tables import Checkpoint, DataFile, Event, Job, User
 from app.web.templating import templates, wants_fragment
 
@@ -29,7 +30,8 @@ router = APIRouter(include_in_schema=False)
 # The result card's download name, usage snippet, playground links and held-out headline (also in the history).
 templates.env.filters.update(adapter_name=adapter_name, trained_on_chat=trained_on_chat,
                              fine_tuned_model=model_names.fine_tuned_model,
-                             checkpoint_model=model_names.checkpoint_model, held_out=held_out_comparison)
+                             checkpoint_model=model_names.checkpoint_model, held_out=held_out_comparison,
+                             time_prediction=time_prediction)
 EVENTS_SHOWN = 500
 
 

@@ -26,7 +26,7 @@ def human_bytes(value: int) -> str:
 
 def compact(value: int) -> str:
     """Parameter counts the way model cards write them: 41943040 -> '41.9M'."""
-    for threshold, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+    for threshold, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
         if value >= threshold:
             return f"{value / threshold:.3g}{suffix}"
     return str(value)

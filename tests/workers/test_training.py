@@ -148,7 +148,8 @@ def test_training_runs_to_completion_and_loss_falls(full_run):
     assert trained == sorted(trained) and trained[-1] == result.trained_tokens
     # 12 steps of 4 examples from a 40-example set: 48 examples, i.e. epoch 1 plus 8 of epoch 2's.
     assert result.trained_tokens > 0
-    assert result.final_metrics.keys() >= {"loss", "eval_loss", "train_runtime", "tokens_per_second"}
+    assert result.final_metrics.keys() >= {"loss", "eval_loss", "train_runtime", "tokens_per_second",
+                                          "compute_training_tokens", "compute_evaluation_tokens"}
     assert any("eval_loss" in m for _, _, m in reporter.logs)
 
 

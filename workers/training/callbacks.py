@@ -24,18 +24,53 @@ _TRAIN_KEYS = ("loss", "learning_rate", "grad_norm")
 
 
 class TuneboardTrainer(Trainer):
-    """The stock Trainer, plus a running count of the real (non-padding) tokens it trains on."""
+    """The stock Trainer, plus a running count of the real (non-padding) tokens it trains on, and of the padded
+    tokens it computes on (training and evaluation), from which a finished run's FLOPs are worked out."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.compute = ComputeCounts()
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         # The collator counted the batch on the CPU; Trainer's own counting would sync the GPU per batch.
         # num_input_tokens_seen is saved in every checkpoint's trainer_state.json, so the count survives resumes.
         self.state.num_input_tokens_seen += int(inputs.pop(NUM_TOKENS_KEY, 0))
+        self.compute.add_training(inputs["input_ids"].shape)
         return super().training_step(model, inputs, num_items_in_batch)
 
     def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: list[str] | None = None) -> Any:
         inputs.pop(NUM_TOKENS_KEY, None)
+        self.compute.add_evaluation(inputs["input_ids"].shape)
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+
+class ComputeCounts:
+    """Padded tokens this attempt computed on, and the sum over them of their sequence's length (attention's
+    cost grows with it). Shapes only: reading them needs no device sync."""
+
+    def __init__(self) -> None:
+        self.training_tokens = self.training_length_sum = 0
+        self.evaluation_tokens = self.evaluation_length_sum = 0
+
+    def add_training(self, shape: Any) -> None:
+        """Count one training micro-batch of shape (batch, length)."""
+        batch, length = int(shape[0]), int(shape[-1])
+        self.training_tokens += batch * length
+        self.training_length_sum += batch * length * length
+
+    def add_evaluation(self, shape: Any) -> None:
+        """Count one evaluation batch of shape (batch, length)."""
+        batch, length = int(shape[0]), int(shape[-1])
+        self.evaluation_tokens += batch * length
+        self.evaluation_length_sum += batch * length * length
+
+    def as_metrics(self) -> dict[str, float]:
+        """The counts as final metrics (`compute_*`), beside this attempt's train_runtime."""
+        return {"compute_training_tokens": float(self.training_tokens),
+                "compute_training_length_sum": float(self.training_length_sum),
+                "compute_evaluation_tokens": float(self.evaluation_tokens),
+                "compute_evaluation_length_sum": float(self.evaluation_length_sum)}
 
 
 def _number(value: Any) -> float:

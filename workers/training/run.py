@@ -228,6 +228,7 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
     if (base_eval := _base_eval_loss(state.log_history)) is not None:
         final["base_eval_loss"] = base_eval
     final["train_runtime"] = runtime
+    final.update(trainer.compute.as_metrics())
     if runtime > 0:
         final["tokens_per_second"] = (state.num_input_tokens_seen - callback.start_tokens) / runtime
     return TrainingResult(

@@ -1,0 +1,104 @@
+"""The compute a run will need before it starts: padded tokens, training and evaluation FLOPs.
+
+Steps follow transformers' Trainer (see `run_plan`). Every micro-batch is padded to its longest example,
+so the tokens computed on are steps × batch × accumulation × the expected padded length; evaluation runs
+at the start, then every `eval_steps` (the worker's default is a tenth of the run). Dividing by a queue's
+measured FLOP/s (`app.fleet.throughput`) gives the time. Pure stdlib + pydantic; must not import torch or
+`workers`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from app.estimator.inventory import Inventory
+from app.estimator.job_config import TrainingSettings
+from app.estimator.run_plan import plan_run
+from app.estimator.training_flops import FlopsPerToken, flops_per_token
+
+# The worker evaluates every tenth of the run when eval_steps is not set (workers.training.arguments).
+DEFAULT_EVAL_FRACTION = 0.1
+TokensSource = Literal["measured", "characters", "sequence_length"]
+
+
+class FlopsModel(BaseModel):
+    """FLOPs per token as `fixed + per_length × L`, training and evaluation; kept with a job to re-cost it."""
+
+    fixed: float
+    per_length: float
+    forward_fixed: float
+    forward_per_length: float
+
+    def run_flops(self, training_tokens: float, training_length_sum: float, evaluation_tokens: float = 0,
+                  evaluation_length_sum: float = 0) -> float:
+        """FLOPs of a run that computed on these padded tokens (and sums of their sequences' lengths)."""
+        return (self.fixed * training_tokens + self.per_length * training_length_sum
+                + self.forward_fixed * evaluation_tokens + self.forward_per_length * evaluation_length_sum)
+
+
+class QueueTime(BaseModel):
+    """How long the run takes on one queue's workers of one device class."""
+
+    queue: str
+    device: str = Field(..., description="The worker's GPU name, or 'cpu'.")
+    flops_per_second: float = Field(..., description="Achieved training FLOP/s used for the prediction.")
+    seconds_per_step: float = Field(0.0, description="What each optimizer step costs beyond its FLOPs, as measured.")
+    calibrated_runs: int = Field(..., description="Finished runs on this queue and device it was measured from; "
+                                                  "0 means a stated default.")
+    seconds: float
+
+
+class TrainingTime(BaseModel):
+    """The run's compute, and its duration on each live queue (filled in by the web layer)."""
+
+    steps: int
+    padded_tokens: int = Field(..., description="Training tokens computed on, padding included.")
+    tokens_per_example: float = Field(..., description="Expected padded length of an example.")
+    tokens_source: TokensSource = Field(..., description="Where tokens_per_example comes from: the tokenized "
+                                                         "dataset, its characters (÷4), or sequence_length.")
+    evaluations: int
+    flops: float = Field(..., description="Training and evaluation FLOPs of the whole run.")
+    flops_model: FlopsModel
+    queues: list[QueueTime] = Field(default_factory=list)
+
+
+def evaluations(steps: int, eval_steps: int | None, has_validation: bool) -> int:
+    """How many evaluations the worker runs: one before training, then every eval_steps."""
+    if not has_validation:
+        return 0
+    interval = eval_steps or max(1, math.ceil(DEFAULT_EVAL_FRACTION * steps))
+    return 1 + steps // interval
+
+
+def training_time(
+    inventory: Inventory,
+    training: TrainingSettings,
+    *,
+    adapter_params: int,
+    saved_params: int,
+    examples: int,
+    validation_examples: int,
+    tokens_per_example: float | None,
+    tokens_source: TokensSource,
+) -> TrainingTime:
+    """The run's steps, padded tokens and FLOPs; `tokens_per_example` None assumes full sequences."""
+    if tokens_per_example is None:
+        tokens_per_example, tokens_source = float(training.sequence_length), "sequence_length"
+    length = min(float(tokens_per_example), float(training.sequence_length))
+    plan = plan_run(examples=examples, batch_size=training.batch_size,
+                    gradient_accumulation_steps=training.gradient_accumulation_steps,
+                    num_epochs=training.num_epochs, max_steps=training.max_steps,
+                    tokens_per_example=length, tokens_measured=tokens_source == "measured", tokens_per_second=None)
+    per_token: FlopsPerToken = flops_per_token(inventory, adapter_params=adapter_params, saved_params=saved_params,
+                                               gradient_checkpointing=training.gradient_checkpointing)
+    model = FlopsModel(fixed=per_token.fixed, per_length=per_token.per_length,
+                       forward_fixed=per_token.forward_fixed, forward_per_length=per_token.forward_per_length)
+    padded = plan.steps * training.batch_size * training.gradient_accumulation_steps * length
+    evals = evaluations(plan.steps, training.eval_steps, validation_examples > 0)
+    evaluated = evals * validation_examples * length
+    flops = model.run_flops(padded, padded * length, evaluated, evaluated * length)
+    return TrainingTime(steps=plan.steps, padded_tokens=round(padded), tokens_per_example=length,
+                        tokens_source=tokens_source, evaluations=evals, flops=flops, flops_model=model)
