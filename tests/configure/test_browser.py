@@ -283,3 +283,34 @@ def test_api_docs_render_with_no_request_leaving_the_server(page, live_server):
     expect(page.locator(".opblock-summary-path[data-path='/v1/fine_tuning/estimate']")).to_be_visible()
     assert outside == []
     assert not page.problems, page.problems
+
+
+def test_a_mixtral_folder_draws_stacked_experts_that_click_into_target_parameters(page, tmp_path):
+    """An MoE block: the router and the experts' stacked weights are boxes; ticking the experts adds PEFT's
+    per-expert LoRA (r × experts × (in + out) a layer) to the live count."""
+    directory = tmp_path / "tiny-mixtral"
+    directory.mkdir()
+    cfg = {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "hidden_size": 64,
+           "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 512, "max_position_embeddings": 64}
+    (directory / "config.json").write_text(json.dumps(cfg))
+    open_page(page)
+    page.locator("#r").fill("4")
+    page.locator("#model").fill(str(directory))
+    page.locator("#model").press("Enter")
+    experts = page.locator('.module-box.experts[data-target="experts.gate_up_proj"]')
+    expect(experts).to_be_visible(timeout=120_000)
+    expect(experts).to_contain_text("×8 experts, stacked")
+    expect(page.locator('.module-box.router[data-target="gate.weight"]')).to_be_visible()
+    before = int(page.locator("#trainable-params").inner_text().replace(",", ""))
+    experts.click()
+    # gate_up_proj is (8, 2·96, 64): A is (4·8, 64), B is (192, 4·8), in each of 2 layers.
+    expected = before + 4 * 8 * (64 + 192) * 2
+    expect(page.locator("#trainable-params")).to_have_text(f"{expected:,d}")
+    expect(experts).to_have_class(re.compile(r"\bon\b"))
+    out = Path(os.environ.get("TUNEBOARD_SCREENSHOT_DIR") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    page.locator("#block-diagram").screenshot(path=out / "configure-mixtral-block.png")
+    page.set_viewport_size({"width": 400, "height": 900})
+    assert page.evaluate(OVERFLOW_JS) == []
+    assert page.problems == []
