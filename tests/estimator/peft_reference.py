@@ -7,6 +7,7 @@ both outcomes in one comparable shape. Shared by the test modules of this packag
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import warnings
@@ -114,10 +115,16 @@ def real_model(config: Any) -> Any:
 
 
 def peft_model(model: Any, options: dict[str, Any]) -> Any:
-    """`get_peft_model(model, LoraConfig(**options))`; the option names are LoraConfig's own."""
+    """`get_peft_model(model, LoraConfig(**options))`; the option names are LoraConfig's own.
+
+    On a meta model the LoRA weights PEFT adds are made on the meta device too: PEFT creates them on the CPU,
+    initialises them there and only then moves them beside their base weight, which for a 32B model's r=16
+    adapter is half a gigabyte of random numbers per call, thrown away. Nothing PEFT counts or checks changes."""
+    import torch
     from peft import LoraConfig, get_peft_model
 
-    with quiet_warnings():
+    on_meta = any(p.is_meta for p in model.parameters())
+    with quiet_warnings(), torch.device("meta") if on_meta else contextlib.nullcontext():
         return get_peft_model(model, LoraConfig(**copy.deepcopy(options)))
 
 
@@ -203,21 +210,34 @@ def compare_on_config(config: Any, options: dict[str, Any]) -> Outcome:
 # Module names per architecture family, and small configs: random ones, and catalog configs shrunk
 
 FAMILIES = ("llama", "mistral", "qwen2", "gemma2", "phi3", "gpt2")
+# The families only catalog models bring (no random configs of their own; tests/estimator/moe_strategies.py
+# makes random mixture-of-experts ones).
+CATALOG_ONLY_FAMILIES = ("qwen3", "olmo2", "gemma3_text", "mixtral", "qwen3_moe", "gpt_oss")
 LLAMA_LIKE_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # Short names of the Linear / Conv1D layers of one block (GPT-2's q_attn exists with cross-attention only).
+# For the mixture-of-experts families: the attention projections, then the per-expert names users know, which on
+# transformers 5 are no Linear layers (experts are stacked 3-D parameters) and PEFT rewrites for Mixtral and
+# Qwen3-MoE; gpt-oss's experts are reached through target_parameters only.
 LINEAR_NAMES = {family: LLAMA_LIKE_LINEAR for family in ("llama", "mistral", "qwen2", "gemma2")} | {
     "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
     "gpt2": ("c_attn", "c_proj", "c_fc", "q_attn"),
+} | {family: LLAMA_LIKE_LINEAR for family in ("qwen3", "olmo2", "gemma3_text", "qwen3_moe")} | {
+    "mixtral": ("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3"),
+    "gpt_oss": ("q_proj", "k_proj", "v_proj", "o_proj"),
 }
-EMBEDDING_NAMES = {family: ("embed_tokens", "lm_head") for family in FAMILIES} | {"gpt2": ("wte", "wpe", "lm_head")}
+_ALL_FAMILIES = FAMILIES + CATALOG_ONLY_FAMILIES
+EMBEDDING_NAMES = {family: ("embed_tokens", "lm_head") for family in _ALL_FAMILIES} | {
+    "gpt2": ("wte", "wpe", "lm_head")
+}
 # Modules LoRA cannot adapt: containers and norms (the last one is the final norm).
-OTHER_NAMES = {family: ("self_attn", "mlp", "input_layernorm", "norm") for family in FAMILIES} | {
-    "gpt2": ("attn", "mlp", "ln_1", "ln_f")
+OTHER_NAMES = {family: ("self_attn", "mlp", "input_layernorm", "norm") for family in _ALL_FAMILIES} | {
+    "gpt2": ("attn", "mlp", "ln_1", "ln_f"),
+    "olmo2": ("self_attn", "mlp", "post_attention_layernorm", "norm"),  # OLMo 2 normalises after, not before
 }
-ATTENTION_PARENT = {family: "self_attn" for family in FAMILIES} | {"gpt2": "attn"}
-LAYERS_PATTERN = {family: "layers" for family in FAMILIES} | {"gpt2": "h"}
-MODEL_PREFIX = {family: "model" for family in FAMILIES} | {"gpt2": "transformer"}
+ATTENTION_PARENT = {family: "self_attn" for family in _ALL_FAMILIES} | {"gpt2": "attn"}
+LAYERS_PATTERN = {family: "layers" for family in _ALL_FAMILIES} | {"gpt2": "h"}
+MODEL_PREFIX = {family: "model" for family in _ALL_FAMILIES} | {"gpt2": "transformer"}
 
 
 def small_config(
@@ -283,7 +303,12 @@ def shrunk_catalog_config(model_id: str, layers: int = 3) -> Any:
             hidden_size=32, intermediate_size=48, num_hidden_layers=layers, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=96, max_position_embeddings=64,
         )
-        for key, value in (("head_dim", 8), ("query_pre_attn_scalar", 8), ("original_max_position_embeddings", 64)):
+        for key, value in (
+            ("head_dim", 8), ("query_pre_attn_scalar", 8), ("original_max_position_embeddings", 64),
+            # mixture of experts: 4 small experts, 2 a token
+            ("moe_intermediate_size", 24), ("num_experts", 4), ("num_local_experts", 4), ("num_experts_per_tok", 2),
+            ("experts_per_token", 2),
+        ):
             if key in raw:
                 raw[key] = value
         if raw.get("sliding_window"):
