@@ -5,6 +5,7 @@ from __future__ import annotations
 import html as html_text
 import re
 
+from app.estimator import catalog
 from tests.configure.lora_math import (
     GPT2,
     LLAMA_MODULES,
@@ -161,6 +162,8 @@ def test_get_page_for_gpt2_draws_its_block(client):
 
 def test_model_search_filters_the_catalog(client):
     html = client.get("/models/search", params={"q": "gpt"}).text
+    assert re.findall(r'data-model-id="([^"]+)"', html) == [GPT2, "openai/gpt-oss-20b"]
+    html = client.get("/models/search", params={"q": "gpt 124m"}).text
     assert re.findall(r'data-model-id="([^"]+)"', html) == [GPT2]
     html = client.get("/models/search", params={"q": "smollm2 360"}).text
     assert re.findall(r'data-model-id="([^"]+)"', html) == ["HuggingFaceTB/SmolLM2-360M"]
@@ -172,9 +175,15 @@ def test_model_search_with_no_hit_offers_the_text_as_an_id(client):
     assert "data-model-id" not in html
 
 
-def test_model_search_with_an_empty_query_lists_the_whole_catalog(client):
+def test_model_search_with_an_empty_query_lists_the_catalog_up_to_the_search_limit(client):
+    # The 28 catalog models are more than catalog.search's limit of 20: an empty query (the picker focused) shows
+    # the first 20 in catalog order, and the rest appear as the user types.
+    catalog_ids = [entry.id for entry in catalog.entries()]
+    assert len(catalog_ids) == 28
     html = client.get("/models/search").text
-    assert len(re.findall(r'data-model-id="', html)) == 12
+    assert re.findall(r'data-model-id="([^"]+)"', html) == catalog_ids[:20]
+    html = client.get("/models/search", params={"q": "olmo"}).text
+    assert re.findall(r'data-model-id="([^"]+)"', html) == ["allenai/OLMo-2-1124-7B"]
 
 
 def test_model_that_is_neither_an_id_nor_a_directory_shows_why(client):
