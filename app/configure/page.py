@@ -38,17 +38,32 @@ def _is_htmx(request: Request) -> bool:
     return request.headers.get("HX-Request") == "true"
 
 
-def _targets_for_new_model(old_targets: list[str], drawn_for: str | None, presets: list, known: set[str],
-                           settings: Settings) -> list[str]:
-    """What a newly chosen model starts with: the preset the old selection was (q+v, full attention, attention
-    + MLP: GPT-2 and Phi-3 name those projections differently), else the modules both share, else attention + MLP."""
+def _targets_for_new_model(old_targets: list[str], old_parameters: list[str], drawn_for: str | None, presets: list,
+                           known: set[str], settings: Settings) -> tuple[list[str], str | None]:
+    """What a newly chosen model starts with, and the preset that is: the preset the old selection was (q+v, full
+    attention, attention + MLP: GPT-2 and Phi-3 name those projections differently), else the modules both share,
+    else attention + MLP."""
     old_inventory = cached_inventory(drawn_for, settings) if drawn_for and old_targets else None
     if old_inventory is not None:
         for old in presets_for(block_diagram(old_inventory)):
-            if old.mode == "modules" and old.targets and set(old.targets) == set(old_targets):
-                return list(next(p for p in presets if p.key == old.key).targets)
+            if old.mode == "modules" and old.targets and set(old.targets) == set(old_targets) \
+                    and set(old.parameters) == set(old_parameters):
+                return list(next(p for p in presets if p.key == old.key).targets), old.key
     shared = [t for t in old_targets if t in known]
-    return shared or list(next(p for p in presets if p.key == "attention-mlp").targets)
+    if shared:
+        return shared, None
+    return list(next(p for p in presets if p.key == "attention-mlp").targets), "attention-mlp"
+
+
+def _parameters_for_new_model(old_parameters: list[str], preset_key: str | None, diagram, presets: list) -> list[str]:
+    """The expert weights a newly drawn model starts with: those of the preset its modules come from (on a
+    mixture-of-experts model "attention + MLP" means the experts), else the ones it shares with the old selection."""
+    preset = next((p for p in presets if p.key == preset_key), None)
+    if preset is not None:
+        return list(preset.parameters)
+    offered = {b.target for s in diagram.sections for b in (*s.inputs, *([s.output] if s.output else []))
+               if b.field == "target_parameters"}
+    return [p for p in old_parameters if p in offered]
 
 
 def _context(state: form_fields.FormState, settings: Settings, principal: Principal, *, model_changed: bool = False,
@@ -77,10 +92,13 @@ def _context(state: form_fields.FormState, settings: Settings, principal: Princi
     presets = presets_for(diagram)
     context.update(diagram=diagram, presets=presets, inventory=inventory, drawn_for=values["model"])
     known = {b.target for b in diagram.boxes}
-    if model_changed or (values["target_mode"] == "modules" and not values["target_modules"]):
-        values["target_modules"] = _targets_for_new_model(
-            list(values["target_modules"]), drawn_for, presets, known, settings
+    if model_changed or (values["target_mode"] == "modules" and not values["target_modules"]
+                         and not values["target_parameters"]):
+        values["target_modules"], preset_key = _targets_for_new_model(
+            list(values["target_modules"]), list(values["target_parameters"]), drawn_for, presets, known, settings
         )
+        values["target_parameters"] = _parameters_for_new_model(list(values["target_parameters"]), preset_key,
+                                                                diagram, presets)
         state = form_fields.parse(values)
         context["errors"] = state.errors
     if state.request is None:

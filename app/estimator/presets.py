@@ -20,6 +20,7 @@ class Preset:
     r: int | None = None
     alpha: int | None = None
     dropout: float | None = None
+    parameters: tuple[str, ...] = ()  # target_parameters: a mixture-of-experts block's stacked expert weights
 
 
 def _attention(diagram: BlockDiagram):
@@ -47,18 +48,28 @@ def _whole_block(diagram: BlockDiagram) -> tuple[str, ...]:
                  if b.field == "target_modules")
 
 
+def expert_parameters(diagram: BlockDiagram) -> tuple[str, ...]:
+    """The stacked expert weights of a mixture-of-experts block (not its router): the MLP of such a model."""
+    return tuple(b.target for s in diagram.sections for b in (*s.inputs, *([s.output] if s.output else []))
+                 if b.field == "target_parameters" and b.experts > 1)
+
+
 def presets_for(diagram: BlockDiagram) -> list[Preset]:
-    """The module-set presets and the Conservative / Balanced / Maximum-capacity patterns for this model."""
+    """The module-set presets and the Conservative / Balanced / Maximum-capacity patterns for this model; on a
+    mixture-of-experts model "MLP" means the experts, which LoRA reaches through target_parameters."""
     qv, attention, block = _query_value(diagram), _full_attention(diagram), _whole_block(diagram)
+    experts = expert_parameters(diagram)
     return [
         Preset("attention-qv", "Attention only (q, v)", "Style and format changes.", "modules", qv),
         Preset("attention-all", "Full attention", "Instruction tuning.", "modules", attention),
-        Preset("attention-mlp", "Attention + MLP", "Every projection: the common default.", "modules", block),
+        Preset("attention-mlp", "Attention + MLP", "Every projection: the common default.", "modules", block,
+               parameters=experts),
         Preset("all-linear", "all-linear", "Every Linear layer except the output head.", "all-linear", ()),
         Preset("conservative", "Conservative", "r=8, alpha=8, q+v, dropout 0.05.", "modules", qv, 8, 8, 0.05),
-        Preset("balanced", "Balanced", "r=16, alpha=16, attention + MLP, dropout 0.", "modules", block, 16, 16, 0.0),
+        Preset("balanced", "Balanced", "r=16, alpha=16, attention + MLP, dropout 0.", "modules", block, 16, 16, 0.0,
+               experts),
         Preset("maximum", "Maximum capacity", "r=64, alpha=64, attention + MLP, dropout 0.", "modules", block, 64,
-               64, 0.0),
+               64, 0.0, experts),
     ]
 
 

@@ -52,6 +52,9 @@
     if (mode === "modules") {
       const wanted = new Set(button.dataset.targets.split(",").filter(Boolean));
       f.querySelectorAll("input[name=target_modules]").forEach((cb) => { cb.checked = wanted.has(cb.value); });
+      // A mixture-of-experts model's experts are parameters: the presets that mean "the MLP" tick them too.
+      const parameters = new Set((button.dataset.parameters || "").split(",").filter(Boolean));
+      f.querySelectorAll("input[name=target_parameters]").forEach((cb) => { cb.checked = parameters.has(cb.value); });
     }
     if (button.dataset.r) {
       byId("r").value = button.dataset.r;

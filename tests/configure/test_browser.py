@@ -286,8 +286,8 @@ def test_api_docs_render_with_no_request_leaving_the_server(page, live_server):
 
 
 def test_a_mixtral_folder_draws_stacked_experts_that_click_into_target_parameters(page, tmp_path):
-    """An MoE block: the router and the experts' stacked weights are boxes; ticking the experts adds PEFT's
-    per-expert LoRA (r × experts × (in + out) a layer) to the live count."""
+    """An MoE block: the router and the experts' stacked weights are boxes; the experts count PEFT's per-expert
+    LoRA (r × experts × (in + out) a layer), and the presets that mean "the MLP" tick them."""
     directory = tmp_path / "tiny-mixtral"
     directory.mkdir()
     cfg = {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "hidden_size": 64,
@@ -302,11 +302,18 @@ def test_a_mixtral_folder_draws_stacked_experts_that_click_into_target_parameter
     expect(experts).to_be_visible(timeout=120_000)
     expect(experts).to_contain_text("×8 experts, stacked")
     expect(page.locator('.module-box.router[data-target="gate.weight"]')).to_be_visible()
+    # Attention + MLP, the starting preset, means the experts on an MoE model: they start ticked.
+    expect(experts).to_have_class(re.compile(r"\bon\b"))
+    expect(page.locator('.module-box[data-target="experts.down_proj"]')).to_have_class(re.compile(r"\bon\b"))
     before = int(page.locator("#trainable-params").inner_text().replace(",", ""))
     experts.click()
     # gate_up_proj is (8, 2·96, 64): A is (4·8, 64), B is (192, 4·8), in each of 2 layers.
-    expected = before + 4 * 8 * (64 + 192) * 2
+    expected = before - 4 * 8 * (64 + 192) * 2
     expect(page.locator("#trainable-params")).to_have_text(f"{expected:,d}")
+    expect(experts).not_to_have_class(re.compile(r"\bon\b"))
+    page.locator('.preset[data-preset="attention-qv"]').click()
+    expect(page.locator('.module-box[data-target="experts.down_proj"]')).not_to_have_class(re.compile(r"\bon\b"))
+    page.locator('.preset[data-preset="balanced"]').click()
     expect(experts).to_have_class(re.compile(r"\bon\b"))
     out = Path(os.environ.get("TUNEBOARD_SCREENSHOT_DIR") or tmp_path)
     out.mkdir(parents=True, exist_ok=True)

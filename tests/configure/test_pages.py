@@ -219,3 +219,13 @@ def test_phi3_attention_is_drawn_qkv_first_then_o_proj(client):
 def test_phi3_query_value_preset_selects_the_fused_qkv_projection(client):
     html = client.get("/", params={"model": PHI3}).text
     assert re.search(r'data-preset="attention-qv" data-mode="modules"\s+data-targets="qkv_proj"', html)
+
+
+def test_a_catalog_moe_model_starts_with_attention_and_its_experts(client):
+    """On Mixtral "attention + MLP" means the stacked experts too, which only target_parameters reaches."""
+    page = client.get("/", params={"model": "mistralai/Mixtral-8x7B-v0.1"}).text
+    assert 'name="target_parameters" value="experts.gate_up_proj" checked' in page
+    assert 'name="target_parameters" value="experts.down_proj" checked' in page
+    assert 'name="target_parameters" value="gate.weight" checked' not in page  # the router is left to the user
+    assert 'data-preset="conservative"' in page and 'data-parameters=""' in page  # q+v only: no experts
+    assert checked_targets(page) == {"q_proj", "k_proj", "v_proj", "o_proj"}
