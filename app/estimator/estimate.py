@@ -110,8 +110,11 @@ def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse
     fp32_bytes, bf16_bytes = safetensors_sizes(counts.files, (4, 2))
     memory = estimate_memory(
         inventory,
-        counts.adapter_params,
-        counts.saved_params,
+        counts.trainable,
+        adapted=[(a.module, a.r) for a in selection.adapted],
+        saved=selection.saved,
+        biases_train=counts.bias_params > 0,
+        lora_dropout=lora.lora_dropout,
         precision=training.weights_precision,
         sequence_length=training.sequence_length,
         batch_size=training.batch_size,

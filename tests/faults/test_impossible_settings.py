@@ -77,7 +77,7 @@ def _announce_gpu_worker(queue: str, memory_bytes: int, hostname: str = "gpu-sma
 def test_a_run_bigger_than_every_live_workers_memory_is_a_422_naming_the_queue_and_the_limit(client, tuneboard_env):
     _announce_gpu_worker(tuneboard_env.queue, 16 * GIB)
     file_id = upload(client, chat_records(24))["id"]
-    huge = {"sequence_length": 4096, "batch_size": 16, "gradient_checkpointing": False}  # ≈ 84.6 GiB
+    huge = {"sequence_length": 4096, "batch_size": 16, "gradient_checkpointing": False}  # ≈ 73 GiB
     response = _job(client, file_id, training=huge)
     assert response.status_code == 422, response.text
     error = response.json()["error"]

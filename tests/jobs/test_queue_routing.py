@@ -89,13 +89,13 @@ def test_the_queue_warning_follows_the_form_in_the_browser(browser, live_server,
     warning = page.locator("#msg-queue")
     page.check("input[name=gradient_checkpointing]")  # off by default (as the worker runs); the figures assume it
     page.select_option("#queue", "gpu-24g")
-    page.fill("input[name=sequence_length]", "16384")  # SmolLM2-135M at 16k tokens x 4: about 35 GiB
+    page.fill("input[name=sequence_length]", "16384")  # SmolLM2-135M at 16k tokens x 4: about 42 GiB
     expect(warning).to_contain_text("does not fit queue 'gpu-24g': its largest GPU is 22.5 GiB")
     page.locator("#launch-card").screenshot(path=str(tmp_path / "queue-warning.png"))
     page.select_option("#queue", "gpu-80g")
     expect(warning).to_have_text("")
-    page.fill("input[name=sequence_length]", "32768")  # about 69 GiB: still fits 79.6 GiB
-    expect(page.locator("#memory-total")).to_have_text("69 GiB")
+    page.fill("input[name=sequence_length]", "28672")  # about 72 GiB: still fits 79.6 GiB
+    expect(page.locator("#memory-total")).to_have_text("72.3 GiB")
     expect(warning).to_have_text("")
     assert not problems, problems
     context.close()
