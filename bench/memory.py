@@ -26,7 +26,7 @@ grid runs on the GPU, where the peak is `torch.cuda.max_memory_allocated()`, the
 
 Run from the repository root (needs the worker extra: torch, transformers, peft):
 
-    .venv/bin/python -m bench.memory                  # the full grid, about 8 minutes on 2 CPU cores
+    .venv/bin/python -m bench.memory                  # the 30 points, about 5-7 minutes on 2 CPU cores
     .venv/bin/python -m bench.memory --quick          # four points, a smoke test
     .venv/bin/python -m bench.memory --arch gemma2    # only architectures containing a string
     .venv/bin/python -m bench.memory --explain        # also list the biggest tensors live at each peak
