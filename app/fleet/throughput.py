@@ -35,8 +35,9 @@ PEAK_BF16_TFLOPS = (
     ("3090", 71.0), ("V100", 125.0), ("T4", 65.0),
 )
 DEFAULT_UTILISATION = 0.35
-# Achieved by LoRA training on a 2-core x86 CPU worker across bench/time_prediction.py's shapes (float32).
-CPU_DEFAULT_FLOPS = 1.5e10
+# Achieved by LoRA training on a 2-core x86 CPU worker across bench/time_prediction.py's shapes (float32):
+# 25 to 100 GFLOP/s, median about 70 (docs/benchmarks.md).
+CPU_DEFAULT_FLOPS = 6e10
 GENERIC_GPU_FLOPS = 50e12  # an unnamed GPU: about an A10's achievable rate
 RECENT_RUNS = 20
 SCANNED_JOBS = 200
