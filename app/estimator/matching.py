@@ -288,6 +288,13 @@ def select_modules(inventory: Inventory, settings: LoraSettings) -> Selection:
             "the config for the fused experts and drops the default): name the modules, e.g. "
             '["q_proj", "v_proj"], or "all-linear".',
         )
+    if inventory.peft_moe_conversion:
+        # The rewrite runs the user's patterns over every module and parameter name: bound their cost first.
+        try:
+            check_pattern_cost(settings, [m.name for m in inventory.modules] +
+                               [p.full_name for m in inventory.modules for p in m.params])
+        except PatternTooCostly as exc:
+            raise EstimateError(exc.field, exc.message) from None
     try:
         settings = moe_conversion.convert(inventory, settings, _peft_target_check(inventory, settings))
     except moe_conversion.ConversionRefused as exc:

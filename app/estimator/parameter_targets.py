@@ -44,8 +44,10 @@ class AdaptedParameter:
         return self.module.name + ".base_layer" * self.nesting
 
 
-def _matches(key: str, targets: list[str]) -> bool:
-    return key in targets or any(key.endswith(f".{target}") for target in targets)
+def _matcher(targets: list[str]):
+    # A set and a suffix tuple: thousands of entries against thousands of parameters stay a C-level scan.
+    names, suffixes = set(targets), tuple(f".{target}" for target in targets)
+    return lambda key: key in names or key.endswith(suffixes)
 
 
 def _features(module: Module, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -69,12 +71,13 @@ def select_parameters(
     """The parameters `target_parameters` adapts, in PEFT's wrapping order; ParameterRefused where PEFT raises."""
     if not targets:
         return []
+    matches = _matcher(targets)
     found: list[tuple[Module, str, tuple[int, ...]]] = []
     for module in inventory.modules:
         for param in module.params:
             name = param.full_name.rpartition(".")[2] if module.name else param.full_name
             key = f"{module.name}.{name}"
-            if _matches(key, targets):
+            if matches(key):
                 found.append((module, name, param.shape))
     if not found:
         return []

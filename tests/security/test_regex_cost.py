@@ -130,3 +130,13 @@ def test_a_checked_pattern_is_not_checked_again(tuneboard_env, monkeypatch):
     for _ in range(20):
         select_modules(inventory, settings)
     assert len(checks) == 1
+
+
+@pytest.mark.parametrize("field", ["target_modules", "exclude_modules"])
+def test_a_backtracking_pattern_on_an_moe_model_is_refused_before_peft_s_rewrite_runs_it(api, field):
+    """On Mixtral the rewrite of the config matches the patterns against every module and parameter name before
+    any target is chosen: the cost check must come first there too."""
+    lora: dict = {"target_modules": NASTIER} if field == "target_modules" else {
+        "target_modules": ".*\\.q_proj", "exclude_modules": NASTIER}
+    response = api.post("/v1/fine_tuning/estimate", json={"model": "mistralai/Mixtral-8x7B-v0.1", "lora": lora})
+    _assert_refused_quickly(response, field)
