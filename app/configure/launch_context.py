@@ -77,7 +77,7 @@ def launch_context(values: dict, settings: Settings, principal: Principal) -> di
                 num_epochs=float(values["num_epochs"]),
                 max_steps=int(values["max_steps"]) if values["max_steps"] else None,
                 tokens_per_example=min(chars / CHARACTERS_PER_TOKEN, float(values["sequence_length"])),
-                tokens_measured=False, tokens_per_second=None,
+                tokens_measured=False,
             )
         except (ValueError, ZeroDivisionError):
             pass  # the fields at fault show their own errors

@@ -91,7 +91,7 @@ def training_time(
     plan = plan_run(examples=examples, batch_size=training.batch_size,
                     gradient_accumulation_steps=training.gradient_accumulation_steps,
                     num_epochs=training.num_epochs, max_steps=training.max_steps,
-                    tokens_per_example=length, tokens_measured=tokens_source == "measured", tokens_per_second=None)
+                    tokens_per_example=length, tokens_measured=tokens_source == "measured")
     per_token: FlopsPerToken = flops_per_token(inventory, adapter_params=adapter_params, saved_params=saved_params,
                                                gradient_checkpointing=training.gradient_checkpointing)
     model = FlopsModel(fixed=per_token.fixed, per_length=per_token.per_length,
