@@ -36,7 +36,6 @@ from typing import Any
 from bench import _harness as h
 
 QUEUE = "bench-cpu"
-WARM_RUNS = 2  # runs predicted with the stated default before the queue has its own history
 
 
 @dataclass(frozen=True)
@@ -89,10 +88,13 @@ class Result:
     steps: int
     tokens_source: str
     predicted_steps: int = 0
+    predicted_values: float = 0.0
     measured: Any = None  # app.fleet.throughput.Measurement
     predicted_s: float | None = None
     source: str = ""
     baseline_s: float | None = None
+    two_term_s: float | None = None
+    rate: Any = None  # app.fleet.throughput.Rate it was predicted with
 
 
 def _config(model_dir: Path, shape: Shape) -> Any:
@@ -166,53 +168,78 @@ def run_one(work: Path, account: h.Account, index: int, shape: Shape) -> Result:
         return Result(shape, predicted["flops"], measured.flops_per_second, runtime,
                       job.trained_tokens, job.trained_tokens / runtime, predicted["padded_tokens"],
                       int(job.final_metrics["compute_training_tokens"]), job.step, predicted["tokens_source"],
-                      predicted["steps"], measured)
+                      predicted["steps"], predicted["elementwise_values"], measured)
+
+
+def _two_term_seconds(earlier: list[Result], result: Result) -> float:
+    """The previous model, for comparison: `steps × a + FLOPs / R` by relative least squares from three runs,
+    the median FLOP/s below that, no per-value term and no default to start from."""
+    rate = statistics.median(r.achieved_flops_per_s for r in earlier)
+    if len(earlier) >= 3:
+        xs = [r.measured.steps / r.actual_s for r in earlier]
+        ys = [r.measured.flops / r.actual_s for r in earlier]
+        sxx, syy, sxy = sum(x * x for x in xs), sum(y * y for y in ys), sum(x * y for x, y in zip(xs, ys, strict=True))
+        sx, sy, det = sum(xs), sum(ys), sum(x * x for x in xs) * sum(y * y for y in ys) - sxy * sxy
+        if det > 0 and (a := (sx * syy - sy * sxy) / det) >= 0 and (b := (sy * sxx - sx * sxy) / det) > 0:
+            return result.predicted_steps * a + result.predicted_flops * b
+        return result.predicted_flops * syy / sy
+    return result.predicted_flops / rate
 
 
 def predict(results: list[Result]) -> None:
     """Each run from the runs before it, as a queue calibrating itself would (`app.fleet.throughput.fit`)."""
-    from app.fleet.throughput import RECENT_RUNS, Rate, default_rate, fit
+    from app.fleet.throughput import MIN_RUNS_FOR_FIT, RECENT_RUNS, default_rate, fit
 
+    prior = default_rate("cpu")
     for i, result in enumerate(results):
         earlier = results[:i][-RECENT_RUNS:]
-        if len(earlier) >= WARM_RUNS:
-            rate = fit([r.measured for r in reversed(earlier)])
-            result.source = f"calibrated ({len(earlier)})" + (" +step" if rate.seconds_per_step else "")
+        rate = fit([r.measured for r in reversed(earlier)], prior)
+        if earlier:
+            result.source = f"{'fit' if len(earlier) >= MIN_RUNS_FOR_FIT else 'scaled default'} of {len(earlier)}"
             tokens_rate = statistics.median(r.tokens_per_s for r in earlier)
             result.baseline_s = result.tokens / tokens_rate
+            result.two_term_s = _two_term_seconds(earlier, result)
         else:
-            rate, result.source = Rate(default_rate("cpu"), 0), "default"
-        result.predicted_s = rate.seconds(result.predicted_flops, result.predicted_steps)
+            result.source = "default"
+        result.predicted_s = rate.seconds(result.predicted_flops, result.predicted_steps, result.predicted_values)
+        result.rate = rate
 
 
 def report(results: list[Result]) -> dict:
-    rows, calibrated, baseline = [], [], []
+    rows, calibrated, baseline, two_term = [], [], [], []
     for i, r in enumerate(results):
         error = (r.predicted_s - r.actual_s) / r.actual_s
         base_error = (r.baseline_s - r.actual_s) / r.actual_s if r.baseline_s else None
-        if r.source.startswith("calibrated"):
+        two_term_error = (r.two_term_s - r.actual_s) / r.actual_s if r.two_term_s else None
+        if r.source != "default":
             calibrated.append(abs(error))
             baseline.append(abs(base_error))
+            two_term.append(abs(two_term_error))
         rows.append([i, r.shape.label, r.steps, f"{r.predicted_padded:,} / {r.computed_padded:,}",
                      f"{r.predicted_flops / 1e12:.2f}", f"{r.achieved_flops_per_s / 1e9:.1f}",
                      f"{r.actual_s:.1f}", f"{r.predicted_s:.1f}", f"{100 * error:+.0f} %", r.source,
+                     f"{100 * two_term_error:+.0f} %" if two_term_error is not None else "—",
                      f"{100 * base_error:+.0f} %" if base_error is not None else "—"])
     print(h.markdown_table(["#", "shape", "steps", "padded tokens predicted / computed", "TFLOP",
                             "achieved GFLOP/s", "actual s", "predicted s", "error",
-                            "rate", "tokens/s rule"], rows))
+                            "rate", "steps + FLOPs model", "tokens/s rule"], rows))
     summary = {
         "calibrated_runs": len(calibrated),
         "median_abs_error": statistics.median(calibrated) if calibrated else None,
         "worst_abs_error": max(calibrated) if calibrated else None,
         "within_25_percent": sum(1 for e in calibrated if e <= 0.25),
         "baseline_median_abs_error": statistics.median(baseline) if baseline else None,
+        "two_term_median_abs_error": statistics.median(two_term) if two_term else None,
+        "two_term_worst_abs_error": max(two_term) if two_term else None,
         "baseline_worst_abs_error": max(baseline) if baseline else None,
         "achieved_gflops": [round(r.achieved_flops_per_s / 1e9, 2) for r in results],
     }
     if calibrated:
         print(f"\ncalibrated runs: {len(calibrated)}; |error| median {100 * summary['median_abs_error']:.1f} %, worst "
               f"{100 * summary['worst_abs_error']:.1f} %, within 25 %: {summary['within_25_percent']}/{len(calibrated)}"
-              f" (target: all). tokens/s rule: median {100 * summary['baseline_median_abs_error']:.1f} %, worst "
+              f" (target: all). steps + FLOPs model: median {100 * summary['two_term_median_abs_error']:.1f} %, worst "
+              f"{100 * summary['two_term_worst_abs_error']:.1f} %. tokens/s rule: median "
+              f"{100 * summary['baseline_median_abs_error']:.1f} %, worst "
               f"{100 * summary['baseline_worst_abs_error']:.1f} %")
     return summary
 
@@ -241,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     predict(results)
     summary = report(results)
     if args.json:
-        h.write_json(args.json, {"summary": summary, "machine": h.machine(), "versions": h.versions()})
+        runs = [{"label": r.shape.label, "steps": r.measured.steps, "flops": r.measured.flops,
+                 "elementwise": r.measured.elementwise, "seconds": r.measured.seconds,
+                 "predicted": {"steps": r.predicted_steps, "flops": r.predicted_flops,
+                               "elementwise": r.predicted_values}}
+                for r in results]
+        h.write_json(args.json, {"summary": summary, "runs": runs, "machine": h.machine(), "versions": h.versions()})
     return 0
 
 

@@ -45,6 +45,7 @@ class BlockDiagram:
     sections: list[Section]
     norms: list[str]
     outside: list[Box]  # targetable modules outside the blocks: embeddings, output head
+    other_towers: int = 0  # adaptable modules outside the language model (a vision tower), not drawn
 
     @property
     def boxes(self) -> list[Box]:
@@ -70,6 +71,13 @@ def _shortest_target(module: Module, adaptable: list[Module]) -> tuple[str, int]
         suffix = ".".join(parts[-k:])
         hits = {m.name for m in adaptable if m.name == suffix or m.name.endswith("." + suffix)}
         if hits == same_pattern:
+            return suffix, len(hits)
+    # No name selects exactly this projection's layers: a multimodal model's vision tower has its own q_proj. The
+    # shortest name that selects all of them selects the others too, as it would in PEFT, and counts them.
+    for k in range(1, len(parts) + 1):
+        suffix = ".".join(parts[-k:])
+        hits = {m.name for m in adaptable if m.name == suffix or m.name.endswith("." + suffix)}
+        if hits >= same_pattern and len(same_pattern) > 1:
             return suffix, len(hits)
     return module.name, 1
 
@@ -150,11 +158,14 @@ def block_diagram(inventory: Inventory) -> BlockDiagram:
         if len(section.inputs) > 1:
             section.output = section.inputs.pop(_output_index(section.inputs))
     block_root = block_prefix.rstrip(".")
-    outside = [_box(m, "", adaptable) for m in adaptable if not m.name.startswith(block_root.rsplit(".", 1)[0] + ".")]
+    stack = block_root.rsplit(".", 1)[0] + "."
+    text = [m for m in adaptable if inventory.in_language_model(m)]
+    outside = [_box(m, "", adaptable) for m in text if not m.name.startswith(stack)]
     return BlockDiagram(
         block_pattern=layer_group_name(block_root),
         layer_count=inventory.num_layers or 0,
         sections=list(sections.values()),
         norms=norms,
         outside=outside,
+        other_towers=len(adaptable) - len(text),
     )

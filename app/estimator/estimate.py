@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.estimator.advice import Advice, advise
 from app.estimator.counting import count, safetensors_sizes
-from app.estimator.inventory import Inventory
+from app.estimator.inventory import Inventory, Module
 from app.estimator.job_config import JobConfig
 from app.estimator.matching import select_modules
 from app.estimator.memory import GPU_SIZES_GB, Precision, estimate_memory
@@ -154,7 +154,8 @@ def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse
             total=memory.total,
             fits={str(size): ok for size, ok in zip(GPU_SIZES_GB, memory.fits().values(), strict=True)},
         ),
-        training_time=_training_time(inventory, request, counts.adapter_params, counts.saved_params),
+        training_time=_training_time(inventory, request, counts.adapter_params, counts.saved_params,
+                                     [(a.module, a.r) for a in selection.adapted]),
         warnings=advise(
             inventory, lora, selection,
             dataset_examples=request.dataset_examples, has_validation_set=request.has_validation_set,
@@ -162,8 +163,8 @@ def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse
     )
 
 
-def _training_time(inventory: Inventory, request: EstimateRequest, adapter_params: int,
-                   saved_params: int) -> TrainingTime | None:
+def _training_time(inventory: Inventory, request: EstimateRequest, adapter_params: int, saved_params: int,
+                   adapted: list[tuple[Module, int]]) -> TrainingTime | None:
     training = request.training
     examples = request.dataset_examples
     if examples is None and training.max_steps:
@@ -171,7 +172,8 @@ def _training_time(inventory: Inventory, request: EstimateRequest, adapter_param
     if examples is None:
         return None
     return training_time(
-        inventory, training, adapter_params=adapter_params, saved_params=saved_params, examples=examples,
+        inventory, training, adapter_params=adapter_params, saved_params=saved_params, adapted=adapted,
+        lora_dropout=request.lora.lora_dropout > 0, examples=examples,
         validation_examples=request.validation_examples if request.has_validation_set else 0,
         tokens_per_example=request.dataset_tokens_per_example,
         tokens_source=request.tokens_source or "measured",

@@ -10,7 +10,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -142,13 +142,44 @@ class Inventory:
         return self.config.get("num_hidden_layers")
 
     def first_block(self) -> list[Module]:
-        """The modules of the first numbered block (decoder layer 0), for drawing one transformer block."""
+        """The modules of the language model's first numbered block (decoder layer 0), for drawing one block."""
+        name = self._first_block_name
+        return [m for m in self.modules if m.name.startswith(name + ".")] if name else []
+
+    @cached_property
+    def _first_block_name(self) -> str | None:
+        # A multimodal model has other numbered stacks first (a vision tower's encoder layers): the decoder's is the
+        # one with `num_hidden_layers` blocks whose linear layers read the text model's hidden size.
+        candidates = []
         for module in self.modules:
             match = _LAYER_INDEX.search(module.name)
             if match and match.group(1) == "0" and module.name.endswith(".0"):
                 prefix = module.name + "."
-                return [m for m in self.modules if m.name.startswith(prefix)]
-        return []
+                candidates.append((module.name, [m for m in self.modules if m.name.startswith(prefix)]))
+        if not candidates:
+            return None
+        return max(candidates, key=lambda candidate: self._decoder_likeness(*candidate))[0]
+
+    @cached_property
+    def language_model_prefix(self) -> str:
+        """Where the text model's modules live: "model." on a causal LM, "model.language_model." on a multimodal
+        one (whose vision tower a text-only run never calls); "" when no decoder stack is found."""
+        name = self._first_block_name
+        if not name:
+            return ""
+        model = name.rsplit(".", 2)[0]  # model.language_model.layers.0 -> model.language_model
+        return model + "." if "." in name.rpartition(".")[0] else ""
+
+    def in_language_model(self, module: Module) -> bool:
+        """Whether a text-only training step runs this module (the output head included)."""
+        prefix = self.language_model_prefix
+        return not prefix or module.name.startswith(prefix) or module.name == self.output_embedding
+
+    def _decoder_likeness(self, name: str, block: list[Module]) -> tuple[bool, bool]:
+        stack = self.by_name.get(name.rpartition(".")[0])
+        layers_match = stack is not None and len(stack.children) == self.num_layers
+        reads_hidden = any(m.kind in LINEAR_KINDS and m.in_features == self.hidden_size for m in block)
+        return layers_match, reads_hidden
 
 
 def layer_group_name(module_name: str) -> str:

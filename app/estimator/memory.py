@@ -32,7 +32,7 @@ LOSS_BYTES_PER_LOGIT = 3 * 4
 
 
 @dataclass(frozen=True, slots=True)
-class _Architecture:
+class Architecture:
     """What a model type's forward keeps for backward beyond the common decoder block."""
 
     eager_attention: bool = False  # no fused attention kernel: the per-head sequence x sequence scores are kept
@@ -47,10 +47,15 @@ class _Architecture:
 # (it soft-caps the attention scores) and so runs eager attention; GPT-2's gelu_new is written out in torch ops
 # (x, tanh, 1 + tanh and x / 2 are kept) and its config trains with dropout 0.1 on embeddings and residuals (the
 # attention dropout happens inside the fused kernel on a GPU). Other types: the common Llama-like block.
-_ARCHITECTURES: dict[str, _Architecture] = {
-    "gemma2": _Architecture(eager_attention=True, attention_softcap=True, logit_softcap=True),
-    "gpt2": _Architecture(activation_tensors=4, dropouts_per_layer=2, embedding_dropout=True),
+_ARCHITECTURES: dict[str, Architecture] = {
+    "gemma2": Architecture(eager_attention=True, attention_softcap=True, logit_softcap=True),
+    "gpt2": Architecture(activation_tensors=4, dropouts_per_layer=2, embedding_dropout=True),
 }
+
+
+def architecture(inventory: Inventory) -> Architecture:
+    """What this model type's forward does beyond the common decoder block."""
+    return _ARCHITECTURES.get(inventory.model_type, Architecture())
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +82,7 @@ class MemoryEstimate:
 
 
 @dataclass(frozen=True, slots=True)
-class _Block:
+class BlockWidths:
     """The widths of one decoder block that decide what it keeps, per token."""
 
     norms: int
@@ -91,7 +96,8 @@ class _Block:
 
 
 @lru_cache(maxsize=64)
-def _block(inventory: Inventory) -> _Block:
+def block_widths(inventory: Inventory) -> BlockWidths:
+    """The widths of the model's decoder block that decide what a token's pass through it writes and keeps."""
     cfg = inventory.config
     hidden = cfg.get("hidden_size") or 0
     heads = cfg.get("num_attention_heads") or 1
@@ -119,7 +125,7 @@ def _block(inventory: Inventory) -> _Block:
             block.update(mlp_inner=inner, gated=len(inputs) == 2 or sum(b.out_features for b in inputs) == 2 * inner)
     # A second embedding (GPT-2's wpe) means learned absolute positions instead of rotary ones.
     embeddings = [m for m in inventory.modules if m.kind == "embedding"]
-    return _Block(rotary=len(embeddings) < 2, roles=roles, **block)
+    return BlockWidths(rotary=len(embeddings) < 2, roles=roles, **block)
 
 
 def _bytes_per_value(precision: Precision) -> int:
@@ -146,9 +152,9 @@ def _relative(module: Module) -> str | None:
     return module.name.split(f".{module.layer}.", 1)[-1]
 
 
-def _layer_bytes_per_token(inventory: Inventory, arch: _Architecture, act: int, mixed: bool, seq: int) -> int:
+def _layer_bytes_per_token(inventory: Inventory, arch: Architecture, act: int, mixed: bool, seq: int) -> int:
     """What one decoder block keeps for backward per token, before LoRA adds its own."""
-    cfg, block = inventory.config, _block(inventory)
+    cfg, block = inventory.config, block_widths(inventory)
     hidden = cfg.get("hidden_size") or 0
     heads = cfg.get("num_attention_heads") or 1
     head_dim = cfg.get("head_dim") or hidden // heads
@@ -172,10 +178,10 @@ def _layer_bytes_per_token(inventory: Inventory, arch: _Architecture, act: int, 
     return norms + attention + mlp + arch.dropouts_per_layer * hidden
 
 
-def _lora_bytes_per_token(inventory: Inventory, arch: _Architecture, adapted: Sequence[tuple[Module, int]], act: int,
+def _lora_bytes_per_token(inventory: Inventory, arch: Architecture, adapted: Sequence[tuple[Module, int]], act: int,
                           mixed: bool, dropout: bool) -> tuple[dict[int | None, int], int]:
     """What the LoRA layers keep per token: by layer (None: outside the blocks), and the most any one layer keeps."""
-    block = _block(inventory)
+    block = block_widths(inventory)
     by_layer: dict[int | None, int] = {}
     shared: set[tuple[int | None, str]] = set()  # (layer, section) whose input is already counted
     for module, r in adapted:
@@ -235,9 +241,12 @@ def estimate_memory(
     gradient_checkpointing: bool,
 ) -> MemoryEstimate:
     """Peak training memory for one micro-batch, by component; `adapted` is (module, rank) of each LoRA layer."""
+    # A multimodal model's vision tower is not called by a text-only step: its LoRA layers keep nothing.
+    adapted = [(module, r) for module, r in adapted if inventory.in_language_model(module)]
+    saved = [module for module in saved if inventory.in_language_model(module)]
     mixed = precision != "fp32"
     act = 4 if not mixed else 2  # bytes of an activation: autocast computes in bf16 / fp16 (4bit: bf16)
-    arch = _ARCHITECTURES.get(inventory.model_type, _Architecture())
+    arch = architecture(inventory)
     # The worker trains every trainable weight in fp32 (LoRA matrices, modules_to_save copies, freed biases).
     adapter_weights = trainable_params * 4
     gradients = trainable_params * 4
@@ -253,7 +262,7 @@ def estimate_memory(
     after = hidden * 4 + lora_by_layer.get(None, 0) + (hidden if arch.embedding_dropout else 0)
     after += sum(act * (m.in_features or 0) for m in saved if m.kind in LINEAR_KINDS)
     # Backward holds the gradients of a block's widest tensors beside what it kept: about two of them, in fp32.
-    widest = max(_block(inventory).mlp_inner,
+    widest = max(block_widths(inventory).mlp_inner,
                  (inventory.config.get("num_attention_heads") or 1) * sequence_length if arch.eager_attention else 0)
     in_flight = 2 * widest * 4
     if gradient_checkpointing:

@@ -8,15 +8,22 @@ and, for attention, twice the forward; only trainable weights get weight gradien
 (2 + 4 FLOPs per parameter per token) and full copies saved with `modules_to_save` (2 more per weight).
 Gradient checkpointing runs each block's forward a second time. Evaluation is forward only.
 
+FLOPs alone under-predict narrow models: a token's pass also writes every layer's outputs (norms, projections,
+activations, residual sums, LoRA's scaled additions, the logits and their log-softmax), and at small widths
+moving those values costs more time than the arithmetic on them. `elementwise_values_per_token` counts them, so
+a queue can fit a cost per value beside its FLOP/s (`app.fleet.throughput`).
+
 The per-token cost is `fixed + per_length · L`, so a finished run can be re-costed at the padded length it
 really trained on. Pure stdlib; must not import torch or `workers`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from app.estimator.inventory import Inventory
+from app.estimator.inventory import Inventory, Module
+from app.estimator.memory import architecture, block_widths
 
 _TWO_D = 2
 _EXPERT_DIMS = 3
@@ -48,6 +55,8 @@ def matmul_weights_per_token(inventory: Inventory) -> float:
     for module in inventory.modules:
         if module.name == inventory.input_embedding or module.kind == "embedding":
             continue
+        if not inventory.in_language_model(module):
+            continue  # a multimodal model's vision tower: a text-only step never calls it
         for param in module.params:
             dims = len(param.shape)
             if "bias" in param.full_name.rpartition(".")[2]:
@@ -90,3 +99,49 @@ def flops_per_token(
         forward_fixed=forward_fixed,
         forward_per_length=attention,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ValuesPerToken:
+    """Values written per token, a proxy for the memory traffic of everything but the matrix multiplies."""
+
+    training: float
+    evaluation: float
+
+
+def elementwise_values_per_token(inventory: Inventory, adapted: Sequence[tuple[Module, int]], *, lora_dropout: bool,
+                                 gradient_checkpointing: bool) -> ValuesPerToken:
+    """What a token's pass writes, each op's output once: the forward's, three times over in training (the
+    backward writes a gradient for each, and for each op's inputs), the blocks' once more under gradient
+    checkpointing; the loss's log-softmax and its gradients are counted as they are, vocab-wide."""
+    block, arch = block_widths(inventory), architecture(inventory)
+    hidden = inventory.hidden_size or 0
+    experts_per_token = inventory.config.get("num_experts_per_tok") or 1
+    # A norm computes in fp32: the squares (or centred values), the normalised values, their scaling.
+    norms = block.norms * 3 * hidden
+    # Rotary positions rotate q and k: two products, the half-rotation (negate, concatenate) and their sum.
+    kv_width = (block.qkv_width - block.attention_out) // 2
+    rotary = 5 * (block.attention_out + kv_width) if block.rotary else 0
+    # q, k, v, the attention output, o_proj's output and its residual sum.
+    attention = block.qkv_width + block.attention_out + 2 * hidden
+    # gate and up (or one projection), the activation's tensors, the gated product; down_proj and its residual sum.
+    inner = block.mlp_inner * experts_per_token
+    mlp = inner * ((2 if block.gated else 1) + arch.activation_tensors + (1 if block.gated else 0)) + 2 * hidden
+    dropouts = arch.dropouts_per_layer * 2 * hidden  # a mask and the dropped-out values
+    per_layer = norms + rotary + attention + mlp + dropouts
+    in_blocks = outside = 0.0
+    for module, r in adapted:
+        if not inventory.in_language_model(module):
+            continue
+        # lora_A's output, lora_B's, its scaling and the sum with the base output (the dropout's mask and output).
+        values = r + 3 * (module.out_features or 0) + (2 * (module.in_features or 0) if lora_dropout else 0)
+        if module.layer is None:
+            outside += values
+        else:
+            in_blocks += values
+    blocks = (inventory.num_layers or 0) * per_layer + in_blocks
+    forward = blocks + outside + 3 * hidden  # and the final norm
+    vocab = inventory.config.get("vocab_size") or 0
+    # The logits and their log-softmax; in training also the loss's gradient and the log-softmax's backward.
+    return ValuesPerToken(training=3 * forward + (blocks if gradient_checkpointing else 0) + 4 * vocab,
+                          evaluation=forward + 2 * vocab)

@@ -10,14 +10,15 @@ measured FLOP/s (`app.fleet.throughput`) gives the time. Pure stdlib + pydantic;
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from app.estimator.inventory import Inventory
+from app.estimator.inventory import Inventory, Module
 from app.estimator.job_config import TrainingSettings
 from app.estimator.run_plan import plan_run
-from app.estimator.training_flops import FlopsPerToken, flops_per_token
+from app.estimator.training_flops import FlopsPerToken, elementwise_values_per_token, flops_per_token
 
 # The worker evaluates every tenth of the run when eval_steps is not set (workers.training.arguments).
 DEFAULT_EVAL_FRACTION = 0.1
@@ -31,6 +32,9 @@ class FlopsModel(BaseModel):
     per_length: float
     forward_fixed: float
     forward_per_length: float
+    # Values written per token (`elementwise_values_per_token`); 0 in estimates stored before it was counted.
+    elementwise: float = 0.0
+    forward_elementwise: float = 0.0
 
     def run_flops(self, training_tokens: float, training_length_sum: float, evaluation_tokens: float = 0,
                   evaluation_length_sum: float = 0) -> float:
@@ -38,14 +42,19 @@ class FlopsModel(BaseModel):
         return (self.fixed * training_tokens + self.per_length * training_length_sum
                 + self.forward_fixed * evaluation_tokens + self.forward_per_length * evaluation_length_sum)
 
+    def run_elementwise(self, training_tokens: float, evaluation_tokens: float = 0) -> float:
+        """Values written by a run that computed on these padded tokens."""
+        return self.elementwise * training_tokens + self.forward_elementwise * evaluation_tokens
+
 
 class QueueTime(BaseModel):
     """How long the run takes on one queue's workers of one device class."""
 
     queue: str
     device: str = Field(..., description="The worker's GPU name, or 'cpu'.")
-    flops_per_second: float = Field(..., description="Achieved training FLOP/s used for the prediction.")
+    flops_per_second: float = Field(..., description="The FLOP/s this run achieves there: its FLOPs ÷ seconds.")
     seconds_per_step: float = Field(0.0, description="What each optimizer step costs beyond its FLOPs, as measured.")
+    seconds_per_value: float = Field(0.0, description="What each value written outside matrix multiplies costs.")
     calibrated_runs: int = Field(..., description="Finished runs on this queue and device it was measured from; "
                                                   "0 means a stated default.")
     seconds: float
@@ -61,6 +70,8 @@ class TrainingTime(BaseModel):
                                                          "dataset, its characters (÷4), or sequence_length.")
     evaluations: int
     flops: float = Field(..., description="Training and evaluation FLOPs of the whole run.")
+    elementwise_values: float = Field(0.0, description="Values the whole run writes outside matrix multiplies, "
+                                                       "whose memory traffic dominates narrow models.")
     flops_model: FlopsModel
     queues: list[QueueTime] = Field(default_factory=list)
 
@@ -79,6 +90,8 @@ def training_time(
     *,
     adapter_params: int,
     saved_params: int,
+    adapted: Sequence[tuple[Module, int]] = (),
+    lora_dropout: bool = False,
     examples: int,
     validation_examples: int,
     tokens_per_example: float | None,
@@ -94,11 +107,15 @@ def training_time(
                     tokens_per_example=length, tokens_measured=tokens_source == "measured")
     per_token: FlopsPerToken = flops_per_token(inventory, adapter_params=adapter_params, saved_params=saved_params,
                                                gradient_checkpointing=training.gradient_checkpointing)
+    values = elementwise_values_per_token(inventory, adapted, lora_dropout=lora_dropout,
+                                          gradient_checkpointing=training.gradient_checkpointing)
     model = FlopsModel(fixed=per_token.fixed, per_length=per_token.per_length,
-                       forward_fixed=per_token.forward_fixed, forward_per_length=per_token.forward_per_length)
+                       forward_fixed=per_token.forward_fixed, forward_per_length=per_token.forward_per_length,
+                       elementwise=values.training, forward_elementwise=values.evaluation)
     padded = plan.steps * training.batch_size * training.gradient_accumulation_steps * length
     evals = evaluations(plan.steps, training.eval_steps, validation_examples > 0)
     evaluated = evals * validation_examples * length
     flops = model.run_flops(padded, padded * length, evaluated, evaluated * length)
     return TrainingTime(steps=plan.steps, padded_tokens=round(padded), tokens_per_example=length,
-                        tokens_source=tokens_source, evaluations=evals, flops=flops, flops_model=model)
+                        tokens_source=tokens_source, evaluations=evals, flops=flops,
+                        elementwise_values=model.run_elementwise(padded, evaluated), flops_model=model)

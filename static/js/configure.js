@@ -151,9 +151,14 @@
     if (!event.target.closest(".model-picker")) { const list = byId("model-results"); if (list) list.innerHTML = ""; }
   });
 
+  // An estimate still in flight when a model change replaced the form answers a form that is gone: its field
+  // messages have no targets left. Its swap events reach the detached form, not the document, so the form listens.
+  function dropIfDetached(event) { if (!event.currentTarget.isConnected) event.detail.shouldSwap = false; }
+  function guardForm() { const form = byId("config-form"); if (form) form.addEventListener("htmx:beforeSwap", dropIfDetached); }
+
   // A swapped-in page (new model) needs the same syncing as the first load.
   document.addEventListener("htmx:afterSettle", (event) => {
-    syncAlpha(); syncBoxes(); showTab();
+    syncAlpha(); syncBoxes(); showTab(); guardForm();
     // A new data card (upload or demo dataset) changes the examples the advice and run plan use.
     const swapped = event.detail.target || event.detail.elt;
     if (swapped && swapped.id === "data-card" && byId("training_file")) fire(byId("training_file"));
@@ -167,5 +172,5 @@
       problems.scrollIntoView({ block: "center" });
     }
   });
-  document.addEventListener("DOMContentLoaded", () => { syncAlpha(); syncBoxes(); });
+  document.addEventListener("DOMContentLoaded", () => { syncAlpha(); syncBoxes(); guardForm(); });
 })();

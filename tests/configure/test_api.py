@@ -162,7 +162,7 @@ def test_missing_local_directory_is_a_404(client, tmp_path):
 def test_models_lists_the_28_catalog_models(client):
     body = client.get("/v1/models").json()
     catalog_ids = [entry["id"] for entry in json.loads((CONFIGS.parent / "catalog.json").read_text())]
-    assert len(catalog_ids) == 28
+    assert len(catalog_ids) == 29
     assert body["object"] == "list"
     assert [card["id"] for card in body["data"]] == catalog_ids
     assert all(card["object"] == "model" and card["owned_by"] == card["id"].split("/")[0] for card in body["data"])

@@ -244,6 +244,30 @@ def test_local_model_shows_pending_then_exact_numbers_and_keeps_the_rank(page, t
     assert page.evaluate("window.__sameDocument") is True
 
 
+def test_an_estimate_answering_after_a_model_change_leaves_the_new_page_alone(page, tiny_llama_dir):
+    """A settings edit's estimate still in flight when Enter in the model field swaps the form in: its answer is
+    for a form that is gone, and its field messages must not land on the new page (or fail to find it)."""
+    open_page(page)
+    held = []
+    page.route("**/estimate", lambda route: held.append(route))
+    page.locator("#r").fill("12")
+    for _ in range(100):  # the edit's estimate leaves after its 250 ms debounce
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) == 1
+    page.locator("#model").fill(str(tiny_llama_dir))
+    page.locator("#model").press("Enter")
+    expect(page.locator("#inventory-pending")).to_be_visible()
+    with page.expect_response("**/estimate") as answered:
+        held[0].continue_()
+    answered.value.finished()
+    page.unroute("**/estimate")
+    expect(page.locator("#inventory-pending")).to_be_visible()
+    page.wait_for_function("() => !document.querySelector('.htmx-request')")
+    assert page.problems == []
+
+
 OVERFLOW_JS = """() => {
   const clipped = [];
   const boxes = '.card, .block-diagram, .section, .module-box, pre, table, .figures div';
@@ -255,7 +279,8 @@ OVERFLOW_JS = """() => {
 }"""
 
 
-@pytest.mark.parametrize(("name", "model"), [("configure", SMOL), ("configure-gpt2", GPT2), ("configure-phi3", PHI3)])
+@pytest.mark.parametrize(("name", "model"), [("configure", SMOL), ("configure-gpt2", GPT2), ("configure-phi3", PHI3),
+                                             ("configure-gemma3-4b", "google/gemma-3-4b-it")])
 def test_configuration_page_screenshot_has_nothing_cut_off(page, tmp_path, name, model):
     """Full-page shots at 1400px; set TUNEBOARD_SCREENSHOT_DIR to keep them (docs/screenshots/configure.png)."""
     open_page(page, f"?model={model}")

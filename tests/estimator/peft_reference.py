@@ -212,7 +212,7 @@ def compare_on_config(config: Any, options: dict[str, Any]) -> Outcome:
 FAMILIES = ("llama", "mistral", "qwen2", "gemma2", "phi3", "gpt2")
 # The families only catalog models bring (no random configs of their own; tests/estimator/moe_strategies.py
 # makes random mixture-of-experts ones).
-CATALOG_ONLY_FAMILIES = ("qwen3", "olmo2", "gemma3_text", "mixtral", "qwen3_moe", "gpt_oss")
+CATALOG_ONLY_FAMILIES = ("qwen3", "olmo2", "gemma3_text", "gemma3", "mixtral", "qwen3_moe", "gpt_oss")
 LLAMA_LIKE_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # Short names of the Linear / Conv1D layers of one block (GPT-2's q_attn exists with cross-attention only).
@@ -222,7 +222,7 @@ LLAMA_LIKE_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 LINEAR_NAMES = {family: LLAMA_LIKE_LINEAR for family in ("llama", "mistral", "qwen2", "gemma2")} | {
     "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
     "gpt2": ("c_attn", "c_proj", "c_fc", "q_attn"),
-} | {family: LLAMA_LIKE_LINEAR for family in ("qwen3", "olmo2", "gemma3_text", "qwen3_moe")} | {
+} | {family: LLAMA_LIKE_LINEAR for family in ("qwen3", "olmo2", "gemma3_text", "gemma3", "qwen3_moe")} | {
     "mixtral": ("q_proj", "k_proj", "v_proj", "o_proj", "w1", "w2", "w3"),
     "gpt_oss": ("q_proj", "k_proj", "v_proj", "o_proj"),
 }
@@ -237,7 +237,8 @@ OTHER_NAMES = {family: ("self_attn", "mlp", "input_layernorm", "norm") for famil
 }
 ATTENTION_PARENT = {family: "self_attn" for family in _ALL_FAMILIES} | {"gpt2": "attn"}
 LAYERS_PATTERN = {family: "layers" for family in _ALL_FAMILIES} | {"gpt2": "h"}
-MODEL_PREFIX = {family: "model" for family in _ALL_FAMILIES} | {"gpt2": "transformer"}
+# Gemma 3 (multimodal, as AutoModelForCausalLM loads it) keeps its decoder under model.language_model.
+MODEL_PREFIX = {family: "model" for family in _ALL_FAMILIES} | {"gpt2": "transformer", "gemma3": "model.language_model"}
 
 
 def small_config(
@@ -294,9 +295,20 @@ def shrunk_catalog_config(model_id: str, layers: int = 3) -> Any:
     from transformers import AutoConfig
 
     raw = json.loads(catalog.config_path(model_id).read_text())
+    if "text_config" in raw:  # multimodal: the text model's sizes live in text_config, the vision tower's beside
+        raw["text_config"] = _shrunk(raw["text_config"] | {"vocab_size": 96, "head_dim": 8}, layers)
+        raw["vision_config"].update(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                    image_size=28, patch_size=14)
+        raw.update(mm_tokens_per_image=4, image_token_index=95, boi_token_index=93, eoi_token_index=94)
+        raw.pop("eos_token_id", None)
+        return AutoConfig.for_model(raw["model_type"]).__class__.from_dict(raw)
+    return AutoConfig.for_model(raw["model_type"]).__class__.from_dict(_shrunk(raw, layers))
+
+
+def _shrunk(raw: dict[str, Any], layers: int) -> dict[str, Any]:
     for key in ("layer_types", "max_window_layers", "rope_scaling", "quantization_config"):
         raw.pop(key, None)
-    if raw["model_type"] == "gpt2":
+    if raw.get("model_type") == "gpt2":
         raw.update(n_embd=32, n_layer=layers, n_head=4, n_inner=48, n_positions=64, n_ctx=64, vocab_size=96)
     else:
         raw.update(
@@ -318,4 +330,4 @@ def shrunk_catalog_config(model_id: str, layers: int = 3) -> Any:
             raw[key] = 0
         if isinstance(raw.get(key), list):
             raw[key] = [t for t in raw[key] if t < raw["vocab_size"]] or 0
-    return AutoConfig.for_model(raw["model_type"]).__class__.from_dict(raw)
+    return raw

@@ -41,7 +41,7 @@ def _option_cases(model_id: str) -> dict[str, dict[str, Any]]:
     """One option set per knob (and a few combinations), spelled with this model family's module names."""
     config = catalog_config(model_id)
     family = config.model_type
-    layers = config.num_hidden_layers
+    layers = config.get_text_config().num_hidden_layers
     linear = list(LINEAR_NAMES[family][:3] if family == "gpt2" else LINEAR_NAMES[family])
     attention = [linear[0]] if family in ("gpt2", "phi3") else ["q_proj", "v_proj"]
     embedding, pattern, prefix = EMBEDDING_NAMES[family][0], LAYERS_PATTERN[family], MODEL_PREFIX[family]

@@ -3,7 +3,8 @@
 `torch.utils.flop_counter.FlopCounterMode` counts every matrix multiply of a real LoRA training step (forward
 and backward through PEFT, with and without gradient checkpointing). On the CPU, SDPA's fused attention
 kernel is not counted, so the comparison is on the model's matmul part (`fixed`); the attention term is
-checked by its formula.
+checked by its formula. A dispatch mode counts the values every op of the step writes, which the elementwise count
+(the time model's memory-traffic term) must follow across shapes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import pytest
 
 from app.estimator.job_config import TrainingSettings
-from app.estimator.training_flops import attention_width, flops_per_token
+from app.estimator.lora_settings import LoraSettings
+from app.estimator.matching import select_modules
+from app.estimator.training_flops import attention_width, elementwise_values_per_token, flops_per_token
 from app.estimator.training_time import evaluations, training_time
 from tests.estimator.peft_reference import inventory_for, quiet_warnings, small_config
 
@@ -51,6 +54,62 @@ def test_matmul_flops_of_a_lora_step_equal_torchs_count_within_ten_percent(famil
                                gradient_checkpointing=checkpointing)
     ratio = estimate.fixed * batch * length / measured
     assert 0.9 <= ratio <= 1.1, f"estimate / torch's count = {ratio:.3f}"
+
+
+def _measured_values_per_token(config, targets, *, checkpointing: bool, batch: int, length: int) -> float:
+    """Values written by every op of a real LoRA training step (views excepted), per token."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import AutoModelForCausalLM
+
+    class CountWrites(TorchDispatchMode):
+        values = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not func.is_view and torch.Tag.view_copy not in func.tags:
+                tensors = out if isinstance(out, (tuple, list)) else [out]
+                self.values += sum(t.numel() for t in tensors if isinstance(t, torch.Tensor))
+            return out
+
+    torch.manual_seed(0)
+    with quiet_warnings():
+        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=targets))
+        peft_model.train()
+        ids = torch.randint(0, config.vocab_size, (batch, length))
+        with CountWrites() as counter:
+            peft_model(input_ids=ids, labels=ids).loss.backward()
+    return counter.values / (batch * length)
+
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.mark.parametrize(("family", "hidden", "layers", "targets", "checkpointing"), [
+    ("llama", 64, 2, ["q_proj", "v_proj"], False),
+    ("llama", 256, 2, ["q_proj", "v_proj"], False),
+    ("llama", 128, 4, ALL_LINEAR, False),
+    ("llama", 128, 4, ["q_proj", "v_proj"], True),
+    ("qwen2", 192, 3, ["q_proj", "v_proj", "down_proj"], False),
+    ("gpt2", 128, 2, ["c_attn"], False),
+])
+def test_values_written_follow_what_torch_writes_across_shapes(family, hidden, layers, targets, checkpointing):
+    heads = hidden // 32
+    config = small_config(family, layers=layers, heads=heads, kv_heads=heads // 2 if family != "gpt2" else heads,
+                          head_dim=32, intermediate=3 * hidden, vocab=1000, tie=False)
+    measured = _measured_values_per_token(config, targets, checkpointing=checkpointing, batch=4, length=64)
+    inventory = inventory_for(config)
+    selection = select_modules(inventory, LoraSettings(r=8, target_modules=targets))
+    counted = elementwise_values_per_token(inventory, [(a.module, a.r) for a in selection.adapted],
+                                           lora_dropout=False, gradient_checkpointing=checkpointing)
+    # One scale for every shape: a queue fits the cost of a value, so only the proportions matter (GPT-2's
+    # dropout sends attention down the unfused path, whose scores are not counted).
+    assert 0.8 <= counted.training / measured <= 1.2, f"counted / written = {counted.training / measured:.2f}"
 
 
 def test_attention_term_is_causal_qk_and_av_forward_once_backward_twice():
