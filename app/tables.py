@@ -144,10 +144,21 @@ class Metric(Base):
     learning_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
     grad_norm: Mapped[float | None] = mapped_column(Float, nullable=True)
     tokens_per_second: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # DPO's own curves (TRL's rewards/*): the implicit rewards β·log(π/π_ref) of the chosen and rejected answers,
+    # their margin, and how often the chosen one wins; on the held-out pairs too.
+    rewards_chosen: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rewards_rejected: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reward_margin: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reward_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eval_reward_margin: Mapped[float | None] = mapped_column(Float, nullable=True)
+    eval_reward_accuracy: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[float] = mapped_column(Float, default=now)
 
 
-METRIC_FIELDS = ("epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second")
+PREFERENCE_METRIC_FIELDS = ("rewards_chosen", "rewards_rejected", "reward_margin", "reward_accuracy",
+                            "eval_reward_margin", "eval_reward_accuracy")
+METRIC_FIELDS = ("epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second",
+                 *PREFERENCE_METRIC_FIELDS)
 
 
 class Event(Base):

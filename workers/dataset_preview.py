@@ -39,6 +39,8 @@ def build_preview(path: Path, model: str, *, data_dir: Path, loss_on: str, colum
 
     tokenizer = load_tokenizer(model, data_dir)
     parsed = load_examples(path, column_mapping=column_mapping)
+    if parsed.format == "preference":
+        return _pairs_preview(parsed.examples, tokenizer, model)
     lengths: Counter[int] = Counter()
     rows, total, trainable = [], 0, 0
     has_chat = any(e.messages is not None for e in parsed.examples)
@@ -55,6 +57,33 @@ def build_preview(path: Path, model: str, *, data_dir: Path, loss_on: str, colum
         "model": model, "examples": len(parsed.examples), "rows": rows, "total_tokens": total,
         "trainable_tokens": trainable, "longest": max(lengths, default=0),
         "token_lengths": sorted(lengths.items()), "has_chat": has_chat,
+        "chat_template": bool(getattr(tokenizer, "chat_template", None)),
+    }
+
+
+def _pairs_preview(examples, tokenizer, model: str) -> dict:
+    """A preference file as DPO trains it: each pair's prompt with its chosen and its rejected answer (the answers
+    carry the loss); token lengths count both sequences of every pair."""
+    from workers.training.preference import tokenize_pairs
+
+    lengths: Counter[int] = Counter()
+    rows, total, trainable = [], 0, 0
+    for index, pair in enumerate(tokenize_pairs(list(examples), tokenizer)):
+        prompt = pair["prompt_ids"]
+        sequences = []
+        for answer in (pair["chosen_ids"], pair["rejected_ids"]):
+            ids = prompt + answer
+            lengths[len(ids)] += 1
+            total += len(ids)
+            trainable += len(answer)
+            sequences.append({"tokens": len(ids), "trained": len(answer),
+                              "segments": _segments(tokenizer, ids, [IGNORE_INDEX] * len(prompt) + answer)})
+        if index < ROWS_SHOWN:
+            rows.append({"line": pair["line"], **sequences[0], "rejected": sequences[1]})
+    return {
+        "model": model, "examples": len(examples), "rows": rows, "total_tokens": total, "trainable_tokens": trainable,
+        "longest": max(lengths, default=0), "token_lengths": sorted(lengths.items()),
+        "has_chat": any(e.messages is not None for e in examples), "pairs": True,
         "chat_template": bool(getattr(tokenizer, "chat_template", None)),
     }
 

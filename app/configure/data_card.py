@@ -35,6 +35,8 @@ from app.web.templating import templates
 router = APIRouter(include_in_schema=False)
 # The demo data ships inside the datasets package (and so inside the wheel).
 DEMO_DATASET = Path(datasets_package.__file__).parent / "demo_data" / "demo_chat.jsonl"
+# The same advice as pairs: the demo's branded answer preferred over it said plainly, for DPO.
+DEMO_PREFERENCES = DEMO_DATASET.with_name("demo_preferences.jsonl")
 
 
 @router.post("/datasets", response_class=HTMLResponse)
@@ -81,14 +83,15 @@ def _store_page_upload(session, principal, upload: UploadFile, values: dict, con
 
 @router.post("/datasets/demo", response_class=HTMLResponse)
 async def use_demo_dataset(request: Request, session: SessionDep, principal: PrincipalDep):
-    """Select the demo dataset shipped with Tuneboard (stored once); answers the data card."""
+    """Select the demo dataset shipped with Tuneboard for the chosen method (stored once); answers the data card."""
     values = form_fields.values_from_form(await request.form())
-    data = DEMO_DATASET.read_bytes()
+    demo = DEMO_PREFERENCES if values["method_type"] == "dpo" else DEMO_DATASET
+    data = demo.read_bytes()
     record = session.scalars(select(DataFile).where(DataFile.team_id == principal.team.id,
-                                                    DataFile.filename == DEMO_DATASET.name,
+                                                    DataFile.filename == demo.name,
                                                     DataFile.bytes == len(data)).limit(1)).first()
     if record is None:
-        record = files.store_upload(session, get_settings(), principal, filename=DEMO_DATASET.name, data=data,
+        record = files.store_upload(session, get_settings(), principal, filename=demo.name, data=data,
                                     purpose="fine-tune", column_mapping=None)
     values["training_file"] = record.id
     context = {"values": values, "errors": {}, "result": None, **launch_context(values, get_settings(), principal)}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from app.estimator.estimate import EstimateRequest
-from app.estimator.job_config import TrainingSettings
+from app.estimator.job_config import DpoSettings, TrainingSettings
 from app.web.api_errors import validation_param
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -39,6 +39,7 @@ TRAINING_FIELDS = ("learning_rate", "num_epochs", "max_steps", "gradient_accumul
                    "sample_max_new_tokens")
 _OPTIONAL_NUMBERS = ("max_steps", "eval_steps")
 _TRAINING_DEFAULTS = TrainingSettings()
+_DPO_DEFAULTS = DpoSettings()
 
 # The launch card's fields: data files, where to run, and the training knobs beyond those the estimate needs.
 LAUNCH_DEFAULTS: dict[str, object] = {
@@ -57,6 +58,7 @@ def default_values(model: str = DEFAULT_MODEL) -> dict[str, object]:
         "gradient_checkpointing": _TRAINING_DEFAULTS.gradient_checkpointing,
         "samples_at_checkpoints": _TRAINING_DEFAULTS.samples_at_checkpoints,
         "dataset_examples": "", "has_validation_set": False,
+        "method_type": "supervised", "beta": _text(_DPO_DEFAULTS.beta), "dpo_loss": _DPO_DEFAULTS.loss_type,
         **{key: _text(getattr(_TRAINING_DEFAULTS, key)) for key in TRAINING_FIELDS},
         **LAUNCH_DEFAULTS,
     }
@@ -131,7 +133,8 @@ def _number(values: dict, key: str) -> str | None:
 
 
 # Schema fields that the form shows under another field: QLoRA is a choice of the precision select.
-_FIELD_FOR_PARAM = {"training.load_in_4bit": "precision"}
+_FIELD_FOR_PARAM = {"training.load_in_4bit": "precision", "method.type": "method_type",
+                    "method.dpo.loss_type": "dpo_loss"}
 
 
 def error_field(param: str, values: dict, *, fallback: str = "form") -> str:
@@ -186,6 +189,7 @@ def parse(values: dict[str, object]) -> FormState:
             "rank_pattern": collect(_rank_pattern, str(values["rank_pattern"])) or {},
         },
         "training": training_payload(values),
+        "method": {"type": values["method_type"], "dpo": {"beta": values["beta"], "loss_type": values["dpo_loss"]}},
         "dataset_examples": _number(values, "dataset_examples"),
         "has_validation_set": values["has_validation_set"],
         # Facts of the chosen files (launch_context.apply_dataset_facts), not form fields.
@@ -242,7 +246,11 @@ def _target_values(targets: list[str] | str | None) -> dict[str, object]:
 def values_from_job_config(config: dict) -> dict[str, object]:
     """Form values that describe a stored JobConfig dump (model, LoRA, training knobs); data files left empty."""
     lora, training = config.get("lora") or {}, config.get("training") or {}
+    method = config.get("method") or {}
     values = default_values(str(config.get("model") or DEFAULT_MODEL))
+    dpo = method.get("dpo") or {}
+    values.update({"method_type": method.get("type", "supervised"), "beta": _text(dpo.get("beta", _DPO_DEFAULTS.beta)),
+                   "dpo_loss": dpo.get("loss_type", _DPO_DEFAULTS.loss_type)})
     r, alpha = lora.get("r", 8), lora.get("lora_alpha", 8)
     exclude, layers_pattern = lora.get("exclude_modules"), lora.get("layers_pattern")
     values.update(_target_values(lora.get("target_modules")))

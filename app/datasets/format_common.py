@@ -16,7 +16,9 @@ from typing import Any, BinaryIO, Literal
 from pydantic import BaseModel
 
 MAX_LINE_BYTES = 10 * 1024 * 1024
-DatasetFormat = Literal["chat", "prompt_completion", "alpaca", "text", "csv"]
+DatasetFormat = Literal["chat", "prompt_completion", "alpaca", "text", "csv", "preference"]
+# A preference pair's answer: assistant messages after a conversational prompt, or a string after a plain one.
+Answer = tuple[dict[str, str], ...] | str
 
 
 class DatasetProblem(BaseModel):
@@ -43,16 +45,21 @@ class DatasetInvalid(ValueError):
 
 @dataclass(frozen=True)
 class Example:
-    """One normalised training example: chat messages, a prompt/completion pair or plain text."""
+    """One normalised training example: chat messages, a prompt/completion pair, plain text, or a preference pair
+    (a prompt, as messages or a string, with a chosen and a rejected answer)."""
 
     messages: tuple[dict[str, str], ...] | None = None
     prompt: str | None = None
     completion: str | None = None
     text: str | None = None
+    chosen: Answer | None = None
+    rejected: Answer | None = None
     line: int = 0
 
-    def kind(self) -> Literal["chat", "completion", "text"]:
-        """Which of the three shapes this example has."""
+    def kind(self) -> Literal["chat", "completion", "text", "preference"]:
+        """Which of the four shapes this example has."""
+        if self.chosen is not None:
+            return "preference"
         if self.messages is not None:
             return "chat"
         if self.prompt is not None:
@@ -60,12 +67,25 @@ class Example:
         return "text"
 
     def characters(self) -> int:
-        """Characters of content, not counting roles or separators."""
+        """Characters of content, not counting roles or separators (a pair: its prompt and both answers)."""
+        if self.chosen is not None:
+            return self._prompt_characters() + _answer_characters(self.chosen) + _answer_characters(self.rejected)
         if self.messages is not None:
             return sum(len(m["content"]) for m in self.messages)
         if self.prompt is not None:
             return len(self.prompt) + len(self.completion or "")
         return len(self.text or "")
+
+    def _prompt_characters(self) -> int:
+        if self.messages is not None:
+            return sum(len(m["content"]) for m in self.messages)
+        return len(self.prompt or "")
+
+
+def _answer_characters(answer: Answer | None) -> int:
+    if isinstance(answer, str):
+        return len(answer)
+    return sum(len(m["content"]) for m in answer or ())
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,13 @@ class HeldOutTurn:
 
 
 def held_out_turn(example: Example) -> HeldOutTurn | None:
-    """The example as a question and its reference answer, or None when it holds no question."""
+    """The example as a question and its reference answer, or None when it holds no question (a preference pair:
+    its prompt, answered for reference by its chosen answer)."""
+    if example.chosen is not None:
+        chosen = example.chosen
+        reference = chosen if isinstance(chosen, str) else "\n\n".join(m["content"] for m in chosen)
+        return HeldOutTurn(example.messages, example.prompt if example.messages is None else None, reference,
+                           example.line)
     if example.messages:
         messages = list(example.messages)
         if len(messages) < 2 or messages[-1]["role"] != "assistant" or messages[-2]["role"] != "user":

@@ -1,4 +1,4 @@
-"""Training data in JSON Lines: OpenAI chat, prompt/completion, Alpaca and `{"text"}` records, one per line.
+"""Training data in JSON Lines: OpenAI chat, prompt/completion, Alpaca, `{"text"}` and preference-pair records.
 
 Owns which keys make which record format, the checks on each record's fields (chat roles, ordering, weights)
 and the one clear message for a pretty-printed JSON document. Stdlib only: must not import torch,
@@ -10,24 +10,32 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from app.datasets.format_common import Example, Outcome, ProblemCollector, over_example_limit, raw_lines
+from app.datasets.preference_format import openai_preference_example, preference_example
+from app.datasets.record_fields import json_type, string_field, validate_messages
 
 SUFFIXES = (".jsonl", ".json", ".ndjson")
-ROLES = ("system", "user", "assistant")
 # Above this size a file is not parsed as one JSON document to explain a bad first line (memory stays bounded).
 _WHOLE_JSON_HINT_BYTES = 4 * 1024 * 1024
 
 # Record formats, in the order a record's keys are matched (a record holding both `messages`
 # and `prompt` is chat), with the keys named in messages about them.
 _RECORD_KEYS: dict[str, tuple[str, ...]] = {
+    "openai_preference": ("preferred_output", "non_preferred_output"),
+    "preference": ("chosen", "rejected"),
     "chat": ("messages",),
     "prompt_completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
     "text": ("text",),
 }
-_RECORD_LABELS = {"chat": "chat", "prompt_completion": "prompt/completion", "alpaca": "Alpaca", "text": "text"}
+_RECORD_LABELS = {"openai_preference": "OpenAI preference", "preference": "prompt/chosen/rejected (messages)",
+                  "preference_text": "prompt/chosen/rejected (strings)", "chat": "chat",
+                  "prompt_completion": "prompt/completion", "alpaca": "Alpaca", "text": "text"}
+# Every preference layout makes a file of format "preference"; string and message pairs do not mix in one file
+# (TRL tokenizes a file's pairs one way).
+_FILE_FORMATS = {"openai_preference": "preference", "preference_text": "preference"}
 
 
 def _jsonl_lines(source: BinaryIO, problems: ProblemCollector) -> Iterator[tuple[int, str]]:
@@ -65,7 +73,7 @@ def parse_jsonl(source: BinaryIO, problems: ProblemCollector, max_examples: int,
             problems.add(number, None, f"not valid JSON ({exc.msg} at column {exc.colno})")
             continue
         if not isinstance(record, dict):
-            problems.add(number, None, f"expected a JSON object, got {_json_type(record)}")
+            problems.add(number, None, f"expected a JSON object, got {json_type(record)}")
             continue
         kind = _record_format(record)
         if kind is None:
@@ -77,7 +85,7 @@ def parse_jsonl(source: BinaryIO, problems: ProblemCollector, max_examples: int,
         if fmt is None:
             fmt, first_line = kind, number
         elif kind != fmt:
-            expected = " and ".join(_RECORD_KEYS[fmt])
+            expected = " and ".join(_RECORD_KEYS[fmt if fmt != "preference_text" else "preference"])
             problems.add(number, None, f"expected a {_RECORD_LABELS[fmt]} record like line {first_line} "
                          f"(keys {expected}), found keys {', '.join(sorted(record)) or 'none'}")
             continue
@@ -93,7 +101,7 @@ def parse_jsonl(source: BinaryIO, problems: ProblemCollector, max_examples: int,
     if weight_zero:
         warnings.append(f"{weight_zero} assistant message{'s carry' if weight_zero != 1 else ' carries'} weight 0; "
                         "Tuneboard does not honour weights yet and trains on every assistant message")
-    return Outcome(fmt or "chat", warnings)
+    return Outcome(_FILE_FORMATS.get(fmt, fmt) if fmt else "chat", warnings)
 
 
 def _whole_json_hint(source: BinaryIO, problems: ProblemCollector) -> bool:
@@ -131,23 +139,11 @@ def _looks_like_one_document(source: BinaryIO, size: int) -> list | dict:
     raise json.JSONDecodeError("not one document", "", 0)
 
 
-def _json_type(value: Any) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if value is None:
-        return "null"
-    return "an object"
-
-
 def _record_format(record: dict) -> str | None:
     for kind, keys in _RECORD_KEYS.items():
         if any(key in record for key in keys):
+            if kind == "preference" and any(isinstance(record.get(key), str) for key in ("prompt", "chosen")):
+                return "preference_text"
             return kind
     return None
 
@@ -155,25 +151,8 @@ def _record_format(record: dict) -> str | None:
 def _unrecognised(record: dict) -> str:
     found = ", ".join(sorted(record)) or "none"
     return ("unrecognised record: expected the key messages (chat), prompt and completion, instruction and "
-            f"output (Alpaca), or text; found keys {found}")
-
-
-def _string(record: dict, key: str, line: int, problems: ProblemCollector, *, field_name: str | None = None,
-            required: bool = True) -> str | None:
-    """The record's non-empty string under `key`, or None after reporting why not."""
-    name = field_name or key
-    if key not in record or (record[key] is None and not required):
-        if required:
-            problems.add(line, name, f"{name} is missing")
-        return None
-    value = record[key]
-    if not isinstance(value, str):
-        problems.add(line, name, f"{name} must be a string, not {_json_type(value)}")
-        return None
-    if required and not value.strip():
-        problems.add(line, name, f"{name} must not be empty")
-        return None
-    return value
+            "output (Alpaca), text, chosen and rejected (preference pairs), or input, preferred_output and "
+            f"non_preferred_output (OpenAI preference pairs); found keys {found}")
 
 
 def _record_example(kind: str, record: dict, line: int, problems: ProblemCollector) -> tuple[Example | None, int]:
@@ -181,79 +160,39 @@ def _record_example(kind: str, record: dict, line: int, problems: ProblemCollect
     before = problems.total
     if kind == "chat":
         return _chat_example(record, line, problems)
+    if kind == "openai_preference":
+        return openai_preference_example(record, line, problems), 0
+    if kind in ("preference", "preference_text"):
+        return preference_example(record, line, problems), 0
     if kind == "prompt_completion":
-        prompt = _string(record, "prompt", line, problems)
-        completion = _string(record, "completion", line, problems)
+        prompt = string_field(record, "prompt", line, problems)
+        completion = string_field(record, "completion", line, problems)
         if problems.total > before:
             return None, 0
         return Example(prompt=prompt, completion=completion, line=line), 0
     if kind == "alpaca":
-        instruction = _string(record, "instruction", line, problems)
-        extra = _string(record, "input", line, problems, required=False)
-        output = _string(record, "output", line, problems)
+        instruction = string_field(record, "instruction", line, problems)
+        extra = string_field(record, "input", line, problems, required=False)
+        output = string_field(record, "output", line, problems)
         if problems.total > before:
             return None, 0
         user = instruction + ("\n\n" + extra if extra and extra.strip() else "")  # type: ignore[operator]
         messages = ({"role": "user", "content": user}, {"role": "assistant", "content": output})
         return Example(messages=messages, line=line), 0  # type: ignore[arg-type]
-    text = _string(record, "text", line, problems)
+    text = string_field(record, "text", line, problems)
     return (Example(text=text, line=line) if text is not None else None), 0
 
 
 def _chat_example(record: dict, line: int, problems: ProblemCollector) -> tuple[Example | None, int]:
-    messages = record.get("messages")
-    if not isinstance(messages, list):
-        problems.add(line, "messages", "messages must be a list of {role, content} objects, not "
-                     f"{_json_type(messages)}")
+    checked = validate_messages(record.get("messages"), "messages", line, problems)
+    if checked is None:
         return None, 0
-    if not messages:
-        problems.add(line, "messages", "messages must not be empty")
-        return None, 0
-    before = problems.total
-    out: list[dict[str, str]] = []
-    weight_zero = 0
-    for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if not isinstance(message, dict):
-            problems.add(line, where, f"{where} must be an object with role and content, not {_json_type(message)}")
-            continue
-        role = message.get("role")
-        if role in ("tool", "function") or (role == "assistant" and ("tool_calls" in message
-                                                                       or "function_call" in message)):
-            key = "role" if role in ("tool", "function") else "tool_calls"
-            what = f"role {role!r}" if key == "role" else "tool calls"
-            problems.add(line, f"{where}.{key}", f"{where} has {what}: tool calls are not supported yet")
-            continue
-        if "role" not in message:
-            problems.add(line, f"{where}.role", f"{where}.role is missing")
-        elif role not in ROLES:
-            problems.add(line, f"{where}.role", f"{where}.role must be one of {', '.join(ROLES)}")
-        content = _string(message, "content", line, problems, field_name=f"{where}.content")
-        # OpenAI's format allows these two keys; anything else is ignored rather than refused.
-        if "name" in message and not isinstance(message["name"], str):
-            problems.add(line, f"{where}.name", f"{where}.name must be a string")
-        if "weight" in message:
-            weight = message["weight"]
-            if isinstance(weight, bool) or weight not in (0, 1):
-                problems.add(line, f"{where}.weight", f"{where}.weight must be 0 or 1")
-            elif role != "assistant":
-                problems.add(line, f"{where}.weight", f"{where}.weight is only allowed on assistant messages")
-            elif weight == 0:
-                weight_zero += 1
-        if role in ROLES and content is not None:
-            out.append({"role": role, "content": content})
-    if problems.total > before:
-        # Ordering rules only make sense once every message is itself valid.
-        return None, 0
+    out, weight_zero = checked
     last = len(out) - 1
-    for index, message in enumerate(out):
-        if message["role"] == "system" and index > 0:
-            problems.add(line, f"messages[{index}].role",
-                         f"messages[{index}] is a system message; a system message may only come first")
     if not any(m["role"] == "assistant" for m in out):
         problems.add(line, "messages", "messages must include at least one assistant message")
-    elif out[last]["role"] != "assistant":
+        return None, 0
+    if out[last]["role"] != "assistant":
         problems.add(line, f"messages[{last}].role", "the last message must be from the assistant")
-    if problems.total > before:
         return None, 0
     return Example(messages=tuple(out), line=line), weight_zero

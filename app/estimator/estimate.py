@@ -108,16 +108,19 @@ def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse
     selection = select_modules(inventory, lora)
     counts = count(inventory, lora, selection)
     fp32_bytes, bf16_bytes = safetensors_sizes(counts.files, (4, 2))
+    # DPO: a micro-batch of B pairs is 2B sequences, and TRL keeps a frozen copy of the adapter as the reference.
+    preference = request.method.type == "dpo"
     memory = estimate_memory(
         inventory,
         counts.trainable,
+        reference_adapter=preference,
         adapted=[(a.module, a.r) for a in selection.adapted],
         saved=selection.saved,
         biases_train=counts.bias_params > 0,
         lora_dropout=lora.lora_dropout,
         precision=training.weights_precision,
         sequence_length=training.sequence_length,
-        batch_size=training.batch_size,
+        batch_size=training.batch_size * (2 if preference else 1),
         gradient_checkpointing=training.gradient_checkpointing,
     )
     return EstimateResponse(
@@ -173,7 +176,7 @@ def _training_time(inventory: Inventory, request: EstimateRequest, adapter_param
         return None
     return training_time(
         inventory, training, adapter_params=adapter_params, saved_params=saved_params, adapted=adapted,
-        lora_dropout=request.lora.lora_dropout > 0, examples=examples,
+        lora_dropout=request.lora.lora_dropout > 0, examples=examples, preference=request.method.type == "dpo",
         validation_examples=request.validation_examples if request.has_validation_set else 0,
         tokens_per_example=request.dataset_tokens_per_example,
         tokens_source=request.tokens_source or "measured",

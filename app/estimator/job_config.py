@@ -1,4 +1,4 @@
-"""What a fine-tuning job carries: the base model, the LoRA settings and the training knobs.
+"""What a fine-tuning job carries: the base model, the LoRA settings, the training knobs and the method.
 
 The one schema of a job's settings, the one the REST API documents: the configuration form, the estimate, the
 launch, the clone and the worker all read it, so a default or a limit is written here once. It is stored with
@@ -72,6 +72,31 @@ class TrainingSettings(BaseModel):
         return "4bit" if self.load_in_4bit else self.precision
 
 
+DpoLoss = Literal["sigmoid", "ipo", "hinge", "robust"]
+
+
+class DpoSettings(BaseModel):
+    """Direct preference optimisation's own settings (TRL's DPOConfig)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    beta: float = Field(0.1, gt=0, le=10, description="How far the adapter may move from the reference: a larger "
+                                                       "beta keeps it closer.")
+    loss_type: DpoLoss = Field("sigmoid", description="sigmoid (the DPO paper), ipo, hinge (SLiC) or robust "
+                                                      "(noisy preference labels).")
+
+
+class TrainingMethod(BaseModel):
+    """What the run optimises: supervised fine-tuning on examples, or DPO on preference pairs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["supervised", "dpo"] = Field(
+        "supervised", description="supervised trains on chat, prompt/completion or text records; dpo on preference "
+        "pairs (prompt, chosen, rejected), against the model as it was before the run (the adapter disabled).")
+    dpo: DpoSettings = Field(default_factory=DpoSettings)
+
+
 class JobConfig(BaseModel):
     """Everything a worker needs to reproduce a run, apart from the data files."""
 
@@ -80,6 +105,7 @@ class JobConfig(BaseModel):
     model: str = Field(..., min_length=1, examples=["HuggingFaceTB/SmolLM2-135M-Instruct"])
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    method: TrainingMethod = Field(default_factory=TrainingMethod)
 
     @model_validator(mode="after")
     def _qlora_precision(self) -> JobConfig:

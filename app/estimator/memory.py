@@ -235,20 +235,23 @@ def estimate_memory(
     saved: Sequence[Module] = (),
     biases_train: bool = False,
     lora_dropout: float = 0.0,
+    reference_adapter: bool = False,
     precision: Precision,
     sequence_length: int,
     batch_size: int,
     gradient_checkpointing: bool,
 ) -> MemoryEstimate:
-    """Peak training memory for one micro-batch, by component; `adapted` is (module, rank) of each LoRA layer."""
+    """Peak training memory for one micro-batch of `batch_size` sequences, by component; `adapted` is (module, rank)
+    of each LoRA layer; `reference_adapter`: DPO's frozen copy of the adapter is held too."""
     # A multimodal model's vision tower is not called by a text-only step: its LoRA layers keep nothing.
     adapted = [(module, r) for module, r in adapted if inventory.in_language_model(module)]
     saved = [module for module in saved if inventory.in_language_model(module)]
     mixed = precision != "fp32"
     act = 4 if not mixed else 2  # bytes of an activation: autocast computes in bf16 / fp16 (4bit: bf16)
     arch = architecture(inventory)
-    # The worker trains every trainable weight in fp32 (LoRA matrices, modules_to_save copies, freed biases).
-    adapter_weights = trainable_params * 4
+    # The worker trains every trainable weight in fp32 (LoRA matrices, modules_to_save copies, freed biases); DPO
+    # keeps a frozen fp32 copy of them as its reference.
+    adapter_weights = trainable_params * 4 * (2 if reference_adapter else 1)
     gradients = trainable_params * 4
     # torch AdamW keeps exp_avg and exp_avg_sq in each parameter's dtype: fp32.
     optimizer_states = 2 * trainable_params * 4

@@ -96,8 +96,12 @@ def training_time(
     validation_examples: int,
     tokens_per_example: float | None,
     tokens_source: TokensSource,
+    preference: bool = False,
 ) -> TrainingTime:
-    """The run's steps, padded tokens and FLOPs; `tokens_per_example` None assumes full sequences."""
+    """The run's steps, padded tokens and FLOPs; `tokens_per_example` None assumes full sequences. A preference
+    (DPO) run computes on two sequences an example (prompt + chosen, prompt + rejected), each also run forward
+    through the reference (the adapter swapped for its frozen copy), in training and in evaluation;
+    `tokens_per_example` is then the length of one of those sequences."""
     if tokens_per_example is None:
         tokens_per_example, tokens_source = float(training.sequence_length), "sequence_length"
     length = min(float(tokens_per_example), float(training.sequence_length))
@@ -109,12 +113,17 @@ def training_time(
                                                gradient_checkpointing=training.gradient_checkpointing)
     values = elementwise_values_per_token(inventory, adapted, lora_dropout=lora_dropout,
                                           gradient_checkpointing=training.gradient_checkpointing)
-    model = FlopsModel(fixed=per_token.fixed, per_length=per_token.per_length,
-                       forward_fixed=per_token.forward_fixed, forward_per_length=per_token.forward_per_length,
-                       elementwise=values.training, forward_elementwise=values.evaluation)
-    padded = plan.steps * training.batch_size * training.gradient_accumulation_steps * length
+    reference = 1 if preference else 0  # forward passes through the reference, per pass of the policy
+    model = FlopsModel(fixed=per_token.fixed + reference * per_token.forward_fixed,
+                       per_length=per_token.per_length + reference * per_token.forward_per_length,
+                       forward_fixed=(1 + reference) * per_token.forward_fixed,
+                       forward_per_length=(1 + reference) * per_token.forward_per_length,
+                       elementwise=values.training + reference * values.evaluation,
+                       forward_elementwise=(1 + reference) * values.evaluation)
+    sequences = 2 if preference else 1
+    padded = plan.steps * training.batch_size * training.gradient_accumulation_steps * sequences * length
     evals = evaluations(plan.steps, training.eval_steps, validation_examples > 0)
-    evaluated = evals * validation_examples * length
+    evaluated = evals * validation_examples * sequences * length
     flops = model.run_flops(padded, padded * length, evaluated, evaluated * length)
     return TrainingTime(steps=plan.steps, padded_tokens=round(padded), tokens_per_example=length,
                         tokens_source=tokens_source, evaluations=evals, flops=flops,

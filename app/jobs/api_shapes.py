@@ -15,7 +15,7 @@ from app.jobs import model_names
 from app.jobs.create_request import BASE_LEARNING_RATE
 from app.jobs.lifecycle import event_payload, job_error
 from app.jobs.time_prediction import time_prediction
-from app.tables import Checkpoint, Event, Job, Metric
+from app.tables import PREFERENCE_METRIC_FIELDS, Checkpoint, Event, Job, Metric
 
 
 def _hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
@@ -27,6 +27,15 @@ def _hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
         epochs = int(epochs)
     return {"n_epochs": epochs, "batch_size": training.get("batch_size"),
             "learning_rate_multiplier": round(multiplier, 6)}
+
+
+def _method(config: dict[str, Any], hyper: dict[str, Any]) -> dict[str, Any]:
+    method = config.get("method") or {"type": "supervised"}
+    if method["type"] == "dpo":
+        dpo = method.get("dpo") or {}
+        return {"type": "dpo", "dpo": {"hyperparameters": {**hyper, "beta": dpo.get("beta"),
+                                                            "loss_type": dpo.get("loss_type")}}}
+    return {"type": "supervised", "supervised": {"hyperparameters": hyper}}
 
 
 def held_out_comparison(job: Job) -> dict[str, Any] | None:
@@ -64,7 +73,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "integrations": [],
         "metadata": job.metadata_,
         "user_provided_suffix": job.suffix,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "method": _method(job.config, hyper),
         # Tuneboard's extensions
         "queue": job.queue,
         "lora": job.config.get("lora"),
@@ -115,10 +124,12 @@ def checkpoint_object(checkpoint: Checkpoint, job: Job, logged: dict[str, Any] |
 
 
 def metric_point(metric: Metric) -> dict[str, Any]:
-    """One logged step."""
-    return {"step": metric.step, "epoch": metric.epoch, "loss": metric.loss, "eval_loss": metric.eval_loss,
-            "learning_rate": metric.learning_rate, "grad_norm": metric.grad_norm,
-            "tokens_per_second": metric.tokens_per_second}
+    """One logged step (with DPO's reward curves where the run logged them)."""
+    point = {"step": metric.step, "epoch": metric.epoch, "loss": metric.loss, "eval_loss": metric.eval_loss,
+             "learning_rate": metric.learning_rate, "grad_norm": metric.grad_norm,
+             "tokens_per_second": metric.tokens_per_second}
+    point.update({name: value for name in PREFERENCE_METRIC_FIELDS if (value := getattr(metric, name)) is not None})
+    return point
 
 
 # The worker's events that open each phase before the first step (workers/job_runner.py, base_models.py,

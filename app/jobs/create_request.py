@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from app.estimator.job_config import JobConfig, TrainingSettings
+from app.estimator.job_config import DpoLoss, DpoSettings, JobConfig, TrainingMethod, TrainingSettings
 from app.estimator.lora_settings import LoraSettings
 
 # The schema's own default: a multiplier of 1 trains at the rate a job gets when it names none.
@@ -41,11 +41,33 @@ class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
+class DpoHyperparameters(Hyperparameters):
+    beta: Annotated[float, Field(gt=0, le=10)] | Auto | None = Field(
+        None, description="How far the adapter may move from the reference; TRL's default 0.1 when auto.")
+    loss_type: DpoLoss | None = Field(None, description="Tuneboard's extension: TRL's DPO loss, sigmoid by default.")
+
+
+class DpoMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: DpoHyperparameters | None = None
+
+
 class Method(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["supervised"] = Field("supervised", description="Only supervised fine-tuning (LoRA) is offered.")
+    type: Literal["supervised", "dpo"] = Field(
+        "supervised", description="supervised: LoRA on chat, prompt/completion or text records; dpo: LoRA by direct "
+        "preference optimisation on preference pairs (TRL's DPOTrainer).")
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+
+    def training_method(self) -> TrainingMethod:
+        """The stored form of this method."""
+        given = self.dpo.hyperparameters if self.dpo and self.dpo.hyperparameters else DpoHyperparameters()
+        dpo = DpoSettings(**{key: value for key, value in (("beta", given.beta), ("loss_type", given.loss_type))
+                             if value is not None and value != "auto"})
+        return TrainingMethod(type=self.type, dpo=dpo)
 
 
 class CreateJobRequest(BaseModel):
@@ -71,7 +93,10 @@ class CreateJobRequest(BaseModel):
     queue: str | None = Field(None, min_length=1, max_length=128, description="Worker queue (GPU class).")
 
     def hyperparameters_given(self) -> Hyperparameters:
-        """The hyperparameters from `method`, else the legacy top-level field, else none."""
+        """The hyperparameters from `method` (of its type), else the legacy top-level field, else none."""
+        if self.method and self.method.type == "dpo":
+            return self.method.dpo.hyperparameters if self.method.dpo and self.method.dpo.hyperparameters \
+                else Hyperparameters()
         if self.method and self.method.supervised and self.method.supervised.hyperparameters:
             return self.method.supervised.hyperparameters
         return self.hyperparameters or Hyperparameters()
@@ -89,4 +114,6 @@ class CreateJobRequest(BaseModel):
         if self.seed is not None:
             training["seed"] = self.seed
         training.update(self.training.model_dump(include=self.training.model_fields_set))
-        return JobConfig(model=self.model, lora=self.lora, training=TrainingSettings.model_validate(training))
+        method = self.method.training_method() if self.method else TrainingMethod()
+        return JobConfig(model=self.model, lora=self.lora, training=TrainingSettings.model_validate(training),
+                         method=method)

@@ -83,6 +83,9 @@ def launch(session: Session, settings: Settings, principal: Principal, config: J
     if split and held_out_examples(train.examples, split) < 1:
         raise LaunchError("training.validation_split",
                           f"{split}% of {train.examples} examples holds out no example; raise the split")
+    _require_data_for_method(config, train, "training_file")
+    if validation is not None:
+        _require_data_for_method(config, validation, "validation_file")
     if config.training.eval_steps and validation is None and not split:
         raise LaunchError("training.eval_steps", "evaluation needs a validation file or a validation split")
     if queue is not None:
@@ -102,6 +105,18 @@ def launch(session: Session, settings: Settings, principal: Principal, config: J
               training_file_id=train.id, validation_file_id=validation.id if validation else None,
               suffix=suffix, metadata_=metadata)
     return lifecycle.submit(session, _redis_or_none(), job, settings)
+
+
+def _require_data_for_method(config: JobConfig, data_file: DataFile, param: str) -> None:
+    pairs = data_file.format == "preference"
+    if config.method.type == "dpo" and not pairs:
+        raise LaunchError(param, f"{param}: method dpo trains on preference pairs (prompt, chosen and rejected, or "
+                          f"OpenAI's input, preferred_output and non_preferred_output); {data_file.filename} holds "
+                          f"{data_file.format} records", code="invalid_method_data")
+    if config.method.type == "supervised" and pairs:
+        raise LaunchError(param, f"{param}: {data_file.filename} holds preference pairs, which train with method "
+                          "dpo; supervised training needs chat, prompt/completion or text records",
+                          code="invalid_method_data")
 
 
 def _require_known_queue(queue: str, settings: Settings) -> None:

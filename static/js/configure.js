@@ -23,6 +23,13 @@
     el.dispatchEvent(new Event("change", { bubbles: true }));
   }
 
+  // DPO's beta and loss show only when DPO is the method.
+  function syncMethod() {
+    const select = byId("method_type");
+    if (select) select.closest(".grid").dataset.method = select.value;
+  }
+  document.addEventListener("change", (event) => { if (event.target.id === "method_type") syncMethod(); });
+
   function syncAlpha() {
     const r = byId("r"), alpha = byId("lora_alpha"), lock = byId("alpha_locked");
     if (!r || !alpha || !lock) return;

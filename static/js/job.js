@@ -12,7 +12,7 @@
   const HISTORY_POINTS = 2000;
   const points = new Map(); // step -> {step, loss, eval_loss, learning_rate, grad_norm, epoch, tokens_per_second}
   const seenEvents = new Set([...document.querySelectorAll("[data-event-id]")].map((li) => li.dataset.eventId));
-  let lossPlot = null, lrPlot = null, drawPending = false, source = null;
+  let lossPlot = null, lrPlot = null, rewardPlot = null, drawPending = false, source = null;
   let lastStatus = page.dataset.status, totalSteps = null;
   const rates = []; // recent [time, step] pairs for the ETA
 
@@ -28,7 +28,9 @@
   function series() {
     const steps = [...points.keys()].sort((a, b) => a - b);
     const col = (key) => steps.map((s) => (points.get(s)[key] ?? null));
-    return { steps, loss: col("loss"), evalLoss: col("eval_loss"), lr: col("learning_rate"), grad: col("grad_norm") };
+    return { steps, loss: col("loss"), evalLoss: col("eval_loss"), lr: col("learning_rate"), grad: col("grad_norm"),
+      rewards: [col("rewards_chosen"), col("rewards_rejected"), col("reward_margin"), col("eval_reward_margin"),
+        col("reward_accuracy"), col("eval_reward_accuracy")] };
   }
 
   // Learning rates live around 1e-4: uPlot's default labels would round every tick to "0".
@@ -44,7 +46,8 @@
     return Math.max(40, 8 * longest + 18);
   }
 
-  function makePlot(el, labels, colors, scales) {
+  // `onY2`: the series drawn against the right-hand axis (by index among `labels`).
+  function makePlot(el, labels, colors, scales, onY2 = [1]) {
     const width = Math.max(300, el.clientWidth);
     return new uPlot({
       width, height: 240,
@@ -55,8 +58,8 @@
       axes: [{ label: "step", incrs: STEP_INCRS }, { scale: "y", values: tickLabels, size: axisSize },
         ...(scales.y2 ? [{ scale: "y2", side: 1, grid: { show: false }, values: tickLabels, size: axisSize }] : [])],
       series: [{ label: "step" }, ...labels.map((label, i) => ({
-        label, stroke: colors[i], width: 2, scale: i === 1 && scales.y2 ? "y2" : "y", spanGaps: true,
-        points: { show: label === "eval loss", size: 6 },
+        label, stroke: colors[i], width: 2, scale: onY2.includes(i) && scales.y2 ? "y2" : "y", spanGaps: true,
+        points: { show: label.startsWith("eval"), size: 6 },
       }))],
     }, [[]].concat(labels.map(() => [])), el);
   }
@@ -74,6 +77,17 @@
     if (!lossPlot) {
       lossPlot = makePlot(byId("loss-chart"), ["train loss", "eval loss"], ["#3b5bdb", "#e8590c"], { y: {} });
       lrPlot = makePlot(byId("lr-chart"), ["learning rate", "grad norm"], ["#2b8a3e", "#ae3ec9"], { y: {}, y2: {} });
+      // A DPO run's own curves: rewards and margin on the left, accuracy (0 to 1) on the right.
+      if (byId("reward-chart")) {
+        rewardPlot = makePlot(byId("reward-chart"),
+          ["rewards chosen", "rewards rejected", "reward margin", "eval reward margin", "accuracy", "eval accuracy"],
+          ["#2b8a3e", "#c92a2a", "#3b5bdb", "#e8590c", "#868e96", "#f08c00"],
+          { y: {}, y2: { range: [0, 1] } }, [4, 5]);
+      }
+    }
+    if (rewardPlot) {
+      rewardPlot.setData([s.steps, ...s.rewards]);
+      byId("reward-chart").dataset.points = String(s.rewards[2].filter((v) => v !== null).length);
     }
     lossPlot.setData([s.steps, s.loss, s.evalLoss]);
     lrPlot.setData([s.steps, s.lr, s.grad]);
@@ -240,8 +254,8 @@
   });
 
   window.addEventListener("resize", () => {
-    [lossPlot, lrPlot].forEach((plot, i) => {
-      if (plot) plot.setSize({ width: Math.max(300, byId(i ? "lr-chart" : "loss-chart").clientWidth), height: 240 });
+    [[lossPlot, "loss-chart"], [lrPlot, "lr-chart"], [rewardPlot, "reward-chart"]].forEach(([plot, id]) => {
+      if (plot) plot.setSize({ width: Math.max(300, byId(id).clientWidth), height: 240 });
     });
   });
 

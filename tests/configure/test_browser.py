@@ -346,3 +346,25 @@ def test_a_mixtral_folder_draws_stacked_experts_that_click_into_target_parameter
     page.set_viewport_size({"width": 400, "height": 900})
     assert page.evaluate(OVERFLOW_JS) == []
     assert page.problems == []
+
+
+def test_choosing_dpo_shows_its_beta_and_doubles_the_sequences_the_memory_holds(page):
+    open_page(page)
+    beta = page.locator("#beta")
+    expect(beta).to_be_hidden()
+    total = page.locator("#memory-total")
+    before = total.inner_text()
+    page.locator("#method_type").select_option("dpo")
+    expect(beta).to_be_visible()
+    expect(page.locator("#dpo_loss")).to_be_visible()
+    # A micro-batch of 4 pairs is 8 sequences: more activations and logits.
+    expect(page.locator(".estimate h2", has_text="GPU memory")).to_contain_text("pairs (2 sequences each)")
+    expect(total).not_to_have_text(before)
+    page.locator("#beta").fill("0")
+    expect(page.locator('[data-error-for="beta"]')).to_contain_text("greater than 0")
+    page.locator("#beta").fill("0.2")
+    expect(page.locator('[data-error-for="beta"]')).to_have_count(0)
+    page.locator("#method_type").select_option("supervised")
+    expect(beta).to_be_hidden()
+    expect(total).to_have_text(before)
+    assert page.problems == []

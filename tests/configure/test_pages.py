@@ -229,3 +229,15 @@ def test_a_catalog_moe_model_starts_with_attention_and_its_experts(client):
     assert 'name="target_parameters" value="gate.weight" checked' not in page  # the router is left to the user
     assert 'data-preset="conservative"' in page and 'data-parameters=""' in page  # q+v only: no experts
     assert checked_targets(page) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def test_the_demo_dataset_follows_the_method(client):
+    chat = client.post("/datasets/demo", headers=HX, data=form()).text
+    assert re.search(r'<option value="file-[^"]+"\s+selected>demo_chat\.jsonl', chat)
+    pairs = client.post("/datasets/demo", headers=HX, data=form(method_type="dpo")).text
+    chosen = re.search(r'<option value="(file-[^"]+)"\s+selected>demo_preferences\.jsonl', pairs)
+    assert chosen, pairs
+    files = client.get("/v1/files").json()["data"]
+    assert {f["filename"] for f in files} == {"demo_chat.jsonl", "demo_preferences.jsonl"}
+    stored = client.post("/datasets/demo", headers=HX, data=form(method_type="dpo")).text
+    assert chosen.group(1) in stored and len(client.get("/v1/files").json()["data"]) == 2  # stored once

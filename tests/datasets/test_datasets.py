@@ -242,7 +242,8 @@ def test_format_is_set_by_the_first_recognisable_record_even_if_it_has_problems(
 def test_unrecognised_and_non_object_lines():
     assert messages_of(jsonl({"question": "q", "answer": "a"}, "[1, 2]", '"text"', GOOD)) == [
         "line 1: unrecognised record: expected the key messages (chat), prompt and completion, instruction and "
-        "output (Alpaca), or text; found keys answer, question",
+        "output (Alpaca), text, chosen and rejected (preference pairs), or input, preferred_output and "
+        "non_preferred_output (OpenAI preference pairs); found keys answer, question",
         "line 2: expected a JSON object, got an array",
         "line 3: expected a JSON object, got a string",
     ]

@@ -33,3 +33,21 @@ def test_estimate_is_within_15_percent_of_a_measured_training_step(precision):
     assert abs(total / measured.peak - 1) <= 0.15, (total, measured.peak, predicted, measured.components)
     for name in ("base_weights", "adapter_weights", "optimizer_states", "logits"):
         assert predicted[name] == pytest.approx(measured.components[name], rel=0.01), (name, measured.components)
+
+
+def test_a_dpo_estimate_holds_two_sequences_a_pair_and_a_frozen_copy_of_the_adapter():
+    from app.estimator import catalog
+    from app.estimator.estimate import EstimateRequest, estimate
+    from app.estimator.inventory import load_inventory
+
+    inventory = load_inventory(catalog.inventory_path("HuggingFaceTB/SmolLM2-135M"))
+    body = {"model": "HuggingFaceTB/SmolLM2-135M", "lora": {"r": 8, "target_modules": ["q_proj", "v_proj"]},
+            "training": {"batch_size": 4, "sequence_length": 512}}
+    supervised = estimate(inventory, EstimateRequest(**body)).memory
+    doubled = estimate(inventory, EstimateRequest(**{**body, "training": {"batch_size": 8, "sequence_length": 512}}))
+    dpo = estimate(inventory, EstimateRequest(**body, method={"type": "dpo"})).memory
+    assert (dpo.activations, dpo.logits) == (doubled.memory.activations, doubled.memory.logits)
+    assert dpo.adapter_weights == 2 * supervised.adapter_weights
+    assert (dpo.gradients, dpo.optimizer_states, dpo.base_weights) == (supervised.gradients,
+                                                                       supervised.optimizer_states,
+                                                                       supervised.base_weights)

@@ -142,3 +142,21 @@ def test_run_compute_follows_the_trainers_steps_padding_and_evaluations():
     unknown = training_time(inventory, training, adapter_params=1000, saved_params=0, examples=100,
                             validation_examples=0, tokens_per_example=None, tokens_source="measured")
     assert (unknown.tokens_per_example, unknown.tokens_source) == (256, "sequence_length")
+
+
+def test_a_dpo_run_computes_two_sequences_an_example_and_a_reference_forward_of_each():
+    inventory = inventory_for(small_config("llama", layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=64,
+                                           vocab=100, tie=False))
+    training = TrainingSettings(max_steps=10, batch_size=4, sequence_length=128)
+    common = dict(adapter_params=1000, saved_params=0, examples=40, validation_examples=8, tokens_per_example=100.0,
+                  tokens_source="measured")
+    supervised = training_time(inventory, training, **common)
+    preference = training_time(inventory, training, **common, preference=True)
+    assert preference.padded_tokens == 2 * supervised.padded_tokens == 2 * 10 * 4 * 100
+    plain, dpo = supervised.flops_model, preference.flops_model
+    # Training: the policy's forward and backward, then the reference's forward; evaluation: both forwards.
+    assert dpo.fixed == pytest.approx(plain.fixed + plain.forward_fixed)
+    assert dpo.per_length == pytest.approx(plain.per_length + plain.forward_per_length)
+    assert dpo.forward_fixed == pytest.approx(2 * plain.forward_fixed)
+    assert preference.flops == pytest.approx(dpo.run_flops(8000, 8000 * 100, 2 * 8 * 100 * preference.evaluations,
+                                                           2 * 8 * 100 * 100 * preference.evaluations))

@@ -115,3 +115,44 @@ def test_a_resume_while_the_page_is_open_replaces_the_lost_steps(browser, live_s
     page.wait_for_function("() => document.getElementById('job-page').dataset.streamEnded === 'true'")
     assert not problems, problems
     context.close()
+
+
+@pytest.mark.browser
+def test_a_dpo_job_draws_its_reward_curves_beside_the_loss(browser, live_server, account, tmp_path):
+    """A DPO run's stored points (TRL's rewards as the worker stores them) draw a rewards chart; a supervised job's
+    page has none."""
+    from app.db import new_session
+    from app.tables import DataFile, Job, Metric
+
+    with new_session() as session:
+        data_file = DataFile(filename="pairs.jsonl", bytes=1, format="preference", examples=8,
+                             storage_key="datasets/p", team_id=account.team_id)
+        session.add(data_file)
+        session.flush()
+        jobs = {}
+        for method in ("dpo", "supervised"):
+            job = Job(model="tiny", queue="q", config={"method": {"type": method}}, training_file_id=data_file.id,
+                      status="succeeded", team_id=account.team_id, total_steps=20)
+            session.add(job)
+            session.flush()
+            jobs[method] = job.id
+        session.add_all(Metric(job_id=jobs["dpo"], step=s, loss=0.69 - 0.02 * s, rewards_chosen=0.02 * s,
+                               rewards_rejected=-0.03 * s, reward_margin=0.05 * s, reward_accuracy=min(1, 0.5 + s / 20),
+                               eval_reward_margin=0.05 * s if s % 5 == 0 else None) for s in range(1, 21))
+        session.commit()
+
+    context = signed_in_context(browser, live_server.url, account, viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.goto(f"/jobs/{jobs['dpo']}")
+    page.wait_for_function("() => document.getElementById('reward-chart').dataset.points === '20'")
+    labels = page.locator("#reward-chart .u-legend .u-label").all_inner_texts()
+    assert labels[-6:] == ["rewards chosen", "rewards rejected", "reward margin", "eval reward margin", "accuracy",
+                           "eval accuracy"]
+    out = os.environ.get("TUNEBOARD_SCREENSHOT_DIR")
+    page.locator(".charts").screenshot(path=f"{out or tmp_path}/job-dpo-rewards.png")
+    page.goto(f"/jobs/{jobs['supervised']}")
+    assert page.locator("#reward-chart").count() == 0
+    assert not problems, problems
+    context.close()

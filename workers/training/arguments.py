@@ -20,13 +20,17 @@ def training_arguments(
     device: str,
     has_eval: bool,
     evaluate_base: bool = False,
+    arguments_class: Any = None,
+    **extra: Any,
 ) -> Any:
     """Build the TrainingArguments of a run from its settings and the worker's device; `evaluate_base`: evaluate
     once before the first step, when the fresh adapter still leaves the base model's outputs as they are (LoRA's B
-    starts at zero), which gives the base's held-out loss."""
+    starts at zero), which gives the base's held-out loss. `arguments_class` is a TrainingArguments subclass (TRL's
+    DPOConfig) that `extra` settings of its own go to."""
     from transformers import TrainingArguments
 
-    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    arguments_class = arguments_class or TrainingArguments
+    names = {f.name for f in dataclasses.fields(arguments_class)}
     kwargs: dict[str, Any] = {
         "output_dir": str(checkpoints_dir),
         "per_device_train_batch_size": settings.batch_size,
@@ -69,9 +73,10 @@ def training_arguments(
         kwargs["warmup_steps"] = settings.warmup_ratio
     if has_eval and evaluate_base and "eval_on_start" in names:
         kwargs["eval_on_start"] = True
+    # Said either way: TRL's configs turn checkpointing on by default.
+    prefix = "activation" if "activation_checkpointing" in names else "gradient"
+    kwargs[f"{prefix}_checkpointing"] = settings.gradient_checkpointing
     if settings.gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs, which LoRA's frozen embeddings are.
-        prefix = "activation" if "activation_checkpointing" in names else "gradient"
-        kwargs[f"{prefix}_checkpointing"] = True
         kwargs[f"{prefix}_checkpointing_kwargs"] = {"use_reentrant": False}
-    return TrainingArguments(**kwargs)
+    return arguments_class(**(kwargs | extra))

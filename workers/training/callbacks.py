@@ -1,7 +1,7 @@
 """The bridge from the Hugging Face Trainer to Tuneboard: metrics, checkpoints, cancellation, token counts.
 
-`ReporterCallback` turns Trainer events into `Reporter` calls; `TuneboardTrainer` only pops the
-per-batch token count the collator attaches. Nothing here does per-step I/O or device syncs: the
+`ReporterCallback` turns Trainer events into `Reporter` calls (DPO's reward curves included); `CountedTraining`
+only pops the per-batch token count the collator attaches. Nothing here does per-step I/O or device syncs: the
 Trainer already syncs once per logging step (to read the loss), and throughput is measured there.
 """
 
@@ -21,11 +21,16 @@ from workers.training.contract import Reporter
 
 # Trainer log keys forwarded to the reporter as they are.
 _TRAIN_KEYS = ("loss", "learning_rate", "grad_norm")
+# TRL's DPO log keys, and the names Tuneboard stores them under.
+_PREFERENCE_KEYS = {"rewards/chosen": "rewards_chosen", "rewards/rejected": "rewards_rejected",
+                    "rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
+                    "eval_rewards/margins": "eval_reward_margin", "eval_rewards/accuracies": "eval_reward_accuracy"}
 
 
-class TuneboardTrainer(Trainer):
-    """The stock Trainer, plus a running count of the real (non-padding) tokens it trains on, and of the padded
-    tokens it computes on (training and evaluation), from which a finished run's FLOPs are worked out."""
+class CountedTraining:
+    """Mixed into a Trainer (the stock one, or TRL's): a running count of the real (non-padding) tokens it trains
+    on, and of the padded tokens it computes on (training and evaluation), from which a finished run's FLOPs are
+    worked out. The collator attaches each batch's real-token count under NUM_TOKENS_KEY."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -43,6 +48,10 @@ class TuneboardTrainer(Trainer):
         inputs.pop(NUM_TOKENS_KEY, None)
         self.compute.add_evaluation(inputs["input_ids"].shape)
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+
+class TuneboardTrainer(CountedTraining, Trainer):
+    """The stock Trainer with Tuneboard's token and compute counts (supervised runs)."""
 
 
 class ComputeCounts:
@@ -150,6 +159,9 @@ class ReporterCallback(TrainerCallback):
         if logs.get("eval_loss") is not None:
             metrics["eval_loss"] = _number(logs["eval_loss"])
             self.last_eval_step = state.global_step
+        for key, name in _PREFERENCE_KEYS.items():
+            if logs.get(key) is not None:
+                metrics[name] = _number(logs[key])
         if not metrics:
             return
         loss = metrics.get("loss")

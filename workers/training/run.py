@@ -143,6 +143,41 @@ def train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
             torch.cuda.empty_cache()
 
 
+def _supervised_features(run: TrainingRun, tokenizer: Any, reporter: Reporter) -> tuple[Any, Any]:
+    """The tokenized training and validation examples of a supervised run."""
+    settings = run.config.training
+    train_data = _tokenize(run.train_examples, tokenizer, run, reporter, "training")
+    if not train_data.features:
+        target = "assistant/completion" if settings.loss_on == "assistant" else "trainable"
+        cut = f", {train_data.truncated} of them truncated" if train_data.truncated else ""
+        raise TrainingFailure(
+            "dataset_problem",
+            f"none of the {train_data.examples} training examples has a {target} token within the first "
+            f"{settings.sequence_length} tokens{cut}: raise sequence_length or shorten the prompts",
+        )
+    eval_features = _tokenize(run.eval_examples or [], tokenizer, run, reporter, "validation").features or None
+    return train_data.features, eval_features
+
+
+def _dpo_trainer(run: TrainingRun, model: Any, tokenizer: Any, callback: Any, common: dict[str, Any],
+                 pad_to_multiple_of: int | None) -> Any:
+    from trl import DPOConfig
+
+    from workers.training.arguments import training_arguments
+    from workers.training.preference import dpo_settings, dpo_trainer
+
+    settings = run.config.training
+    args = training_arguments(settings, **common, arguments_class=DPOConfig,
+                              **dpo_settings(run.config.method.dpo, settings))
+    trainer = dpo_trainer(model, tokenizer, args, run.train_examples, run.eval_examples or None, [callback],
+                          pad_to_multiple_of=pad_to_multiple_of)
+    if len(trainer.train_dataset) == 0:
+        raise TrainingFailure("dataset_problem", f"every one of the {len(run.train_examples)} training pairs has a "
+                              f"prompt of {settings.sequence_length} tokens or more, which leaves no answer to learn "
+                              "from: raise sequence_length or shorten the prompts")
+    return trainer
+
+
 def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
     from transformers.trainer_callback import PrinterCallback
 
@@ -160,17 +195,10 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
 
     base = load_base(run.config.model, data_dir=run.data_dir, precision=settings.precision,
                      load_in_4bit=settings.load_in_4bit, on_event=reporter.on_event)
-    train_data = _tokenize(run.train_examples, base.tokenizer, run, reporter, "training")
-    if not train_data.features:
-        target = "assistant/completion" if settings.loss_on == "assistant" else "trainable"
-        cut = f", {train_data.truncated} of them truncated" if train_data.truncated else ""
-        raise TrainingFailure(
-            "dataset_problem",
-            f"none of the {train_data.examples} training examples has a {target} token within the first "
-            f"{settings.sequence_length} tokens{cut}: raise sequence_length or shorten the prompts",
-        )
-    train_features = train_data.features
-    eval_features = _tokenize(run.eval_examples or [], base.tokenizer, run, reporter, "validation").features or None
+    preference = run.config.method.type == "dpo"
+    train_features = eval_features = None
+    if not preference:  # TRL's DPOTrainer tokenizes its pairs itself
+        train_features, eval_features = _supervised_features(run, base.tokenizer, reporter)
 
     model = _wrap_with_lora(base.model, run)
     trainable_params, all_params = model.get_nb_trainable_parameters()
@@ -180,14 +208,19 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
         else None
     callback = ReporterCallback(reporter, trainable_params=trainable_params, all_params=all_params,
                                 device=_device_label(base.device), on_checkpoint_model=sample_at_checkpoint)
-    # A resumed run has its base evaluation in the checkpoint's log history already.
-    args = training_arguments(settings, checkpoints_dir=run.checkpoints_dir, mixed_precision=base.mixed_precision,
-                              device=base.device, has_eval=eval_features is not None,
-                              evaluate_base=resume_from is None)
+    has_eval = bool(run.eval_examples) if preference else eval_features is not None
     # Multiples of 8 keep tensor-core shapes on GPU; on CPU they would only add padding.
-    collator = PaddingCollator(base.tokenizer.pad_token_id, pad_to_multiple_of=8 if base.device == "cuda" else None)
-    trainer = TuneboardTrainer(model=model, args=args, data_collator=collator, train_dataset=train_features,
-                               eval_dataset=eval_features, callbacks=[callback])
+    pad_to_multiple_of = 8 if base.device == "cuda" else None
+    # A resumed run has its base evaluation in the checkpoint's log history already.
+    common = dict(checkpoints_dir=run.checkpoints_dir, mixed_precision=base.mixed_precision, device=base.device,
+                  has_eval=has_eval, evaluate_base=resume_from is None)
+    if preference:
+        trainer = _dpo_trainer(run, model, base.tokenizer, callback, common, pad_to_multiple_of)
+    else:
+        args = training_arguments(settings, **common)
+        collator = PaddingCollator(base.tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
+        trainer = TuneboardTrainer(model=model, args=args, data_collator=collator, train_dataset=train_features,
+                                   eval_dataset=eval_features, callbacks=[callback])
     # With tqdm off the Trainer prints every log dict to stdout; the reporter already has them.
     trainer.remove_callback(PrinterCallback)
     if resume_from is not None:
@@ -209,14 +242,15 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
             f"there. Lower the learning rate (it was {settings.learning_rate:g}), add warmup, or check the data.")
     # A stop asked for on the very last step still produced the complete run: keep it as finished.
     stopped = callback.stop_requested and state.global_step < state.max_steps
-    if eval_features is not None and not stopped and callback.last_eval_step != state.global_step:
+    if has_eval and not stopped and callback.last_eval_step != state.global_step:
         trainer.evaluate()  # the final adapter always gets an eval loss; the callback reports it
     adapter_dir = None
     if stopped:
         reporter.on_event(f"Stopped at step {state.global_step} of {state.max_steps}; its checkpoint is kept.")
     else:
         run.adapter_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(run.adapter_dir)
+        # Only the trained adapter: DPO's frozen reference copy ("ref") is not part of the result.
+        model.save_pretrained(run.adapter_dir, selected_adapters=["default"])
         name_base_model(run.adapter_dir, run.config.model.strip())
         adapter_dir = run.adapter_dir
         reporter.on_event(f"Saved the adapter after {state.global_step} steps.")
