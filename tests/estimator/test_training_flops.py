@@ -19,10 +19,10 @@ from app.estimator.training_time import evaluations, training_time
 from tests.estimator.peft_reference import inventory_for, quiet_warnings, small_config
 
 
-def _measured_matmul_flops(config, targets, *, checkpointing: bool, batch: int, length: int) -> tuple[float, int]:
+def _lora_training_step(config, targets, *, checkpointing: bool, batch: int, length: int, watch) -> object:
+    """One real LoRA training step (forward and backward through PEFT) run inside `watch`; the PEFT model."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from torch.utils.flop_counter import FlopCounterMode
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -34,8 +34,17 @@ def _measured_matmul_flops(config, targets, *, checkpointing: bool, batch: int, 
         peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=targets))
         peft_model.train()
         ids = torch.randint(0, config.vocab_size, (batch, length))
-        with FlopCounterMode(display=False) as counter:
+        with watch:
             peft_model(input_ids=ids, labels=ids).loss.backward()
+    return peft_model
+
+
+def _measured_matmul_flops(config, targets, *, checkpointing: bool, batch: int, length: int) -> tuple[float, int]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    peft_model = _lora_training_step(config, targets, checkpointing=checkpointing, batch=batch, length=length,
+                                     watch=counter)
     counts = counter.get_flop_counts()["Global"]
     matmul = sum(v for k, v in counts.items() if "mm" in str(k))
     return matmul, peft_model.get_nb_trainable_parameters()[0]
@@ -59,9 +68,7 @@ def test_matmul_flops_of_a_lora_step_equal_torchs_count_within_ten_percent(famil
 def _measured_values_per_token(config, targets, *, checkpointing: bool, batch: int, length: int) -> float:
     """Values written by every op of a real LoRA training step (views excepted), per token."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from torch.utils._python_dispatch import TorchDispatchMode
-    from transformers import AutoModelForCausalLM
 
     class CountWrites(TorchDispatchMode):
         values = 0
@@ -73,17 +80,8 @@ def _measured_values_per_token(config, targets, *, checkpointing: bool, batch: i
                 self.values += sum(t.numel() for t in tensors if isinstance(t, torch.Tensor))
             return out
 
-    torch.manual_seed(0)
-    with quiet_warnings():
-        model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
-        if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
-        peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=targets))
-        peft_model.train()
-        ids = torch.randint(0, config.vocab_size, (batch, length))
-        with CountWrites() as counter:
-            peft_model(input_ids=ids, labels=ids).loss.backward()
+    counter = CountWrites()
+    _lora_training_step(config, targets, checkpointing=checkpointing, batch=batch, length=length, watch=counter)
     return counter.values / (batch * length)
 
 

@@ -56,7 +56,7 @@ def test_dpo_widens_the_held_out_reward_margin_and_saves_only_the_trained_adapte
     # Step 0: the policy is its own reference (a fresh adapter changes nothing): margin 0, loss ln 2.
     assert evaluated[0]["eval_reward_margin"] == pytest.approx(0.0, abs=1e-6)
     assert evaluated[0]["eval_loss"] == pytest.approx(0.6931, abs=1e-3)
-    assert evaluated[12]["eval_reward_margin"] > 0.3 and evaluated[12]["eval_reward_accuracy"] >= 0.75, evaluated
+    assert evaluated[8]["eval_reward_margin"] > 0.3 and evaluated[8]["eval_reward_accuracy"] >= 0.75, evaluated
     assert result.final_metrics["base_eval_loss"] == pytest.approx(0.6931, abs=1e-3)
     assert result.final_metrics["eval_loss"] < 0.6
     # A batch of 4 pairs is 8 sequences: the compute counts see both answers of every pair.
@@ -101,7 +101,7 @@ def test_the_preview_of_pairs_is_what_the_trainer_trains_on(tiny_dir, tmp_path):
 @pytest.mark.slow
 def test_dpo_on_the_demo_model_with_the_demo_pairs_raises_the_held_out_reward_margin(tmp_path):
     """The offline demo: SmolLM2-135M-Instruct learns to prefer the demo's "Tuneboard tip: ... Happy tuning!"
-    answers over the same advice said plainly, judged on pairs it never trained on."""
+    answers over the same advice said plainly, judged on 8 pairs it never trained on (8 steps of 2 pairs)."""
     from app.datasets.validator import load_examples
     from tests.conftest import require
     from workers import base_models
@@ -111,16 +111,16 @@ def test_dpo_on_the_demo_model_with_the_demo_pairs_raises_the_held_out_reward_ma
     config = JobConfig(
         model=base_models.DEMO_MODEL_ID,
         lora=LoraSettings(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
-        training=TrainingSettings(learning_rate=1e-3, max_steps=12, batch_size=4, sequence_length=128,
-                                  save_steps=100, eval_steps=12, seed=1, precision="fp32"),
+        training=TrainingSettings(learning_rate=2e-3, max_steps=8, batch_size=2, sequence_length=96,
+                                  save_steps=100, eval_steps=8, seed=1, precision="fp32"),
         method=TrainingMethod(type="dpo", dpo=DpoSettings(beta=0.1)))
     reporter = RecordingReporter()
-    run = make_run(config, tmp_path, train_examples=pairs[:-16], eval_examples=pairs[-16:])
+    run = make_run(config, tmp_path, train_examples=pairs[:-8], eval_examples=pairs[-8:])
     result = train(run, reporter)
     evaluated = {step: m for step, _, m in reporter.logs if "eval_reward_margin" in m}
     print(f"\ndemo DPO: {result.final_metrics['train_runtime']:.0f} s for {result.global_step} steps, held-out "
-          f"margin {evaluated[0]['eval_reward_margin']:.3f} -> {evaluated[12]['eval_reward_margin']:.3f}, accuracy "
-          f"{evaluated[12]['eval_reward_accuracy']:.2f}")
-    assert sorted(evaluated) == [0, 12]
+          f"margin {evaluated[0]['eval_reward_margin']:.3f} -> {evaluated[8]['eval_reward_margin']:.3f}, accuracy "
+          f"{evaluated[8]['eval_reward_accuracy']:.2f}")
+    assert sorted(evaluated) == [0, 8]
     assert evaluated[0]["eval_reward_margin"] == pytest.approx(0.0, abs=1e-4)
-    assert evaluated[12]["eval_reward_margin"] > 0.5 and evaluated[12]["eval_reward_accuracy"] >= 0.9, evaluated
+    assert evaluated[8]["eval_reward_margin"] > 1.0 and evaluated[8]["eval_reward_accuracy"] >= 0.9, evaluated
