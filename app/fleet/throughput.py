@@ -244,7 +244,8 @@ def queue_times(session: Session, queues: list[dict], flops: float, steps: int, 
         for device in devices:
             rate = measured.get(device) or default_rate(device)
             seconds = rate.seconds(flops, steps, values)
-            times.append(QueueTime(queue=queue["name"], device=device, flops_per_second=flops / seconds,
+            times.append(QueueTime(queue=queue["name"], device=device,
+                                   flops_per_second=flops / seconds if seconds > 0 else 0.0,
                                    seconds_per_step=rate.seconds_per_step, seconds_per_value=rate.seconds_per_value,
                                    calibrated_runs=rate.runs, seconds=seconds))
     return times
