@@ -160,7 +160,7 @@ def _patterns(draw, family: str, layers: int, field: str, values) -> dict[str, A
 def lora_options(draw, config: Any) -> dict[str, Any]:
     """A LoRA option set for `config`'s family, with peft.LoraConfig's field names."""
     family = family_of(config)
-    layers = config.num_hidden_layers
+    layers = config.get_text_config().num_hidden_layers  # a multimodal model's blocks are its text model's
     options: dict[str, Any] = {
         "r": draw(st.integers(1, 16)),
         "lora_alpha": draw(st.one_of(st.integers(1, 64), st.floats(0.5, 64, allow_nan=False))),

@@ -71,12 +71,12 @@ def inventory_children(parent: int) -> list[Child]:
     return [c for c in children_of(parent) if "workers.inventory" in c.cmdline or c.state == "Z"]
 
 
-def no_children_soon(parent: int, timeout: float = 60) -> bool:
-    """Whether the parent has no inventory child and no zombie within `timeout` seconds."""
+def children_left_soon(parent: int, timeout: float = 60) -> list[Child]:
+    """The parent's inventory children and zombies still there after up to `timeout` seconds (none, if all ended)."""
     deadline = time.monotonic() + timeout
     while inventory_children(parent) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return inventory_children(parent) == []
+    return inventory_children(parent)
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_a_burst_of_new_models_runs_one_inventory_process_at_a_time(start_server
     assert len(seen) == 4  # each model computed once, whatever the number of requests for it
     print(f"\npeak memory of inventory children at once: {peak_rss_kib / 1024:.0f} MiB")
     # The last child wrote its result and is still exiting (torch's teardown); then nothing is left.
-    assert no_children_soon(server.process.pid)  # nothing left running, no zombies
+    assert children_left_soon(server.process.pid) == []  # nothing left running, no zombies
 
 
 def test_an_inventory_past_its_time_limit_is_killed_and_reported(start_server, account, tmp_path):
@@ -151,7 +151,7 @@ def test_an_inventory_past_its_time_limit_is_killed_and_reported(start_server, a
     assert response.status_code == 404 and error["param"] == "model", response.text
     assert error["message"] == ("Could not build the module inventory: it took longer than 0.5 s, the limit "
                                 "(TUNEBOARD_INVENTORY_TIMEOUT_SECONDS), and was stopped")
-    assert no_children_soon(server.process.pid)  # killed and reaped: no zombie
+    assert children_left_soon(server.process.pid) == []  # killed and reaped: no zombie
 
 
 @pytest.fixture
