@@ -88,6 +88,8 @@ class Job(Base):
     training_file_id: Mapped[str] = mapped_column(ForeignKey("files.id"))
     validation_file_id: Mapped[str | None] = mapped_column(ForeignKey("files.id"), nullable=True)
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The job whose adapter this one continues (config.start_from); indexed so a job page lists its continuations.
+    parent_job_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
     # What the team writes about a run afterwards (the history searches both).
     notes: Mapped[str] = mapped_column(Text, default="", server_default="")

@@ -138,6 +138,8 @@ def configure(data_dir: Path, redis_url: str, **extra: str) -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        # The benchmarks build their models beside the data dir; a worker loads local models only under a root.
+        "TUNEBOARD_MODEL_ROOTS": str(data_dir.parent),
         **extra,
     }
     os.environ.update(values)

@@ -6,14 +6,15 @@ set, a sequence length, a batch size, a precision, gradient checkpointing on or 
 1. builds a random-weight model from the catalog model's committed config, resized (`workers.memory_probe`), and
    its module inventory the way the product does (`workers.inventory.build_inventory`);
 2. asks the estimator (`app.estimator.estimate.estimate`) for the memory of that job;
-3. trains two optimizer steps of the job on the worker's own path (`_wrap_with_lora`, `training_arguments`, the
-   Tuneboard Trainer, fused AdamW, the padding collator) on full-length random sequences, under
+3. trains two optimizer steps of the job on the worker's own path (`_wrap_with_lora`, `training_arguments`, TRL's
+   SFTTrainer with Tuneboard's collator, fused AdamW, TRL's chunked LM head) on full-length random sequences, under
    `torch.profiler` with memory profiling, and puts every live tensor in the bucket of the estimate component it
    belongs to: parameters (frozen: base weights; trainable: adapter), gradients and optimizer states as the
-   profiler's memory categories say, tensors shaped like the micro-batch's logits, and the rest (activations,
-   and the gradients flowing through them);
+   profiler's memory categories say, tensors shaped like the LM head's logit tiles ("logits"), and the rest
+   (activations, and the gradients flowing through them);
 4. compares each component with the most its bucket held at any one time, and the estimate's total (without the
-   CUDA overhead, which a CPU does not have) with the most tensor bytes live at once.
+   CUDA overhead, which a CPU does not have) with the most tensor bytes live at once. On a CPU the estimate is
+   asked for the LM head as a CPU runs it (`device="cpu"`: TRL's tile fold in torch ops, not Triton).
 
 The target: every point's total within 15 % of the measured peak. The exit status is 0 unless a point fails to
 run; a missed target is printed as MISS.
@@ -186,7 +187,7 @@ def run_point(arch: str, setting: Setting, device: str, explain: bool) -> Point:
     job = job_config(arch, setting)
     point = Point(arch, setting)
     inventory = Inventory(build_inventory(config, model_id))
-    memory = estimate(inventory, EstimateRequest.model_validate(job.model_dump())).memory
+    memory = estimate(inventory, EstimateRequest.model_validate(job.model_dump()), device=device).memory
     point.estimate = {name: getattr(memory, name) for name in (*COMPONENTS, "cuda_overhead")}
     measured = measure_training_memory(config, job, device=device, explain=explain)
     point.measured, point.at_peak, point.peak = measured.components, measured.at_peak, measured.peak

@@ -1,7 +1,8 @@
-"""Training overhead: tokens per second through Tuneboard's worker path vs a bare PEFT + Trainer script.
+"""Training overhead: tokens per second through Tuneboard's worker path vs a bare TRL + PEFT script, for supervised
+runs (SFTTrainer) and for DPO (DPOTrainer).
 
-Both sides train the same base model on the same tokenised data for the same steps with the same
-`TrainingArguments` values, in the same process, alternating (round 1: Tuneboard then bare, round 2:
+Both sides train the same base model on the same data for the same steps with the same TRL config values
+(`SFTConfig` or `DPOConfig`), in the same process, alternating (round 1: Tuneboard then bare, round 2:
 bare then Tuneboard, ...), after one short warm-up run of each that is not counted.
 
 - Tuneboard: a queued job row (its training file stored with `app.datasets.files.store_upload`) run by
@@ -10,26 +11,28 @@ bare then Tuneboard, ...), after one short warm-up run of each that is not count
   step is XADDed to the job's Redis stream and metric rows are batched into SQLite (flush every
   `metrics_flush_seconds`, 2 s by default), the cancel flag is polled, and the final checkpoint is
   recorded. Real SQLite file in a temp data dir, real Redis.
-- bare: `AutoModelForCausalLM.from_pretrained` + `peft.get_peft_model(LoraConfig(...))` +
-  `transformers.Trainer` (PrinterCallback removed, as Tuneboard does), on features made by the same
-  `workers.tokenization.tokenize_examples` and batches made by the same `PaddingCollator`.
+- bare: `AutoModelForCausalLM.from_pretrained` + `peft.get_peft_model(LoraConfig(...))` + TRL's trainer with
+  its own collator (PrinterCallback removed, as Tuneboard does). Supervised: `SFTTrainer` on the chat examples
+  tokenized by `workers.training.supervised.prepare_examples` (TRL cannot mask the assistant turns of this
+  template itself, see `workers/training/chat_masks.py`); DPO: `DPOTrainer` on the pairs as a `datasets.Dataset`,
+  which it tokenizes.
 
-Timed: the `trainer.train()` call on both sides (on the Tuneboard side by wrapping
-`TuneboardTrainer.train` from here; model load, tokenisation and adapter save are outside it).
-tokens/s = non-padding tokens trained / that wall time. Tuneboard's token count is the job's
-`trained_tokens`; the bare side counts the same batches in its collator (the two must agree). The
-Trainer's own `train_runtime` and the median interval between logged steps are reported beside it.
-Target: Tuneboard / bare >= 0.97 (median over rounds). The time spent inside JobReporter methods is
-measured by wrapping them, and `--profile` adds one cProfile'd Tuneboard run and prints where its
-app/ and workers/ time goes.
+Timed: the `trainer.train()` call on both sides (on the Tuneboard side by wrapping the trainer's `train` from
+here; model load, tokenisation and adapter save are outside it). tokens/s = non-padding tokens trained (both
+sequences of a pair for DPO) / that wall time. Tuneboard's token count is the job's `trained_tokens`; the bare
+side counts the same batches around TRL's collator (the two must agree). The Trainer's own `train_runtime` and
+the median interval between logged steps are reported beside it. Target: Tuneboard / bare >= 0.97 (median
+over rounds). The time spent inside JobReporter methods is measured by wrapping them, and `--profile` adds one
+cProfile'd Tuneboard run and prints where its app/ and workers/ time goes.
 
 Default model: a random Llama, hidden 256, 4 layers, intermediate 1024, 8 heads (4 KV), with the
-tests' tiny BPE tokenizer; LoRA r=16, alpha 32 on all 7 projections; batch 8, sequence length 128,
-fp32, 60 steps (480 chat examples, one epoch), logging every step, one checkpoint (at the end).
+tests' tiny BPE tokenizer; LoRA r=16, alpha 32 on all 7 projections; batch 8 (examples or pairs), sequence
+length 128, fp32, 60 steps (one epoch), logging every step, one checkpoint (at the end).
 
 Run from the repository root (needs the worker extra and a Redis server):
 
-    .venv/bin/python -m bench.training                   # 5 rounds, about 2 minutes on 2 quiet CPU cores
+    .venv/bin/python -m bench.training                   # supervised, 5 rounds, about 2 minutes on 2 quiet cores
+    .venv/bin/python -m bench.training --method dpo      # DPO (pairs of two sequences: about twice as long)
     .venv/bin/python -m bench.training --quick           # 1 round of 15 steps, a smoke test
     .venv/bin/python -m bench.training --json out.json   # also write every figure as JSON
     .venv/bin/python -m bench.training --profile         # plus one cProfile'd Tuneboard run
@@ -87,7 +90,7 @@ class Run:
 
 # ------------------------------------------------------------------------------------------ instrumentation
 class Clock:
-    """Wall time of TuneboardTrainer.train and of JobReporter methods, measured by wrapping them from here,
+    """Wall time of Tuneboard's trainers' train() and of JobReporter methods, measured by wrapping them from here,
     and the garbage collector's pauses while a trainer.train() runs (on either side)."""
 
     def __init__(self) -> None:
@@ -143,10 +146,12 @@ class Clock:
 
 def instrument() -> Clock:
     from workers.job_reporter import JobReporter
-    from workers.training.callbacks import TuneboardTrainer
+    from workers.training.preference import TuneboardDPOTrainer
+    from workers.training.supervised import TuneboardSFTTrainer
 
     clock = Clock()
-    clock.wrap(TuneboardTrainer, "train", "trainer.train")
+    clock.wrap(TuneboardSFTTrainer, "train", "trainer.train")
+    clock.wrap(TuneboardDPOTrainer, "train", "trainer.train")
     for method in ("on_start", "on_log", "on_checkpoint", "on_event", "should_stop", "flush"):
         clock.wrap(JobReporter, method, method)
     return clock
@@ -164,11 +169,11 @@ class Setup:
     job_ids: list[str] = field(default_factory=list)
 
 
-def job_config(model_dir: Path, steps: int, batch: int, seq: int, lr: float = 2e-4) -> Any:
+def job_config(model_dir: Path, steps: int, batch: int, seq: int, method: str, lr: float = 2e-4) -> Any:
     from app.estimator.job_config import JobConfig
 
     return JobConfig.model_validate({
-        "model": str(model_dir),
+        "model": str(model_dir), "method": {"type": method},
         "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0, "target_modules": TARGET_MODULES},
         "training": {"max_steps": steps, "batch_size": batch, "sequence_length": seq, "precision": "fp32",
                      "learning_rate": lr, "logging_steps": 1, "save_steps": steps, "warmup_ratio": 0.0,
@@ -188,13 +193,22 @@ def prepare(work: Path, args: argparse.Namespace) -> Setup:
     settings = get_settings()
     account = h.bench_account()
     records = h.chat_records(args.steps * args.batch, words=(5, 30), seed=1)  # ~65-160 tokens
+    if args.method == "dpo":
+        records = preference_records(records)
     with new_session() as session:
         record = h.store_file(session, settings, account, filename="bench.jsonl", data=h.jsonl(records))
         file_id = record.id
         key = session.get(DataFile, file_id).storage_key
     examples = list(load_examples(artifacts.local_file(settings, key)).examples)
-    return Setup(model_dir, file_id, examples, job_config(model_dir, args.steps, args.batch, args.seq), work,
-                 account)
+    return Setup(model_dir, file_id, examples, job_config(model_dir, args.steps, args.batch, args.seq, args.method),
+                 work, account)
+
+
+def preference_records(chats: list[dict]) -> list[dict]:
+    """Each chat as a pair: its own answer chosen, the next chat's answer rejected."""
+    answers = [c["messages"][-1] for c in chats]
+    return [{"prompt": c["messages"][:-1], "chosen": [answers[i]], "rejected": [answers[(i + 1) % len(answers)]]}
+            for i, c in enumerate(chats)]
 
 
 def _config_for(setup: Setup, steps: int) -> Any:
@@ -243,65 +257,98 @@ def run_tuneboard(setup: Setup, clock: Clock, round_: int, steps: int, profile: 
 
 
 # ------------------------------------------------------------------------------------------------- bare side
-def bare_arguments(output_dir: Path, *, steps: int, batch: int, lr: float) -> Any:
-    """The TrainingArguments a plain script would write, with the values Tuneboard uses for this job."""
-    from transformers import TrainingArguments
+def _config_class(method: str) -> Any:
+    from trl import DPOConfig, SFTConfig
 
-    return TrainingArguments(
+    return DPOConfig if method == "dpo" else SFTConfig
+
+
+def bare_arguments(output_dir: Path, *, method: str, steps: int, batch: int, seq: int, lr: float) -> Any:
+    """The TRL config a plain script would write, with the values Tuneboard uses for this job."""
+    values = dict(
         output_dir=str(output_dir), per_device_train_batch_size=batch, per_device_eval_batch_size=batch,
         gradient_accumulation_steps=1, learning_rate=lr, weight_decay=0.0, lr_scheduler_type="linear",
         num_train_epochs=3.0, max_steps=steps, seed=42, logging_strategy="steps", logging_steps=1,
-        logging_first_step=True, save_strategy="steps", save_steps=steps, eval_strategy="no",
-        prediction_loss_only=True, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        logging_first_step=True, logging_nan_inf_filter=False, save_strategy="steps", save_steps=steps,
+        eval_strategy="no", prediction_loss_only=True, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         dataloader_pin_memory=False, remove_unused_columns=False, label_names=["labels"], bf16=False, fp16=False,
-        use_cpu=True, warmup_steps=0.0,
+        use_cpu=True, warmup_steps=0.0, gradient_checkpointing=False, max_length=seq,
     )
+    if method == "dpo":
+        values |= dict(beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=False, label_names=None)
+    else:
+        values |= dict(truncation_mode="keep_start", packing=False, dataset_num_proc=None)
+    return _config_class(method)(**values)
 
 
 def compare_arguments(setup: Setup, steps: int) -> list[str]:
-    """Differences between the bare script's TrainingArguments and the ones Tuneboard builds (should be none)."""
+    """Differences between the bare script's config and the one Tuneboard builds (should be none)."""
     from workers.training.arguments import training_arguments
+    from workers.training.preference import dpo_settings
+    from workers.training.supervised import sft_settings
 
     config = _config_for(setup, steps)
+    method = config.method.type
+    extra = dpo_settings(config.method.dpo, config.training) if method == "dpo" else sft_settings(config.training)
     ours = training_arguments(config.training, checkpoints_dir=setup.work / "x", mixed_precision=None, device="cpu",
-                              has_eval=False).to_dict()
-    bare = bare_arguments(setup.work / "x", steps=steps, batch=config.training.batch_size,
-                          lr=config.training.learning_rate).to_dict()
+                              has_eval=False, arguments_class=_config_class(method), **extra).to_dict()
+    bare = bare_arguments(setup.work / "x", method=method, steps=steps, batch=config.training.batch_size,
+                          seq=config.training.sequence_length, lr=config.training.learning_rate).to_dict()
     return [f"{k}: tuneboard={ours.get(k)!r} bare={bare.get(k)!r}" for k in sorted(set(ours) | set(bare))
             if ours.get(k) != bare.get(k) and k not in ("logging_dir",)]
 
 
 class CountingCollator:
-    """Tuneboard's PaddingCollator, minus the token count it attaches (a bare model would reject it), counted here."""
+    """TRL's own collator, with the non-padding tokens of every batch it makes counted here."""
 
-    def __init__(self, pad_token_id: int):
-        from workers.tokenization import PaddingCollator
-
-        self.inner = PaddingCollator(pad_token_id)
-        self.tokens = 0
+    def __init__(self, inner: Any, count: Any):
+        self.inner, self.count, self.tokens = inner, count, 0
 
     def __call__(self, features):
-        from workers.tokenization import NUM_TOKENS_KEY
+        self.tokens += self.count(features)
+        return self.inner(features)
 
-        batch = self.inner(features)
-        self.tokens += batch.pop(NUM_TOKENS_KEY)
-        return batch
+
+def _bare_trainer(setup: Setup, model: Any, tokenizer: Any, args: Any) -> tuple[Any, CountingCollator]:
+    """A script's TRL trainer: SFTTrainer or DPOTrainer, with the collator it would build itself, counted."""
+    from trl import DPOTrainer, SFTTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from workers.training.preference import preference_dataset
+    from workers.training.supervised import prepare_examples
+
+    training = setup.config.training
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if setup.config.method.type == "dpo":
+        cap = training.sequence_length
+        collator = CountingCollator(
+            DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id, max_length=cap,
+                                      truncation_mode=args.truncation_mode),
+            lambda pairs: sum(min(len(p["prompt_ids"]) + len(p[a]), cap) for p in pairs
+                              for a in ("chosen_ids", "rejected_ids")))
+        trainer = DPOTrainer(model=model, ref_model=None, args=args, data_collator=collator,
+                             train_dataset=preference_dataset(setup.examples), processing_class=tokenizer)
+    else:
+        collator = CountingCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id),
+                                    lambda rows: sum(len(r["input_ids"]) for r in rows))
+        data = prepare_examples(setup.examples, tokenizer, sequence_length=None, loss_on=training.loss_on)
+        trainer = SFTTrainer(model=model, args=args, data_collator=collator, train_dataset=data.dataset,
+                             processing_class=tokenizer)
+    return trainer, collator
 
 
 def run_bare(setup: Setup, clock: Clock, round_: int, steps: int) -> Run:
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, set_seed
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, set_seed
     from transformers.trainer_callback import PrinterCallback
-
-    from workers.tokenization import tokenize_examples
 
     training = setup.config.training
     tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
     model = AutoModelForCausalLM.from_pretrained(setup.model_dir, dtype=torch.float32)
     model.config.use_cache = False
-    features = tokenize_examples(setup.examples, tokenizer, sequence_length=training.sequence_length,
-                                 loss_on=training.loss_on).features
     set_seed(training.seed)
     model = get_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=16, lora_alpha=32, lora_dropout=0.0,
                                              target_modules=TARGET_MODULES))
@@ -312,11 +359,11 @@ def run_bare(setup: Setup, clock: Clock, round_: int, steps: int) -> Run:
             if logs and "loss" in logs:
                 stamps.append(time.time())
 
-    collator = CountingCollator(tokenizer.pad_token_id)
     output_dir = setup.work / f"bare-{round_}-{time.monotonic_ns()}"
-    trainer = Trainer(model=model, args=bare_arguments(output_dir, steps=steps, batch=training.batch_size,
-                                                       lr=training.learning_rate),
-                      data_collator=collator, train_dataset=features, callbacks=[StepClock()])
+    args = bare_arguments(output_dir, method=setup.config.method.type, steps=steps, batch=training.batch_size,
+                          seq=training.sequence_length, lr=training.learning_rate)
+    trainer, collator = _bare_trainer(setup, model, tokenizer, args)
+    trainer.add_callback(StepClock())
     trainer.remove_callback(PrinterCallback)
     gc.collect()
     clock.reset()
@@ -403,6 +450,8 @@ def profile_report(profile: cProfile.Profile) -> str:
 # ----------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.training", description=__doc__.splitlines()[0])
+    parser.add_argument("--method", choices=["supervised", "dpo"], default="supervised",
+                        help="supervised (SFTTrainer) or dpo (DPOTrainer) on both sides")
     parser.add_argument("--quick", action="store_true", help="1 round of 15 steps (a smoke test, not a result)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write every figure to this file")
     parser.add_argument("--rounds", type=int, help="measured runs of each side (default 5, quick 1)")
@@ -432,9 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         setup = prepare(work, args)
         differences = compare_arguments(setup, args.steps)
         if differences:
-            print("TrainingArguments differ between the two sides:\n  " + "\n  ".join(differences))
+            print("TRL configs differ between the two sides:\n  " + "\n  ".join(differences))
             return 1
-        h.progress(f"TrainingArguments identical on both sides; torch threads {torch.get_num_threads()}")
+        h.progress(f"{args.method}: TRL configs identical on both sides; torch threads {torch.get_num_threads()}")
         clock = instrument()
         runs: list[Run] = []
         profile_text = None
@@ -468,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = summarise(runs)
     print()
-    print(f"model: Llama hidden {args.hidden}, {args.layers} layers; LoRA r=16 on {len(TARGET_MODULES)} projections; "
+    print(f"method: {args.method}; model: Llama hidden {args.hidden}, {args.layers} layers; "
+          f"LoRA r=16 on {len(TARGET_MODULES)} projections; "
           f"batch {args.batch}, seq {args.seq}, fp32, {args.steps} steps, torch threads {torch.get_num_threads()}")
     print()
     print(runs_table(runs))

@@ -1,8 +1,8 @@
 """`python -m workers.dataset_preview`: a dataset as the trainer will see it, for the data card.
 
-Renders the first rows with the base model's tokenizer and chat template, marks the tokens that carry
-loss, and counts tokens over the whole file (lengths as (length, count) pairs so the page can tell how
-many exceed any max length). Writes JSON for `app.datasets.previews`; loads no model weights.
+Tokenizes the file as the trainer does (TRL's preparation, `workers.training.supervised`), marks the tokens of
+the first rows that carry loss, and counts tokens over the whole file (lengths as (length, count) pairs so the
+page can tell how many exceed any max length). Writes JSON for `app.datasets.previews`; loads no model weights.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from itertools import groupby
 from pathlib import Path
 
 from app.datasets.validator import load_examples
-from workers.tokenization import IGNORE_INDEX, tokenize_example
+from workers.training.supervised import IGNORE_INDEX, prepare_examples
 
 ROWS_SHOWN = 3
 
@@ -44,8 +44,10 @@ def build_preview(path: Path, model: str, *, data_dir: Path, loss_on: str, colum
     lengths: Counter[int] = Counter()
     rows, total, trainable = [], 0, 0
     has_chat = any(e.messages is not None for e in parsed.examples)
-    for index, example in enumerate(parsed.examples):
-        input_ids, labels = tokenize_example(example, tokenizer, loss_on=loss_on)
+    # Untruncated: the page shows how many examples a sequence length would cut.
+    tokenized = prepare_examples(list(parsed.examples), tokenizer, sequence_length=None, loss_on=loss_on).dataset
+    for index, (example, input_ids, labels) in enumerate(zip(parsed.examples, tokenized["input_ids"],
+                                                             tokenized["labels"], strict=True)):
         trained = sum(1 for label in labels if label != IGNORE_INDEX)
         lengths[len(input_ids)] += 1
         total += len(input_ids)

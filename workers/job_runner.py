@@ -93,10 +93,13 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
             train_examples, eval_examples = job_examples(settings, session, job,
                                                          validation_split=config.training.validation_split,
                                                          seed=config.training.seed)
+            # The adapter a continued run starts from, fetched like a checkpoint (a resumed attempt reads its own
+            # checkpoint instead, but the first step needs this one's shape and, for DPO, its reference).
+            start_adapter = artifacts.local_dir(settings, config.start_from.adapter_key) if config.start_from else None
             run = TrainingRun(
                 job_id=job_id, config=config, train_examples=train_examples, eval_examples=eval_examples,
                 output_dir=artifacts.work_dir(settings, attempt_key(job_id, attempt)), resume_from=resume_from,
-                data_dir=settings.data_dir,
+                data_dir=settings.data_dir, start_adapter=start_adapter,
             )
             if reporter.should_stop():  # cancelled between the claim and here: do not load the model
                 raise _CancelledBeforeStart()

@@ -136,11 +136,24 @@ def _features(vocab: int, job: JobConfig, steps: int, seed: int) -> list[dict[st
     return rows
 
 
-def _logits_sized(nbytes: int, tokens: int, batch: int, vocab: int) -> bool:
-    """Whether a tensor of `nbytes` has the shape of a micro-batch's logits (or their shifted copy) in any dtype."""
-    for itemsize in (2, 4):
-        rows, rest = divmod(nbytes, vocab * itemsize)
-        if not rest and tokens - batch <= rows <= tokens:
+def _bare_tokenizer(vocab: int) -> Any:
+    """A word-level tokenizer of three tokens (padding 0, end 1, unknown 2): the trainer wants one, the probe's
+    batches are ids already."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    return Tokenizer(WordLevel({"<pad>": 0, "</s>": 1, "<unk>": 2}, unk_token="<unk>"))
+
+
+def _lm_head_tile_sized(nbytes: int, tokens: int, batch: int, vocab: int) -> bool:
+    """Whether a tensor of `nbytes` has the shape of one of the LM head's logit tiles (TRL's chunked head: up to
+    TILE_TOKENS of the micro-batch's scored positions by up to TILE_VOCAB entries), in any dtype or as a mask."""
+    from app.estimator.memory import TILE_TOKENS, TILE_VOCAB
+
+    columns = min(vocab, TILE_VOCAB)
+    for itemsize in (1, 2, 4):
+        rows, rest = divmod(nbytes, columns * itemsize)
+        if not rest and min(tokens - batch, TILE_TOKENS) <= rows <= min(tokens, TILE_TOKENS):
             return True
     return False
 
@@ -176,7 +189,9 @@ def _classify(profile: Any, device: Any, parameters: list[Any], tokens: int, bat
 
     def component(key: Any, version: int, nbytes: int) -> str:
         category = profile._categories.get(key, version) if isinstance(key, TensorKey) else None
-        if category == Category.PARAMETER:
+        # The profiler infers categories from how tensors flow; it takes a tile TRL's LM head allocates for a
+        # parameter, so a parameter is only what the model holds.
+        if category == Category.PARAMETER and key.storage.ptr in parameter_ptrs:
             return "adapter_weights" if key.storage.ptr in trainable_ptrs else "base_weights"
         if category == Category.GRADIENT and nbytes in trainable_sizes:
             return "gradients"
@@ -187,7 +202,7 @@ def _classify(profile: Any, device: Any, parameters: list[Any], tokens: int, bat
         # A weight's compute-dtype copy can have a logits tensor's size (a vocab x hidden head when the micro-batch
         # has as many tokens as the hidden size): it is told apart by where it came from.
         copy = isinstance(key, TensorKey) and key.storage.allocation_id in weight_copies
-        if not copy and _logits_sized(nbytes, tokens, batch, vocab):
+        if not copy and _lm_head_tile_sized(nbytes, tokens, batch, vocab):
             return "logits"
         return "activations"
 
@@ -270,15 +285,17 @@ def measure_training_memory(config: Any, job: JobConfig, *, steps: int = 2, devi
                             explain: bool = False) -> Measurement:
     """Run `steps` optimizer steps of `job` on a random-weight model of `config` under the memory profiler."""
     import torch
+    from datasets import Dataset
     from torch.profiler import ProfilerActivity, profile
     from torch.profiler._memory_profiler import MemoryProfile
+    from transformers import PreTrainedTokenizerFast
     from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig
 
-    from workers.tokenization import PaddingCollator
     from workers.training.arguments import training_arguments
-    from workers.training.callbacks import TuneboardTrainer
     from workers.training.contract import TrainingRun
     from workers.training.run import _wrap_with_lora
+    from workers.training.supervised import SupervisedData, sft_settings, sft_trainer
 
     settings = job.training.model_copy(update={"max_steps": steps, "save_steps": steps + 1, "logging_steps": 1})
     job = job.model_copy(update={"training": settings})
@@ -292,10 +309,14 @@ def measure_training_memory(config: Any, job: JobConfig, *, steps: int = 2, devi
         model = _wrap_with_lora(build_model(config, job, device, scratch_dir), run)
         parameters = list(model.parameters())
         args = training_arguments(settings, checkpoints_dir=run.checkpoints_dir, mixed_precision=mixed,
-                                  device=device, has_eval=False)
-        collator = PaddingCollator(0, pad_to_multiple_of=8 if device == "cuda" else None)
-        trainer = TuneboardTrainer(model=model, args=args, data_collator=collator,
-                                   train_dataset=_features(vocab, job, steps, settings.seed))
+                                  device=device, has_eval=False, arguments_class=SFTConfig, **sft_settings(settings))
+        rows = _features(vocab, job, steps, settings.seed)
+        data = SupervisedData(Dataset.from_list(rows), len(rows), 0, 0, sum(len(r["input_ids"]) for r in rows))
+        # The random ids need no vocabulary: a tokenizer that only names its padding and end tokens.
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=_bare_tokenizer(vocab), pad_token="<pad>",
+                                            eos_token="</s>")
+        trainer = sft_trainer(model, tokenizer, args, data, None, [],
+                              pad_to_multiple_of=8 if device == "cuda" else None)
         trainer.remove_callback(PrinterCallback)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
         prof = profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True)

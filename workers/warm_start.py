@@ -29,7 +29,7 @@ ML_MODULES = (
     "transformers.models.llama.modeling_llama",
     "peft",
     "workers.base_models",
-    "workers.tokenization",
+    "workers.training.supervised",
     "workers.lora_config",
     "workers.training.arguments",
     "workers.training.callbacks",

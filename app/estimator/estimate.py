@@ -15,7 +15,7 @@ from app.estimator.counting import count, safetensors_sizes
 from app.estimator.inventory import Inventory, Module
 from app.estimator.job_config import JobConfig
 from app.estimator.matching import select_modules
-from app.estimator.memory import GPU_SIZES_GB, Precision, estimate_memory
+from app.estimator.memory import GPU_SIZES_GB, Device, Precision, estimate_memory
 from app.estimator.training_time import TokensSource, TrainingTime, training_time
 
 
@@ -102,8 +102,9 @@ class EstimateResponse(BaseModel):
     warnings: list[Advice]
 
 
-def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse:
-    """Exact counts, adapter size, memory and advice for a LoRA config on a model."""
+def estimate(inventory: Inventory, request: EstimateRequest, *, device: Device = "cuda") -> EstimateResponse:
+    """Exact counts, adapter size, memory and advice for a LoRA config on a model (memory as a GPU holds it, or as
+    a CPU does with device="cpu", for checks against measurements)."""
     lora, training = request.lora, request.training
     selection = select_modules(inventory, lora)
     counts = count(inventory, lora, selection)
@@ -122,6 +123,7 @@ def estimate(inventory: Inventory, request: EstimateRequest) -> EstimateResponse
         sequence_length=training.sequence_length,
         batch_size=training.batch_size * (2 if preference else 1),
         gradient_checkpointing=training.gradient_checkpointing,
+        device=device,
     )
     return EstimateResponse(
         model=inventory.model_id,

@@ -97,6 +97,17 @@ class TrainingMethod(BaseModel):
     dpo: DpoSettings = Field(default_factory=DpoSettings)
 
 
+class StartFrom(BaseModel):
+    """The team's adapter a run continues (the usual recipe: supervised, then DPO from its result), set at launch
+    from a fine_tuned_model id given as the model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., description="The fine_tuned_model (or checkpoint) id the job was launched with.")
+    job_id: str = Field(..., description="The job that trained that adapter.")
+    adapter_key: str = Field(..., description="Where the adapter lies in the artifact store.")
+
+
 class JobConfig(BaseModel):
     """Everything a worker needs to reproduce a run, apart from the data files."""
 
@@ -106,6 +117,7 @@ class JobConfig(BaseModel):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     method: TrainingMethod = Field(default_factory=TrainingMethod)
+    start_from: StartFrom | None = Field(None, description="The adapter this run continues; None trains a new one.")
 
     @model_validator(mode="after")
     def _qlora_precision(self) -> JobConfig:

@@ -1,8 +1,9 @@
 """Training memory estimate for a LoRA run: weights, adapter, gradients, AdamW states, activations, logits.
 
-An analytic model of what the worker's training step holds on a GPU (Hugging Face Trainer + PEFT, fused AdamW,
-autocast over bf16 / fp16 weights, every trainable weight in fp32), documented term by term so users can see
-where the bytes go. `bench/memory.py` checks it against measured training steps (docs/benchmarks.md, "Memory").
+An analytic model of what the worker's training step holds on a GPU (TRL's trainers on the Hugging Face Trainer +
+PEFT, fused AdamW, autocast over bf16 / fp16 weights, every trainable weight in fp32, TRL's chunked LM head),
+documented term by term so users can see where the bytes go. `bench/memory.py` checks it against measured
+training steps (docs/benchmarks.md, "Memory").
 Pure stdlib; must not import torch or `workers`.
 """
 
@@ -25,10 +26,15 @@ GIB = 1024**3
 NF4_BYTES_PER_PARAM = 0.5 + 1 / 64 + 4 / (64 * 256)
 # What the CUDA context, cuBLAS workspaces and allocator fragmentation hold beyond tensors.
 CUDA_OVERHEAD_BYTES = int(0.9 * GIB)
-# The loss holds three fp32 vocab-wide tensors per token at once: the log-softmax it keeps, the gradient coming
-# into it and the gradient it passes back to the logits (the logits themselves, and their fp32 upcast, are freed
-# by then, and were fewer bytes while they lived).
-LOSS_BYTES_PER_LOGIT = 3 * 4
+# TRL's trainers never hold a batch's logits: their LM head (trl.kernels.chunked_logprob) projects tiles of at most
+# 4,096 tokens by 32,768 vocabulary entries and folds each into per-token statistics. On a GPU a Triton kernel folds
+# a tile in place, so backward, the peak, holds one tile in the compute dtype beside the hidden states' fp32
+# gradient and a few fp32 numbers per token. Without Triton (a CPU) the fold is torch ops that hold seven more fp32
+# tiles and a one-byte one (measured: tests/estimator/test_memory_model.py).
+TILE_TOKENS, TILE_VOCAB = 4096, 32768
+LM_HEAD_FLOATS_PER_TOKEN = 8
+TILE_BYTES_WITHOUT_TRITON = 7 * 4 + 1
+Device = Literal["cuda", "cpu"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +43,6 @@ class Architecture:
 
     eager_attention: bool = False  # no fused attention kernel: the per-head sequence x sequence scores are kept
     attention_softcap: bool = False  # scores soft-capped with tanh, whose output is kept too
-    logit_softcap: bool = False  # final logits soft-capped with tanh: one more vocab-wide tensor
     activation_tensors: int = 1  # tensors the MLP activation keeps: 1 for silu/gelu kernels
     dropouts_per_layer: int = 0  # dropouts with p > 0 on the residual stream, each keeping a 1-byte mask
     embedding_dropout: bool = False
@@ -48,7 +53,8 @@ class Architecture:
 # (x, tanh, 1 + tanh and x / 2 are kept) and its config trains with dropout 0.1 on embeddings and residuals (the
 # attention dropout happens inside the fused kernel on a GPU). Other types: the common Llama-like block.
 _ARCHITECTURES: dict[str, Architecture] = {
-    "gemma2": Architecture(eager_attention=True, attention_softcap=True, logit_softcap=True),
+    # (its final logit soft-cap happens inside the LM head's tiles)
+    "gemma2": Architecture(eager_attention=True, attention_softcap=True),
     "gpt2": Architecture(activation_tensors=4, dropouts_per_layer=2, embedding_dropout=True),
 }
 
@@ -227,6 +233,14 @@ def _layers_keeping_activations(inventory: Inventory, adapted: Sequence[tuple[Mo
     return layers - first
 
 
+def lm_head_bytes(scored_tokens: int, vocab: int, hidden: int, act: int, device: Device = "cuda") -> int:
+    """What TRL's chunked LM head holds at its peak (its backward) for `scored_tokens` positions: one tile of logits
+    in the compute dtype (`act` bytes), the fp32 gradient of the hidden states, and per-token statistics."""
+    tile = min(scored_tokens, TILE_TOKENS) * min(vocab, TILE_VOCAB)
+    tile_bytes = act + (TILE_BYTES_WITHOUT_TRITON if device == "cpu" else 0)
+    return tile * tile_bytes + scored_tokens * (hidden + LM_HEAD_FLOATS_PER_TOKEN) * 4
+
+
 def estimate_memory(
     inventory: Inventory,
     trainable_params: int,
@@ -240,9 +254,11 @@ def estimate_memory(
     sequence_length: int,
     batch_size: int,
     gradient_checkpointing: bool,
+    device: Device = "cuda",
 ) -> MemoryEstimate:
     """Peak training memory for one micro-batch of `batch_size` sequences, by component; `adapted` is (module, rank)
-    of each LoRA layer; `reference_adapter`: DPO's frozen copy of the adapter is held too."""
+    of each LoRA layer; `reference_adapter`: DPO's frozen copy of the adapter is held too; `device`: "cpu" for the
+    LM head's tiles as a CPU holds them (the measured checks run there)."""
     # A multimodal model's vision tower is not called by a text-only step: its LoRA layers keep nothing.
     adapted = [(module, r) for module, r in adapted if inventory.in_language_model(module)]
     saved = [module for module in saved if inventory.in_language_model(module)]
@@ -286,8 +302,7 @@ def estimate_memory(
         # bitsandbytes de-quantises one weight at a time to bf16 for its matmul.
         activations += 2 * max((m.weight_numel for m in _quantised(inventory)), default=0)
     vocab = inventory.config.get("vocab_size") or 0
-    # Gemma-2 soft-caps the logits with tanh before the loss, and keeps its output.
-    logits = tokens * vocab * (LOSS_BYTES_PER_LOGIT + (act if arch.logit_softcap else 0))
+    logits = lm_head_bytes(tokens - batch_size, vocab, hidden, act, device)
     return MemoryEstimate(
         precision=precision,
         base_weights=_base_weight_bytes(inventory, precision),

@@ -2,24 +2,23 @@
 
 A base model is one of the catalog's, a local model folder, or the base of one of the team's jobs: never just any
 hub id, which would have an inference worker download and load whatever weights a request names.
-A fine-tuned id (`app.jobs.model_names`) is looked up among the caller's team's jobs only, so another team's
-adapter is as unknown as one that never existed. The final adapter needs a succeeded job; a checkpoint's id works
-for any job of the team that stored that checkpoint. Must not import torch or `workers`.
+A fine-tuned id is looked up among the caller's team's jobs only (`app.jobs.adapter_lookup`). Must not import
+torch or `workers`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import case, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.base_models.model_ids import MODEL_ID_HINT, UnknownModel, resolve_model_id
 from app.estimator import catalog
-from app.job_status import JobStatus
 from app.jobs import model_names
+from app.jobs.adapter_lookup import AdapterNotFound, find_adapter
 from app.settings import Settings
-from app.tables import Checkpoint, Job
+from app.tables import Job
 
 
 class ModelNotFound(Exception):
@@ -32,14 +31,6 @@ class Target:
     base_model: str
     adapter_key: str | None  # the adapter's folder in the artifact store; None for the base alone
     job_id: str | None
-
-
-def _jobs_named(team_id: str, name: model_names.FineTunedName):
-    """The team's jobs on the name's base with its suffix or id: the job id form first (it names one job), then
-    the newest with the suffix."""
-    return (select(Job).where(Job.team_id == team_id, Job.model == name.base_model,
-                              (Job.id == name.job_ref) | (Job.suffix == name.job_ref))
-            .order_by(case((Job.id == name.job_ref, 0), else_=1), Job.created_at.desc()))
 
 
 def resolve(session: Session, team_id: str, model: str, settings: Settings) -> Target:
@@ -59,15 +50,8 @@ def resolve(session: Session, team_id: str, model: str, settings: Settings) -> T
             raise ModelNotFound(f"the model {model!r} is neither in the catalog, nor a local model folder, nor the "
                                 "base of one of your team's jobs")
         return Target(model, model, None, None)
-    if name.step is None:
-        job = session.scalars(_jobs_named(team_id, name).where(Job.status == JobStatus.SUCCEEDED,
-                                                              Job.adapter_key.is_not(None)).limit(1)).first()
-        if job is None:
-            raise ModelNotFound(f"no succeeded job of your team has the fine_tuned_model {model!r}")
-        return Target(model, job.model, job.adapter_key, job.id)
-    for job in session.scalars(_jobs_named(team_id, name).limit(20)):
-        checkpoint = session.scalars(select(Checkpoint).where(Checkpoint.job_id == job.id,
-                                                              Checkpoint.step == name.step)).first()
-        if checkpoint is not None:
-            return Target(model, job.model, checkpoint.storage_key, job.id)
-    raise ModelNotFound(f"no job of your team has the checkpoint {model!r}")
+    try:
+        found = find_adapter(session, team_id, model, name)
+    except AdapterNotFound as exc:
+        raise ModelNotFound(str(exc)) from None
+    return Target(model, found.job.model, found.storage_key, found.job.id)

@@ -58,6 +58,9 @@ def job_object(job: Job) -> dict[str, Any]:
         "created_at": int(job.created_at),
         "finished_at": int(job.finished_at) if job.finished_at else None,
         "fine_tuned_model": model_names.fine_tuned_model(job) if job.status == JobStatus.SUCCEEDED else None,
+        # The team's adapter this run continues (launched with its fine_tuned_model as the model), or None.
+        "continues": ({"model": job.config["start_from"]["model"], "job_id": job.parent_job_id}
+                      if job.config.get("start_from") else None),
         "held_out": held_out_comparison(job),
         "time_prediction": time_prediction(job),
         "organization_id": "org-tuneboard",

@@ -1,6 +1,6 @@
-"""The compare page (/compare?jobs=a,b): 2 to 5 of the team's runs, their loss curves on one chart and
-the settings in which they differ. The curves are drawn in the browser (static/js/compare.js) from each
-job's metrics endpoint. Must not import torch or `workers`.
+"""The compare page (/compare?jobs=a,b): 2 to 5 of the team's runs, their loss curves on one chart (and DPO runs'
+reward margins on another) and the settings in which they differ. The curves are drawn in the browser
+(static/js/compare.js) from each job's metrics endpoint. Must not import torch or `workers`.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def compare_page(request: Request, session: SessionDep, principal: PrincipalDep,
     context = {"problem": None, "rows": rows, "colours": compare.COLOURS, "files": files,
                "diff": compare.config_diff(flats), "keys_total": len({k for f in flats for k in f}),
                "show": compare.show,
+               "any_dpo": any((job.config.get("method") or {}).get("type") == "dpo" for job in found),
                "chart_jobs": [{"id": j.id, "name": j.suffix or j.id, "colour": c}
                               for j, c in zip(found, compare.COLOURS, strict=False)]}
     return templates.TemplateResponse(request, "compare.html", context)

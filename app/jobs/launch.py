@@ -15,10 +15,12 @@ from app.accounts.users import Principal
 from app.base_models.inventories import InventoryUnavailable, get_inventory
 from app.datasets.token_stats import padded_tokens_per_example
 from app.estimator.estimate import EstimateRequest, estimate
-from app.estimator.job_config import JobConfig, held_out_examples, training_examples
+from app.estimator.job_config import JobConfig, StartFrom, held_out_examples, training_examples
 from app.estimator.limits import ImpossibleSettings, check_rank_limits, memory_over_every_worker
+from app.estimator.lora_settings import LoraSettings
 from app.fleet import throughput, worker_registry
-from app.jobs import lifecycle
+from app.jobs import lifecycle, model_names
+from app.jobs.adapter_lookup import AdapterNotFound, find_adapter
 from app.settings import Settings
 from app.tables import DataFile, Job
 
@@ -75,6 +77,7 @@ def launch(session: Session, settings: Settings, principal: Principal, config: J
            validation_file: str | None = None, suffix: str | None = None, metadata: dict[str, Any] | None = None,
            queue: str | None = None) -> Job:
     """Validate, estimate, store the job as queued and send it to its queue."""
+    config = _continuing(session, settings, principal, config)
     train = _file(session, principal, training_file, "training_file")
     validation = _file(session, principal, validation_file, "validation_file")
     split = config.training.validation_split
@@ -103,8 +106,30 @@ def launch(session: Session, settings: Settings, principal: Principal, config: J
               team_id=principal.team.id, created_by=principal.user.id,
               estimate=launch_estimate,
               training_file_id=train.id, validation_file_id=validation.id if validation else None,
-              suffix=suffix, metadata_=metadata)
+              suffix=suffix, metadata_=metadata, parent_job_id=config.start_from.job_id if config.start_from else None)
     return lifecycle.submit(session, _redis_or_none(), job, settings)
+
+
+def _continuing(session: Session, settings: Settings, principal: Principal, config: JobConfig) -> JobConfig:
+    """A model given as one of the team's fine_tuned_model (or checkpoint) ids: the run continues that adapter on its
+    base, with its LoRA settings (an adapter's shape is fixed: other LoRA settings are refused, naming the field)."""
+    name = model_names.parse(config.model)
+    if name is None:
+        return config
+    try:
+        found = find_adapter(session, principal.team.id, config.model, name)
+    except AdapterNotFound as exc:  # another team's adapter is as unknown as one that never existed
+        raise LaunchError("model", f"model: {exc}", status=404, code="model_not_found") from None
+    parent = found.job
+    parent_lora = JobConfig.model_validate(parent.config).lora
+    if config.lora != LoraSettings() and config.lora != parent_lora:
+        changed = next(name for name in LoraSettings.model_fields
+                       if getattr(config.lora, name) != getattr(parent_lora, name))
+        raise LaunchError(f"lora.{changed}", f"lora.{changed}: {config.model} is an adapter with "
+                          f"{changed}={getattr(parent_lora, changed)!r}, and a run that continues it keeps its LoRA "
+                          "settings; leave lora out", code="invalid_lora_config")
+    start = StartFrom(model=config.model, job_id=parent.id, adapter_key=found.storage_key)
+    return config.model_copy(update={"model": parent.model, "lora": parent_lora, "start_from": start})
 
 
 def _require_data_for_method(config: JobConfig, data_file: DataFile, param: str) -> None:

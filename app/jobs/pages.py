@@ -39,6 +39,15 @@ def _not_found(request: Request, job_id: str) -> HTMLResponse:
     return templates.TemplateResponse(request, "not_found.html", {"what": f"job {job_id}"}, status_code=404)
 
 
+def lineage(session: Session, job: Job) -> dict:
+    """The job whose adapter this one continues and the team's jobs that continue this one's, oldest first."""
+    parent = session.get(Job, job.parent_job_id) if job.parent_job_id else None
+    children = session.scalars(select(Job).where(Job.parent_job_id == job.id, Job.team_id == job.team_id)
+                               .order_by(Job.created_at)).all()
+    return {"parent": parent if parent is not None and parent.team_id == job.team_id else None,
+            "children": children}
+
+
 def _context(session: Session, job: Job) -> dict:
     events = list(reversed(session.scalars(
         select(Event).where(Event.job_id == job.id).order_by(Event.id.desc()).limit(EVENTS_SHOWN)).all()))
@@ -57,6 +66,7 @@ def _context(session: Session, job: Job) -> dict:
         "label_errors": {}, "drafts": {}, "saved": None,
         "phase": job_phase(session, job), "figures": progress_figures(session, job),
         "export": exports.find(session, job.id, "merged") if job.adapter_key else None,
+        "lineage": lineage(session, job),
         **held_out_answers.page_context(session, job),
     }
 

@@ -25,7 +25,8 @@ def test_estimate_is_within_15_percent_of_a_measured_training_step(precision):
     config = scaled_catalog_config(MODEL, Shape(hidden=256, layers=2, intermediate=768, heads=4, kv_heads=2))
     job = JobConfig.model_validate({"model": MODEL, "lora": {"r": 16, "lora_alpha": 16, "target_modules": "all-linear"},
                                     "training": {"precision": precision, "sequence_length": 128, "batch_size": 2}})
-    memory = estimate(Inventory(build_inventory(config, MODEL)), EstimateRequest.model_validate(job.model_dump()))
+    memory = estimate(Inventory(build_inventory(config, MODEL)), EstimateRequest.model_validate(job.model_dump()),
+                      device="cpu")
     measured = measure_training_memory(config, job)
 
     predicted = {name: getattr(memory.memory, name) for name in COMPONENTS}

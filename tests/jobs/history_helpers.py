@@ -30,12 +30,14 @@ def stored_file(account, name: str = "train.jsonl", count: int = 24) -> str:
         return record.id
 
 
-def job_config(model: str = SMOL, lora: dict | None = None, training: dict | None = None) -> dict:
+def job_config(model: str = SMOL, lora: dict | None = None, training: dict | None = None,
+               method: dict | None = None) -> dict:
     """A validated JobConfig dump, as the job row stores it."""
     from app.estimator.job_config import JobConfig
 
     lora = {"r": 16, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], **(lora or {})}
-    return JobConfig(model=model, lora=lora, training=training or {}).model_dump(mode="json")
+    return JobConfig(model=model, lora=lora, training=training or {},
+                     method=method or {"type": "supervised"}).model_dump(mode="json")
 
 
 def add_job(account, file_id: str, *, suffix: str | None = None, status: str = "succeeded", model: str = SMOL,
@@ -43,14 +45,16 @@ def add_job(account, file_id: str, *, suffix: str | None = None, status: str = "
             runtime: float | None = 120.0, loss: float | None = 1.25, eval_loss: float | None = None,
             notes: str = "", tags: list[str] | None = None, user_id: str | None = None,
             losses: list[float] | None = None, eval_every: int = 0, checkpoints: list[int] = (),
-            validation_file_id: str | None = None) -> Job:
-    """A job of the account's team; a finished one has its estimate, final metrics and (optionally) a curve."""
+            validation_file_id: str | None = None, method: dict | None = None,
+            margins: list[float] | None = None) -> Job:
+    """A job of the account's team; a finished one has its estimate, final metrics and (optionally) a curve, and a
+    DPO one (`method`) its reward margins step by step."""
     from app.db import new_session
     from app.estimator.job_config import JobConfig
     from app.jobs.launch import estimate_at_launch
     from app.settings import get_settings
 
-    config = job_config(model, lora, training)
+    config = job_config(model, lora, training, method)
     created = created_at if created_at is not None else T0 + next(_clock)
     finished = status in ("succeeded", "failed", "cancelled")
     estimate = estimate_at_launch(JobConfig.model_validate(config), 24, validation_file_id is not None, get_settings())
@@ -70,8 +74,11 @@ def add_job(account, file_id: str, *, suffix: str | None = None, status: str = "
         session.flush()
         for step, value in enumerate(losses or [], start=1):
             evaluated = eval_every and step % eval_every == 0
+            margin = margins[step - 1] if margins else None
+            eval_margin = margin - 0.2 if evaluated and margin is not None else None
             session.add(Metric(job_id=job.id, step=step, epoch=step / max(1, len(losses)), loss=value,
-                               eval_loss=value + 0.1 if evaluated else None, learning_rate=2e-4))
+                               eval_loss=value + 0.1 if evaluated else None, learning_rate=2e-4,
+                               reward_margin=margin, eval_reward_margin=eval_margin))
         for step in checkpoints:
             # As the worker records them: the losses live in the step's logged metrics, not on the checkpoint.
             session.add(Checkpoint(job_id=job.id, step=step, storage_key=f"checkpoints/{job.id}/{step}"))

@@ -140,6 +140,32 @@ def test_compare_two_runs(page, history):
 
 
 @pytest.mark.browser
+def test_compare_a_dpo_run_with_the_supervised_run_it_followed(page, history, account):
+    """The reward margin gets its own chart, drawn for the DPO run only; the loss chart holds both runs."""
+    chat = history["r16-baseline"].training_file_id
+    margins = [round(2.5 * (1 - math.exp(-step / 15)), 4) for step in range(1, 61)]
+    dpo = add_job(account, chat, suffix="dpo-beta0.1", method={"type": "dpo", "dpo": {"beta": 0.1}},
+                  losses=[round(0.6931 * math.exp(-step / 30), 4) for step in range(1, 61)], margins=margins,
+                  eval_every=20)
+    supervised = history["r16-baseline"]
+    page.goto(f"/compare?jobs={supervised.id},{dpo.id}")
+    page.wait_for_function("() => document.getElementById('margin-chart').dataset.series === '1'")
+    margin = page.evaluate("window.tuneboardCompare.series('reward_margin')")
+    assert [(s["job"], s["kind"], s["points"]) for s in margin] == [(dpo.id, "train", 60), (dpo.id, "eval", 3)]
+    loss = page.evaluate("window.tuneboardCompare.series()")
+    assert [(s["job"], s["points"]) for s in loss if s["kind"] == "train"] == [(supervised.id, 120), (dpo.id, 60)]
+    assert page.locator("#compare-runs tbody td:nth-child(7)").all_inner_texts() == ["supervised", "DPO"]
+    assert page.locator("#margin-chart canvas").count() == 1
+    page.locator("#margin-section").scroll_into_view_if_needed()
+    shot(page, "compare-dpo.png")
+    assert not page.problems, page.problems
+
+    page.goto(f"/compare?jobs={supervised.id},{history['r32-lr1e-4'].id}")  # no DPO run: no margin chart
+    page.wait_for_function("() => document.getElementById('compare-chart').dataset.series === '2'")
+    assert page.locator("#margin-section").count() == 0
+
+
+@pytest.mark.browser
 def test_clone_a_job(page, history, live_server, account):
     job = history["r32-lr1e-4"]
     page.goto(f"/jobs/{job.id}")

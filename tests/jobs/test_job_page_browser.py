@@ -48,7 +48,7 @@ def test_live_curve_survives_a_reload_and_ends_complete(browser, live_server, st
     assert after == list(range(1, len(after) + 1)), "a gap or a duplicate after the reload"
     assert api.get(f"/v1/fine_tuning/jobs/{job['id']}").json()["status"] == "running", "reloaded after the run"
 
-    page.wait_for_selector("#job-result", timeout=240_000)
+    page.wait_for_selector("#job-result", timeout=420_000)  # 600 steps on a loaded 2-core machine
     page.wait_for_function(f"() => window.tuneboardJob.steps().length === {STEPS}", timeout=30_000)
     assert page.evaluate(steps) == list(range(1, STEPS + 1))
     assert page.locator("#job-status").inner_text() == "succeeded"

@@ -124,3 +124,34 @@ def test_dpo_on_the_demo_model_with_the_demo_pairs_raises_the_held_out_reward_ma
     assert sorted(evaluated) == [0, 8]
     assert evaluated[0]["eval_reward_margin"] == pytest.approx(0.0, abs=1e-4)
     assert evaluated[8]["eval_reward_margin"] > 1.0 and evaluated[8]["eval_reward_accuracy"] >= 0.9, evaluated
+
+
+def test_dpo_continues_a_supervised_adapter_which_is_also_its_reference(tiny_dir, tmp_path):
+    """The usual recipe on the worker: DPO from a finished supervised adapter starts from that adapter (not a fresh
+    one) and measures its rewards against it, so at step 0 the margin is 0 although the adapter is not the base."""
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    from app.estimator.job_config import StartFrom
+    from tests.workers.test_training import TRAIN, tiny_config
+
+    supervised = train(make_run(tiny_config(tiny_dir, max_steps=6, save_steps=6), tmp_path / "sft",
+                                train_examples=TRAIN, eval_examples=None), RecordingReporter())
+    lora = LoraSettings(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.1)  # the supervised run's
+    config = dpo_config(tiny_dir, max_steps=2, save_steps=2, eval_steps=2, learning_rate=1e-7).model_copy(update={
+        "lora": lora, "start_from": StartFrom(model="tiny:ft-sft", job_id="job-sft", adapter_key="unused")})
+    run = dataclasses.replace(make_run(config, tmp_path / "dpo", train_examples=PAIRS, eval_examples=HELD_OUT),
+                              start_adapter=supervised.adapter_dir)
+    reporter = RecordingReporter()
+    result = train(run, reporter)
+    assert any("Continuing the adapter tiny:ft-sft" in message for _, message in reporter.events)
+    evaluated = {step: m for step, _, m in reporter.logs if "eval_reward_margin" in m}
+    assert evaluated[0]["eval_reward_margin"] == pytest.approx(0.0, abs=1e-6)
+    started = load_file(supervised.adapter_dir / "adapter_model.safetensors")
+    ended = load_file(result.adapter_dir / "adapter_model.safetensors")
+    assert sorted(started) == sorted(ended)
+    lora_b = [name for name in started if "lora_B" in name]
+    # A fresh adapter's B matrices are zero; these are the supervised run's, moved by two steps at lr 1e-7.
+    assert all(started[name].abs().max() > 1e-3 for name in lora_b)
+    assert all((ended[name] - started[name]).abs().max() < 1e-4 for name in started)

@@ -1,4 +1,4 @@
-"""LoRA training on the worker: real Trainer + PEFT runs on a tiny local model, and one on the demo model."""
+"""LoRA training on the worker: real TRL SFTTrainer + PEFT runs on a tiny local model, and one on the demo model."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from tests.conftest import require
 from tests.tiny_model import build_tiny_model
 from workers import base_models
 from workers.inventory import build_inventory
-from workers.tokenization import IGNORE_INDEX, PaddingCollator, tokenize_chat, tokenize_example, tokenize_examples
 from workers.training import TrainingFailure, TrainingResult, TrainingRun, train
 from workers.training import run as run_module
 
@@ -306,117 +305,13 @@ def test_importing_the_training_modules_loads_no_ml_stack():
 
     probe = (
         "import json, sys\n"
-        "import workers.training, workers.base_models, workers.tokenization, workers.lora_config\n"
+        "import workers.training, workers.base_models, workers.training.chat_masks, workers.lora_config\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 0, done.stderr
     assert set(json.loads(done.stdout.splitlines()[-1])) & {"torch", "transformers", "peft"} == set()
-
-
-# --- tokenisation -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_dir)
-
-
-def labelled_runs(tokenizer, input_ids: list[int], labels: list[int]) -> list[str]:
-    """Decode each maximal run of labelled tokens."""
-    runs, current = [], []
-    for token, label in zip(input_ids, labels, strict=True):
-        if label != IGNORE_INDEX:
-            assert label == token
-            current.append(token)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return [tokenizer.decode(run) for run in runs]
-
-
-CONVERSATION = (
-    {"role": "system", "content": "Answer briefly."},
-    {"role": "user", "content": "Reverse the word: stop"},
-    {"role": "assistant", "content": "pots"},
-    {"role": "user", "content": "Reverse the word: live"},
-    {"role": "assistant", "content": "evil, of course"},
-)
-
-
-def test_assistant_only_labels_cover_exactly_the_assistant_turns(tokenizer):
-    input_ids, labels = tokenize_chat(tokenizer, CONVERSATION, loss_on="assistant")
-    assert input_ids == tokenizer.apply_chat_template(list(CONVERSATION), tokenize=True)["input_ids"]
-    assert labelled_runs(tokenizer, input_ids, labels) == ["pots<|im_end|>\n", "evil, of course<|im_end|>\n"]
-    # Exact spans: each run starts right after the generation prompt of its turn.
-    prefix = tokenizer.apply_chat_template(list(CONVERSATION[:2]), tokenize=True, add_generation_prompt=True)
-    start = len(prefix["input_ids"])
-    assert labels[start - 1] == IGNORE_INDEX and labels[start] == input_ids[start]
-
-
-def test_loss_on_all_labels_every_token(tokenizer):
-    input_ids, labels = tokenize_chat(tokenizer, CONVERSATION, loss_on="all")
-    assert labels == input_ids
-
-
-def test_assistant_spans_without_a_generation_prompt_or_with_an_injected_system_turn(tokenizer):
-    from copy import deepcopy
-
-    injected = deepcopy(tokenizer)
-    # SmolLM2-style: a default system turn when the conversation has none.
-    injected.chat_template = (
-        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-        "{{ '<|im_start|>system\nBe nice<|im_end|>\n' }}{% endif %}"
-        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    )
-    no_prompt = deepcopy(tokenizer)
-    no_prompt.chat_template = (  # ignores add_generation_prompt altogether
-        "{% for message in messages %}"
-        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
-    )
-    for variant in (injected, no_prompt):
-        input_ids, labels = tokenize_chat(variant, CONVERSATION[1:], loss_on="assistant")
-        runs = labelled_runs(variant, input_ids, labels)
-        assert runs == ["pots<|im_end|>\n", "evil, of course<|im_end|>\n"], variant.chat_template
-
-
-def test_prompt_completion_trains_on_the_completion_and_eos(tokenizer):
-    example = Example(prompt="Capital of France?", completion=" Paris")
-    input_ids, labels = tokenize_example(example, tokenizer, loss_on="assistant")
-    assert input_ids[0] == tokenizer.bos_token_id and input_ids[-1] == tokenizer.eos_token_id
-    assert labelled_runs(tokenizer, input_ids, labels) == [" Paris<|im_end|>"]
-    _, all_labels = tokenize_example(example, tokenizer, loss_on="all")
-    assert all_labels == input_ids
-
-
-def test_text_trains_on_every_token(tokenizer):
-    input_ids, labels = tokenize_example(Example(text="The sky is blue."), tokenizer, loss_on="assistant")
-    assert labels == input_ids
-    assert input_ids[0] == tokenizer.bos_token_id and input_ids[-1] == tokenizer.eos_token_id
-
-
-def test_truncation_is_counted_and_unlearnable_examples_dropped(tokenizer):
-    long_answer = chat("Hi", "word " * 60)
-    late_answer = chat("word " * 60, "late")  # the assistant turn lies past the cut
-    data = tokenize_examples([long_answer, late_answer, TRAIN[0]], tokenizer, sequence_length=48, loss_on="assistant")
-    assert (data.examples, data.truncated, data.dropped, len(data.features)) == (3, 2, 1, 2)
-    assert all(len(f["input_ids"]) <= 48 for f in data.features)
-
-
-def test_collator_pads_dynamically_and_counts_real_tokens():
-    collator = PaddingCollator(pad_token_id=0)
-    batch = collator([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}])
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
-    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["num_tokens"] == 4
-    assert PaddingCollator(0, pad_to_multiple_of=8)([{"input_ids": [1], "labels": [1]}])["input_ids"].shape == (1, 8)
 
 
 def test_prompt_completion_and_text_datasets_train(tiny_dir, tmp_path):
@@ -501,16 +396,6 @@ def test_a_backtracking_pattern_fails_the_job_before_peft_matches_it(tiny_dir, t
         train(make_run(config, tmp_path), RecordingReporter())
     assert caught.value.code == "unsupported" and "target_modules" in caught.value.reason
     assert "ms to match" in caught.value.reason and wrapped == []  # refused by the budget, PEFT never ran
-
-
-def test_chat_data_needs_a_chat_template(tokenizer):
-    from copy import deepcopy
-
-    plain = deepcopy(tokenizer)
-    plain.chat_template = None
-    with pytest.raises(TrainingFailure) as caught:
-        tokenize_chat(plain, CONVERSATION, loss_on="assistant")
-    assert caught.value.code == "dataset_problem" and "chat template" in caught.value.reason
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="QLoRA is supported on this CUDA machine")

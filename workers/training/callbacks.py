@@ -13,11 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from transformers import Trainer, TrainerCallback
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from workers.tokenization import NUM_TOKENS_KEY
 from workers.training.contract import Reporter
+
+NUM_TOKENS_KEY = "num_tokens"  # batch entry with the batch's non-padding token count, as a plain int
 
 # Trainer log keys forwarded to the reporter as they are.
 _TRAIN_KEYS = ("loss", "learning_rate", "grad_norm")
@@ -28,7 +29,7 @@ _PREFERENCE_KEYS = {"rewards/chosen": "rewards_chosen", "rewards/rejected": "rew
 
 
 class CountedTraining:
-    """Mixed into a Trainer (the stock one, or TRL's): a running count of the real (non-padding) tokens it trains
+    """Mixed into TRL's trainers (SFTTrainer, DPOTrainer): a running count of the real (non-padding) tokens it trains
     on, and of the padded tokens it computes on (training and evaluation), from which a finished run's FLOPs are
     worked out. The collator attaches each batch's real-token count under NUM_TOKENS_KEY."""
 
@@ -48,10 +49,6 @@ class CountedTraining:
         inputs.pop(NUM_TOKENS_KEY, None)
         self.compute.add_evaluation(inputs["input_ids"].shape)
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
-
-
-class TuneboardTrainer(CountedTraining, Trainer):
-    """The stock Trainer with Tuneboard's token and compute counts (supervised runs)."""
 
 
 class ComputeCounts:

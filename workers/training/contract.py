@@ -42,6 +42,7 @@ class TrainingRun:
     output_dir: Path  # checkpoints in output_dir/checkpoints/checkpoint-<step>, adapter in output_dir/adapter
     resume_from: Path | None  # a checkpoint dir from an earlier attempt
     data_dir: Path  # the Tuneboard data dir (converted demo model cache)
+    start_adapter: Path | None = None  # the folder of the adapter this run continues (config.start_from)
 
     @property
     def checkpoints_dir(self) -> Path:

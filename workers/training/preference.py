@@ -18,8 +18,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from app.datasets.format_common import Example
 from app.estimator.job_config import DpoSettings, TrainingSettings
-from workers.tokenization import NUM_TOKENS_KEY
-from workers.training.callbacks import CountedTraining
+from workers.training.callbacks import NUM_TOKENS_KEY, CountedTraining
 
 # The worker's log is for the job's events, not for a progress bar per dataset pass.
 datasets.disable_progress_bars()

@@ -1,4 +1,5 @@
-"""`train()`: one LoRA fine-tuning attempt, from base model to saved adapter, on the Hugging Face Trainer.
+"""`train()`: one LoRA fine-tuning attempt, from base model to saved adapter, on TRL's trainers (SFTTrainer for
+supervised runs, DPOTrainer for preference pairs).
 
 Owns the order of things (load, tokenise, wrap with PEFT, train or resume, evaluate, save) and the
 translation of known failures into `TrainingFailure`. The loop itself is the Trainer's.
@@ -42,11 +43,11 @@ def _device_label(device: str) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def _tokenize(examples: list[Any], tokenizer: Any, run: TrainingRun, reporter: Reporter, what: str) -> Any:
-    from workers.tokenization import tokenize_examples
+def _prepare(examples: list[Any], tokenizer: Any, run: TrainingRun, reporter: Reporter, what: str) -> Any:
+    from workers.training.supervised import prepare_examples
 
     settings = run.config.training
-    data = tokenize_examples(examples, tokenizer, sequence_length=settings.sequence_length, loss_on=settings.loss_on)
+    data = prepare_examples(examples, tokenizer, sequence_length=settings.sequence_length, loss_on=settings.loss_on)
     if data.truncated:
         reporter.on_event(
             f"{data.truncated} of {data.examples} {what} examples were longer than {settings.sequence_length} "
@@ -58,9 +59,9 @@ def _tokenize(examples: list[Any], tokenizer: Any, run: TrainingRun, reporter: R
             f"{data.dropped} of {data.examples} {what} examples had no {target} tokens left to learn from "
             "and were skipped.", level="warning",
         )
-    if data.features:
+    if data.kept:
         kinds = ", ".join(f"{n} {kind.replace('_', '/')}" for kind, n in sorted(data.kinds.items()))
-        reporter.on_event(f"Tokenised {len(data.features)} {what} examples ({kinds}; {data.tokens:,} tokens).")
+        reporter.on_event(f"Tokenised {data.kept} {what} examples ({kinds}; {data.tokens:,} tokens).")
     return data
 
 
@@ -82,7 +83,7 @@ def _base_eval_loss(log_history: list[dict[str, Any]]) -> float | None:
 
 def _wrap_with_lora(model: Any, run: TrainingRun) -> Any:
     import torch
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import set_seed
 
     from app.estimator.matching import check_pattern_cost
@@ -102,7 +103,12 @@ def _wrap_with_lora(model: Any, run: TrainingRun) -> Any:
     except PatternTooCostly as exc:  # PEFT's `re` matching would hold this worker for minutes
         raise TrainingFailure("unsupported", exc.message) from exc
     try:
-        peft_model = get_peft_model(model, to_peft_config(run.config.lora))
+        if run.start_adapter is not None:
+            # The team's adapter this run continues, trainable: its shape is its own (the launch copied its LoRA
+            # settings into this job's config, so the estimate counted the same matrices).
+            peft_model = PeftModel.from_pretrained(model, run.start_adapter, is_trainable=True)
+        else:
+            peft_model = get_peft_model(model, to_peft_config(run.config.lora))
     except ValueError as exc:  # e.g. "Target modules {...} not found in the base model"
         raise TrainingFailure("unsupported", f"LoRA cannot be applied to this model as configured: {exc}") from exc
     # PEFT keeps LoRA matrices in fp32 over a bf16/fp16 base, but not modules_to_save copies or freed
@@ -143,11 +149,11 @@ def train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
             torch.cuda.empty_cache()
 
 
-def _supervised_features(run: TrainingRun, tokenizer: Any, reporter: Reporter) -> tuple[Any, Any]:
-    """The tokenized training and validation examples of a supervised run."""
+def _supervised_data(run: TrainingRun, tokenizer: Any, reporter: Reporter) -> tuple[Any, Any]:
+    """The training and validation examples of a supervised run, tokenized by TRL."""
     settings = run.config.training
-    train_data = _tokenize(run.train_examples, tokenizer, run, reporter, "training")
-    if not train_data.features:
+    train_data = _prepare(run.train_examples, tokenizer, run, reporter, "training")
+    if not train_data.kept:
         target = "assistant/completion" if settings.loss_on == "assistant" else "trainable"
         cut = f", {train_data.truncated} of them truncated" if train_data.truncated else ""
         raise TrainingFailure(
@@ -155,8 +161,20 @@ def _supervised_features(run: TrainingRun, tokenizer: Any, reporter: Reporter) -
             f"none of the {train_data.examples} training examples has a {target} token within the first "
             f"{settings.sequence_length} tokens{cut}: raise sequence_length or shorten the prompts",
         )
-    eval_features = _tokenize(run.eval_examples or [], tokenizer, run, reporter, "validation").features or None
-    return train_data.features, eval_features
+    eval_data = _prepare(run.eval_examples or [], tokenizer, run, reporter, "validation")
+    return train_data, eval_data if eval_data.kept else None
+
+
+def _sft_trainer(run: TrainingRun, model: Any, tokenizer: Any, callback: Any, common: dict[str, Any],
+                 data: tuple[Any, Any], pad_to_multiple_of: int | None) -> Any:
+    from trl import SFTConfig
+
+    from workers.training.arguments import training_arguments
+    from workers.training.supervised import sft_settings, sft_trainer
+
+    args = training_arguments(run.config.training, **common, arguments_class=SFTConfig,
+                              **sft_settings(run.config.training))
+    return sft_trainer(model, tokenizer, args, *data, [callback], pad_to_multiple_of=pad_to_multiple_of)
 
 
 def _dpo_trainer(run: TrainingRun, model: Any, tokenizer: Any, callback: Any, common: dict[str, Any],
@@ -182,10 +200,8 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
     from transformers.trainer_callback import PrinterCallback
 
     from workers.base_models import load_base
-    from workers.tokenization import PaddingCollator
     from workers.training.adapter_metadata import name_base_model
-    from workers.training.arguments import training_arguments
-    from workers.training.callbacks import ReporterCallback, RunAlreadyComplete, TuneboardTrainer
+    from workers.training.callbacks import ReporterCallback, RunAlreadyComplete
 
     settings = run.config.training
     resume_from = Path(run.resume_from) if run.resume_from else None
@@ -196,11 +212,13 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
     base = load_base(run.config.model, data_dir=run.data_dir, precision=settings.precision,
                      load_in_4bit=settings.load_in_4bit, on_event=reporter.on_event)
     preference = run.config.method.type == "dpo"
-    train_features = eval_features = None
-    if not preference:  # TRL's DPOTrainer tokenizes its pairs itself
-        train_features, eval_features = _supervised_features(run, base.tokenizer, reporter)
+    # Tokenized before the model is wrapped, so a dataset problem fails the run before any LoRA work; DPOTrainer
+    # tokenizes its pairs itself.
+    supervised = None if preference else _supervised_data(run, base.tokenizer, reporter)
 
     model = _wrap_with_lora(base.model, run)
+    if run.start_adapter is not None and run.config.start_from is not None:
+        reporter.on_event(f"Continuing the adapter {run.config.start_from.model} (job {run.config.start_from.job_id}).")
     trainable_params, all_params = model.get_nb_trainable_parameters()
     samples = HeldOutAnswers(run.eval_examples, base.tokenizer, limit=settings.held_out_samples,
                              max_new_tokens=settings.sample_max_new_tokens, sequence_length=settings.sequence_length)
@@ -208,7 +226,7 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
         else None
     callback = ReporterCallback(reporter, trainable_params=trainable_params, all_params=all_params,
                                 device=_device_label(base.device), on_checkpoint_model=sample_at_checkpoint)
-    has_eval = bool(run.eval_examples) if preference else eval_features is not None
+    has_eval = bool(run.eval_examples) if preference else supervised[1] is not None
     # Multiples of 8 keep tensor-core shapes on GPU; on CPU they would only add padding.
     pad_to_multiple_of = 8 if base.device == "cuda" else None
     # A resumed run has its base evaluation in the checkpoint's log history already.
@@ -217,10 +235,7 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
     if preference:
         trainer = _dpo_trainer(run, model, base.tokenizer, callback, common, pad_to_multiple_of)
     else:
-        args = training_arguments(settings, **common)
-        collator = PaddingCollator(base.tokenizer.pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
-        trainer = TuneboardTrainer(model=model, args=args, data_collator=collator, train_dataset=train_features,
-                                   eval_dataset=eval_features, callbacks=[callback])
+        trainer = _sft_trainer(run, model, base.tokenizer, callback, common, supervised, pad_to_multiple_of)
     # With tqdm off the Trainer prints every log dict to stdout; the reporter already has them.
     trainer.remove_callback(PrinterCallback)
     if resume_from is not None:
