@@ -77,7 +77,7 @@ def launch(session: Session, settings: Settings, principal: Principal, config: J
            validation_file: str | None = None, suffix: str | None = None, metadata: dict[str, Any] | None = None,
            queue: str | None = None) -> Job:
     """Validate, estimate, store the job as queued and send it to its queue."""
-    config = _continuing(session, settings, principal, config)
+    config = _continuing(session, principal, config)
     train = _file(session, principal, training_file, "training_file")
     validation = _file(session, principal, validation_file, "validation_file")
     split = config.training.validation_split
@@ -110,12 +110,14 @@ def launch(session: Session, settings: Settings, principal: Principal, config: J
     return lifecycle.submit(session, _redis_or_none(), job, settings)
 
 
-def _continuing(session: Session, settings: Settings, principal: Principal, config: JobConfig) -> JobConfig:
+def _continuing(session: Session, principal: Principal, config: JobConfig) -> JobConfig:
     """A model given as one of the team's fine_tuned_model (or checkpoint) ids: the run continues that adapter on its
-    base, with its LoRA settings (an adapter's shape is fixed: other LoRA settings are refused, naming the field)."""
+    base, with its LoRA settings (an adapter's shape is fixed: other LoRA settings are refused, naming the field).
+    `start_from` is set here only, from the team's own jobs: whatever a caller's config carried is dropped, so no
+    storage key reaches a worker unless this lookup found it."""
     name = model_names.parse(config.model)
     if name is None:
-        return config
+        return config.model_copy(update={"start_from": None})
     try:
         found = find_adapter(session, principal.team.id, config.model, name)
     except AdapterNotFound as exc:  # another team's adapter is as unknown as one that never existed

@@ -112,3 +112,21 @@ def test_a_launch_continues_only_its_own_teams_adapters_with_their_lora_settings
     assert different.status_code == 400, different.text
     error = different.json()["error"]
     assert error["param"] == "lora.r" and "r=16" in error["message"] and "leave lora out" in error["message"]
+
+
+def test_a_start_from_the_caller_wrote_is_never_what_a_worker_loads(tuneboard_env, account, make_user):
+    """Only the launch's own team-scoped lookup sets `start_from`: a config that arrives carrying one (another team's
+    storage key, say) launches a fresh adapter."""
+    from app.accounts import users
+    from app.db import new_session
+    from app.estimator.job_config import JobConfig, StartFrom
+    from app.jobs.launch import launch
+
+    other = make_user("mallory@example.com", "Beta")
+    theirs = add_job(other, stored_file(other), suffix="secret")
+    forged = JobConfig(model="HuggingFaceTB/SmolLM2-135M", start_from=StartFrom(
+        model="x:ft-secret", job_id=theirs.id, adapter_key=theirs.adapter_key))
+    with new_session() as session:
+        principal = users.principal_for_token(session, account.token)
+        job = launch(session, tuneboard_env.settings, principal, forged, training_file=stored_file(account))
+        assert job.config["start_from"] is None and job.parent_job_id is None
