@@ -25,8 +25,8 @@ pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 TRAINING = {"max_steps": 3, "batch_size": 2, "sequence_length": 64, "precision": "fp32", "save_steps": 100}
-# Llama-3.1-8B in bf16 at 4096 tokens x 8: far beyond a 24 GB card, within an 80 GB one.
-BIG_RUN = {"model": "meta-llama/Llama-3.1-8B", "sequence_length": "4096", "batch_size": "2",
+# Llama-3.1-8B in bf16 at 8192 tokens x 2, checkpointed: about 26 GiB, beyond a 24 GB card, within an 80 GB one.
+BIG_RUN = {"model": "meta-llama/Llama-3.1-8B", "sequence_length": "8192", "batch_size": "2",
            "gradient_checkpointing": "on"}
 
 
@@ -87,15 +87,15 @@ def test_the_queue_warning_follows_the_form_in_the_browser(browser, live_server,
     page.goto("/")
     page.wait_for_selector("#peft-line")
     warning = page.locator("#msg-queue")
-    page.check("input[name=gradient_checkpointing]")  # off by default (as the worker runs); the figures assume it
     page.select_option("#queue", "gpu-24g")
-    page.fill("input[name=sequence_length]", "16384")  # SmolLM2-135M at 16k tokens x 4: about 42 GiB
+    # SmolLM2-135M at 8k tokens x 4 without gradient checkpointing (off by default, as the worker runs): 26.8 GiB
+    page.fill("input[name=sequence_length]", "8192")
     expect(warning).to_contain_text("does not fit queue 'gpu-24g': its largest GPU is 22.5 GiB")
     page.locator("#launch-card").screenshot(path=str(tmp_path / "queue-warning.png"))
     page.select_option("#queue", "gpu-80g")
     expect(warning).to_have_text("")
-    page.fill("input[name=sequence_length]", "28672")  # about 72 GiB: still fits 79.6 GiB
-    expect(page.locator("#memory-total")).to_have_text("72.3 GiB")
+    page.fill("input[name=sequence_length]", "16384")  # about 52 GiB: still fits 79.6 GiB
+    expect(page.locator("#memory-total")).to_have_text("52.1 GiB")
     expect(warning).to_have_text("")
     assert not problems, problems
     context.close()
