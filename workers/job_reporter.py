@@ -216,6 +216,10 @@ class JobReporter:
         self._write(lambda session: lifecycle.rewind(session, self.client, self.job_id, self.attempt, step,
                                                 max_len=self.settings.stream_max_points))
 
+    def continue_after(self, step: int) -> None:
+        """Log on from `step`, which another process of this attempt already rewound the job to."""
+        self._logged_step = step
+
     def _write(self, write: Callable[[Session], None]) -> None:
         """Run one fenced write in its own session; a refusal marks this attempt lost instead of reaching the
         training loop."""

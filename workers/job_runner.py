@@ -14,19 +14,25 @@ import threading
 import traceback
 from pathlib import Path
 
+from sqlalchemy import select
+
 from app import redis_client
 from app.datasets.job_examples import job_examples
 from app.db import new_session
 from app.estimator.job_config import JobConfig
+from app.fleet import queue
 from app.job_status import JobStatus
 from app.jobs import lifecycle
 from app.ops.logging_setup import add_log_fields
 from app.settings import Settings, get_settings
 from app.storage import artifacts
-from app.tables import Job
+from app.tables import Event, Job
+from workers import reaper
 from workers.job_reporter import JobReporter
 
 log = logging.getLogger(__name__)
+# How soon a job sent back for want of GPUs is offered again.
+GPU_WAIT_RESEND_SECONDS = 10
 
 
 class _CancelledBeforeStart(Exception):
@@ -61,10 +67,13 @@ def attempt_key(job_id: str, attempt: int) -> str:
 def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
     """Run one attempt of a job to its end; returns the status it ended with, or 'skipped'."""
     from workers.training import TrainingFailure, TrainingRun, train
+    from workers.training.multi_gpu import train_on_gpus
 
     settings = get_settings()
     client = redis_client.get_redis()
     with new_session() as session:
+        if _wait_for_more_gpus(session, client, settings, job_id, worker):
+            return "waiting"
         claimed = lifecycle.claim(session, job_id, worker, settings, task_id=task_id)
         if claimed is None:
             log.info("job %s: nothing to claim (duplicate delivery, cancelled or finished)", job_id)
@@ -103,7 +112,11 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
             )
             if reporter.should_stop():  # cancelled between the claim and here: do not load the model
                 raise _CancelledBeforeStart()
-            result = train(run, reporter)
+            if config.training.gpus > 1:
+                result = train_on_gpus(run, reporter, worker=worker, attempt=attempt,
+                                       resume_step=claimed.resume_from.step if claimed.resume_from else 0)
+            else:
+                result = train(run, reporter)
             reporter.flush()
             values = {"step": result.global_step, "total_steps": result.total_steps,
                       "trained_tokens": result.trained_tokens, "final_metrics": result.final_metrics,
@@ -137,6 +150,26 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
         artifacts.discard_work(settings, artifacts.job_dir_key(job_id))  # the job ended here: drop every local copy
         _announce_end(session, client, settings, job_id, status)
         return status
+
+
+def _wait_for_more_gpus(session, client, settings: Settings, job_id: str, worker: str) -> bool:
+    """True when the job needs more GPUs than this worker has: it goes back to its queue for a worker that has
+    them (the page says so, once), and this worker claims nothing."""
+    job = session.get(Job, job_id)
+    if job is None or job.status != JobStatus.QUEUED:
+        return False
+    needed = int(job.config.get("training", {}).get("gpus", 1))
+    have = max(reaper.gpu_count(), 1)  # a CPU worker trains one process, like a one-GPU worker
+    if needed <= have:
+        return False
+    message = (f"Waiting for a worker with {needed} GPUs on queue {job.queue!r}: {worker} has {have}.")
+    seen = session.scalar(select(Event.id).where(Event.job_id == job_id, Event.message == message).limit(1))
+    if seen is None:
+        lifecycle.add_event(session, client, job_id, message, level="warning", type_="waiting",
+                            max_len=settings.stream_max_points)
+    queue.enqueue_training(job_id, job.queue, countdown=GPU_WAIT_RESEND_SECONDS)
+    log.info("job %s: needs %s GPUs, this worker has %s; sent back to %s", job_id, needed, have, job.queue)
+    return True
 
 
 def _announce_end(session, client, settings: Settings, job_id: str, status: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -41,12 +42,22 @@ def _device_info() -> dict:
         try:
             out = subprocess.run([smi, "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
                                  capture_output=True, text=True, timeout=10, check=True).stdout
-            name, mib = out.splitlines()[0].rsplit(",", 1)
-            return {"device": name.strip(), "gpu_memory_bytes": int(float(mib)) * 1024**2,
-                    "qlora": importlib.util.find_spec("bitsandbytes") is not None}
+            gpus = [line.rsplit(",", 1) for line in out.splitlines() if line.strip()]
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            if visible is not None:  # this worker trains on these GPUs only
+                gpus = [gpu for index, gpu in enumerate(gpus) if str(index) in visible.split(",")]
+            name, mib = gpus[0]
+            # A job spans GPUs of one worker: the smallest one is what each rank must fit in.
+            return {"device": name.strip(), "gpu_memory_bytes": min(int(float(m)) for _, m in gpus) * 1024**2,
+                    "gpu_count": len(gpus), "qlora": importlib.util.find_spec("bitsandbytes") is not None}
         except (OSError, subprocess.SubprocessError, ValueError, IndexError):
             log.warning("nvidia-smi gave no GPU info", exc_info=True)
-    return {"device": "cpu", "gpu_memory_bytes": None, "qlora": False}
+    return {"device": "cpu", "gpu_memory_bytes": None, "gpu_count": 0, "qlora": False}
+
+
+def gpu_count() -> int:
+    """How many GPUs this worker trains on (what it announces)."""
+    return _device_info()["gpu_count"]
 
 
 def start(*, hostname: str, queues: list[str]) -> None:

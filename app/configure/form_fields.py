@@ -36,7 +36,7 @@ class FormState:
 TRAINING_FIELDS = ("learning_rate", "num_epochs", "max_steps", "gradient_accumulation_steps", "warmup_ratio",
                    "lr_scheduler", "weight_decay", "seed", "eval_steps", "save_steps", "loss_on",
                    "validation_split", "sequence_length", "batch_size", "held_out_samples",
-                   "sample_max_new_tokens")
+                   "sample_max_new_tokens", "gpus", "strategy")
 _OPTIONAL_NUMBERS = ("max_steps", "eval_steps")
 _TRAINING_DEFAULTS = TrainingSettings()
 _DPO_DEFAULTS = DpoSettings()

@@ -22,6 +22,7 @@ from app.estimator.estimate import estimate
 from app.estimator.export import to_python, to_yaml
 from app.estimator.limits import check_rank_limits
 from app.estimator.matching import EstimateError
+from app.estimator.parallelism import STRATEGY_BUFFERS, STRATEGY_LABELS
 from app.estimator.presets import presets_for
 from app.fleet import throughput
 from app.fleet.queue_fit import queue_memory_advice
@@ -31,6 +32,7 @@ from app.tables import Job
 from app.web.templating import templates
 
 router = APIRouter(include_in_schema=False)
+templates.env.globals.update(STRATEGY_LABELS=STRATEGY_LABELS, STRATEGY_BUFFERS=STRATEGY_BUFFERS)
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 

@@ -16,6 +16,7 @@ from app.estimator.inventory import Inventory, Module
 from app.estimator.job_config import JobConfig
 from app.estimator.matching import select_modules
 from app.estimator.memory import GPU_SIZES_GB, Device, Precision, estimate_memory
+from app.estimator.parallelism import RunStrategy, per_gpu, resolve_strategy
 from app.estimator.training_time import TokensSource, TrainingTime, training_time
 
 
@@ -76,8 +77,15 @@ class MemoryBreakdown(BaseModel):
     activations: int
     logits: int
     cuda_overhead: int
-    total: int
-    fits: dict[str, bool] = Field(..., description="GPU size in GB -> whether the run fits.")
+    strategy_buffers: int = Field(0, description="What the multi-GPU strategy holds to move states between GPUs: "
+                                                 "DDP's gradient buckets, ZeRO-2's reduce bucket, the block FSDP "
+                                                 "and ZeRO-3 gather (and prefetch).")
+    total: int = Field(..., description="Bytes each GPU holds at the peak.")
+    fits: dict[str, bool] = Field(..., description="GPU size in GB -> whether each GPU's share fits.")
+    gpus: int = Field(1, description="GPUs the run trains on; every figure here is per GPU.")
+    strategy: RunStrategy = Field("single", description="How they share it (training.strategy, auto resolved).")
+    effective_batch_size: int = Field(..., description="Examples per optimizer step: batch_size x "
+                                                       "gradient_accumulation_steps x gpus.")
 
 
 class EstimateResponse(BaseModel):
@@ -102,9 +110,11 @@ class EstimateResponse(BaseModel):
     warnings: list[Advice]
 
 
-def estimate(inventory: Inventory, request: EstimateRequest, *, device: Device = "cuda") -> EstimateResponse:
+def estimate(inventory: Inventory, request: EstimateRequest, *, device: Device = "cuda",
+             gpu_bytes: int | None = None) -> EstimateResponse:
     """Exact counts, adapter size, memory and advice for a LoRA config on a model (memory as a GPU holds it, or as
-    a CPU does with device="cpu", for checks against measurements)."""
+    a CPU does with device="cpu", for checks against measurements); `gpu_bytes`: the memory of the GPUs the run
+    will get, which decides what strategy `auto` becomes (80 GiB when not known)."""
     lora, training = request.lora, request.training
     selection = select_modules(inventory, lora)
     counts = count(inventory, lora, selection)
@@ -125,6 +135,8 @@ def estimate(inventory: Inventory, request: EstimateRequest, *, device: Device =
         gradient_checkpointing=training.gradient_checkpointing,
         device=device,
     )
+    strategy = resolve_strategy(training.gpus, training.strategy, memory.total, gpu_bytes)
+    memory = per_gpu(memory, inventory, gpus=training.gpus, strategy=strategy, trainable_params=counts.trainable)
     return EstimateResponse(
         model=inventory.model_id,
         trainable_params=counts.trainable,
@@ -156,8 +168,12 @@ def estimate(inventory: Inventory, request: EstimateRequest, *, device: Device =
             activations=memory.activations,
             logits=memory.logits,
             cuda_overhead=memory.cuda_overhead,
+            strategy_buffers=memory.strategy_buffers,
             total=memory.total,
             fits={str(size): ok for size, ok in zip(GPU_SIZES_GB, memory.fits().values(), strict=True)},
+            gpus=memory.gpus,
+            strategy=strategy,
+            effective_batch_size=training.effective_batch_size,
         ),
         training_time=_training_time(inventory, request, counts.adapter_params, counts.saved_params,
                                      [(a.module, a.r) for a in selection.adapted]),
@@ -173,7 +189,7 @@ def _training_time(inventory: Inventory, request: EstimateRequest, adapter_param
     training = request.training
     examples = request.dataset_examples
     if examples is None and training.max_steps:
-        examples = training.max_steps * training.batch_size * training.gradient_accumulation_steps
+        examples = training.max_steps * training.effective_batch_size
     if examples is None:
         return None
     return training_time(

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from app.estimator.lora_settings import LoraSettings
 
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 TrainPrecision = Literal["bf16", "fp16", "fp32"]
+Strategy = Literal["auto", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"]
+MAX_GPUS = 64  # one host; several hosts are a cluster engine's job (docs/scaling.md)
 
 
 class TrainingSettings(BaseModel):
@@ -65,6 +67,25 @@ class TrainingSettings(BaseModel):
                                        description="Longest answer to a held-out prompt, in tokens.")
     samples_at_checkpoints: bool = Field(
         False, description="Also answer the held-out prompts with the adapter at every checkpoint.")
+    gpus: int = Field(1, ge=1, le=MAX_GPUS, description="GPUs one job trains on, one training process each, on one "
+                      "worker that has that many.")
+    strategy: Strategy = Field(
+        "auto", description="How the GPUs share the run: ddp replicates the model and splits the batches; fsdp and "
+        "deepspeed_zero3 also shard the weights, gradients and optimizer states; deepspeed_zero2 shards gradients "
+        "and optimizer states. auto: ddp when a replica fits the GPU, else fsdp (resolved at launch).")
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy_needs_gpus(cls, strategy: str, info: ValidationInfo) -> str:
+        if info.data.get("gpus") == 1 and strategy != "auto":
+            raise ValueError(f"strategy {strategy} spreads a run over several GPUs: set gpus to 2 or more, or "
+                             "leave strategy at auto for one GPU")
+        return strategy
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Examples per optimizer step: the micro-batch on each GPU, times accumulation, times GPUs."""
+        return self.batch_size * self.gradient_accumulation_steps * self.gpus
 
     @property
     def weights_precision(self) -> Literal["bf16", "fp16", "fp32", "4bit"]:

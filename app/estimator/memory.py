@@ -74,16 +74,19 @@ class MemoryEstimate:
     activations: int
     logits: int
     cuda_overhead: int
+    strategy_buffers: int = 0  # what a multi-GPU strategy holds to move states between GPUs (parallelism.py)
+    gpus: int = 1  # the figures are per GPU, each of this many
+    strategy: str = "single"
 
     @property
     def total(self) -> int:
         return (
             self.base_weights + self.adapter_weights + self.gradients + self.optimizer_states
-            + self.activations + self.logits + self.cuda_overhead
+            + self.activations + self.logits + self.cuda_overhead + self.strategy_buffers
         )
 
     def fits(self) -> dict[int, bool]:
-        """Whether the run fits on a GPU of each common size (in GB as sold: 24, 48, 80 GiB usable)."""
+        """Whether each GPU's share fits on a GPU of each common size (in GB as sold: 24, 48, 80 GiB usable)."""
         return {size: self.total <= size * GIB for size in GPU_SIZES_GB}
 
 

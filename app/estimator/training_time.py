@@ -105,7 +105,8 @@ def training_time(
     if tokens_per_example is None:
         tokens_per_example, tokens_source = float(training.sequence_length), "sequence_length"
     length = min(float(tokens_per_example), float(training.sequence_length))
-    plan = plan_run(examples=examples, batch_size=training.batch_size,
+    # Each of the GPUs takes its own micro-batch: a step consumes batch_size x gpus examples per accumulation.
+    plan = plan_run(examples=examples, batch_size=training.batch_size * training.gpus,
                     gradient_accumulation_steps=training.gradient_accumulation_steps,
                     num_epochs=training.num_epochs, max_steps=training.max_steps,
                     tokens_per_example=length, tokens_measured=tokens_source == "measured")
@@ -121,7 +122,7 @@ def training_time(
                        elementwise=values.training + reference * values.evaluation,
                        forward_elementwise=(1 + reference) * values.evaluation)
     sequences = 2 if preference else 1
-    padded = plan.steps * training.batch_size * training.gradient_accumulation_steps * sequences * length
+    padded = plan.steps * training.effective_batch_size * sequences * length
     evals = evaluations(plan.steps, training.eval_steps, validation_examples > 0)
     evaluated = evals * validation_examples * sequences * length
     flops = model.run_flops(padded, padded * length, evaluated, evaluated * length)

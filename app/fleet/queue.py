@@ -79,9 +79,9 @@ def get_celery() -> Celery:
     return _celery_for(settings.effective_redis_url, settings.redis_key_prefix)
 
 
-def enqueue_training(job_id: str, queue: str) -> None:
-    """Send the training task for a committed job to the named queue."""
-    get_celery().send_task(TRAIN_TASK, args=[job_id], queue=queue)
+def enqueue_training(job_id: str, queue: str, *, countdown: float | None = None) -> None:
+    """Send the training task for a committed job to the named queue (to be run `countdown` seconds from now)."""
+    get_celery().send_task(TRAIN_TASK, args=[job_id], queue=queue, countdown=countdown)
 
 
 def enqueue_export(export_id: str, queue: str) -> None:

@@ -204,6 +204,8 @@ def measurement(job: Job) -> Measurement | None:
     runtime = metrics.get("train_runtime")
     if not model or not runtime or runtime <= 0 or not metrics.get("compute_training_tokens") or job.attempts > 1:
         return None  # a resumed run's metrics cover only its last attempt
+    if int((job.config or {}).get("training", {}).get("gpus", 1)) > 1:
+        return None  # its speed is its GPUs' together, not one device's
     flops_model = FlopsModel(**model)
     training_tokens, evaluation_tokens = metrics["compute_training_tokens"], metrics.get("compute_evaluation_tokens", 0)
     flops = flops_model.run_flops(training_tokens, metrics.get("compute_training_length_sum", 0), evaluation_tokens,

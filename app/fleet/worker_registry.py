@@ -25,6 +25,7 @@ class WorkerInfo:
     seen_at: float
     qlora: bool = False  # CUDA and bitsandbytes present: 4-bit QLoRA can run here
     ram_bytes: int | None = None
+    gpu_count: int = 0  # GPUs one job may span here
 
     @property
     def training_memory_bytes(self) -> int | None:
@@ -53,8 +54,13 @@ def live_workers(client: redis.Redis) -> list[WorkerInfo]:
         data = json.loads(raw)
         infos.append(WorkerInfo(data["hostname"], tuple(data.get("queues", ())), data.get("device", "cpu"),
                                 data.get("gpu_memory_bytes"), data.get("seen_at", 0.0), bool(data.get("qlora")),
-                                data.get("ram_bytes")))
+                                data.get("ram_bytes"), _gpu_count(data)))
     return infos
+
+
+def _gpu_count(announced: dict) -> int:
+    # Workers from before multi-GPU jobs announced one GPU's memory and no count.
+    return int(announced.get("gpu_count") or (1 if announced.get("gpu_memory_bytes") else 0))
 
 
 def queues_served(workers: list[WorkerInfo]) -> dict[str, list[WorkerInfo]]:

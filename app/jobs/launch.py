@@ -35,9 +35,9 @@ class LaunchError(ValueError):
 
 def estimate_at_launch(config: JobConfig, examples: int, has_validation: bool, settings: Settings, *,
                        queue: str | None = None, train: DataFile | None = None,
-                       validation_examples: int = 0) -> dict | None:
+                       validation_examples: int = 0, gpu_bytes: int | None = None) -> dict | None:
     """The estimate the job is launched with, its predicted time on `queue` included; None while a non-catalog
-    model's inventory is unknown."""
+    model's inventory is unknown. `gpu_bytes`: the memory of the GPUs it will get (what strategy auto needs)."""
     from app.estimator.matching import EstimateError
 
     try:
@@ -53,7 +53,7 @@ def estimate_at_launch(config: JobConfig, examples: int, has_validation: bool, s
                               dataset_tokens_per_example=tokens, tokens_source=source,
                               validation_examples=validation_examples)
     try:
-        result = estimate(inventory, request)
+        result = estimate(inventory, request, gpu_bytes=gpu_bytes)
     except EstimateError as exc:
         raise LaunchError(f"lora.{exc.field}", exc.message, code="invalid_lora_config") from exc
     try:
@@ -95,13 +95,19 @@ def launch(session: Session, settings: Settings, principal: Principal, config: J
         _require_known_queue(queue, settings)
     if config.training.load_in_4bit:
         _require_qlora_worker(queue or settings.default_queue)
+    able = _workers_with_gpus(queue or settings.default_queue, config.training.gpus)
     examples = training_examples(train.examples, split)
     has_validation = validation is not None or split > 0
     validation_examples = validation.examples if validation is not None else held_out_examples(train.examples, split)
+    # `auto` is decided for the GPUs the job will get: the smallest of the workers that have enough of them.
+    gpu_bytes = min((w.gpu_memory_bytes for w in able if w.gpu_memory_bytes), default=None)
     launch_estimate = estimate_at_launch(config, examples, has_validation, settings, queue=queue, train=train,
-                                         validation_examples=validation_examples)
+                                         validation_examples=validation_examples, gpu_bytes=gpu_bytes)
     if launch_estimate is not None:
-        _require_memory_fits(launch_estimate["memory"]["total"], queue or settings.default_queue)
+        _require_memory_fits(launch_estimate["memory"]["total"], queue or settings.default_queue, able)
+        if config.training.gpus > 1:  # the worker runs what the estimate assumed
+            strategy = launch_estimate["memory"]["strategy"]
+            config = config.model_copy(update={"training": config.training.model_copy(update={"strategy": strategy})})
     job = Job(model=config.model, queue=queue or settings.default_queue, config=config.model_dump(mode="json"),
               team_id=principal.team.id, created_by=principal.user.id,
               estimate=launch_estimate,
@@ -155,9 +161,24 @@ def _require_known_queue(queue: str, settings: Settings) -> None:
                           f"(TUNEBOARD_QUEUES); allowed: {', '.join(allowed)}", code="unknown_queue")
 
 
-def _require_memory_fits(memory_total: int, queue: str) -> None:
+def _workers_with_gpus(queue: str, gpus: int) -> list[worker_registry.WorkerInfo]:
+    """The queue's live workers that can take a job on `gpus` GPUs (every one of them for a one-GPU job). A job
+    needing more GPUs than any live worker has is refused; with no live worker at all it waits for one."""
     client = _redis_or_none()
     workers = worker_registry.queues_served(worker_registry.live_workers(client)).get(queue, []) if client else []
+    if gpus == 1:
+        return workers
+    able = [w for w in workers if w.gpu_count >= gpus]
+    if workers and not able:
+        most = max(workers, key=lambda w: w.gpu_count)
+        raise LaunchError("training.gpus", f"training.gpus: a job on {gpus} GPUs needs a worker that has {gpus}; "
+                          f"the most any live worker on queue {queue!r} has is {most.gpu_count} ({most.device} on "
+                          f"{most.hostname}). Lower gpus, or pick a queue with a larger host.", status=422,
+                          code="exceeds_worker_gpus")
+    return able
+
+
+def _require_memory_fits(memory_total: int, queue: str, workers: list[worker_registry.WorkerInfo]) -> None:
     reason = memory_over_every_worker(memory_total, queue,
                                       [(w.hostname, w.device, w.training_memory_bytes) for w in workers])
     if reason:

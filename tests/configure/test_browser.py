@@ -368,3 +368,26 @@ def test_choosing_dpo_shows_its_beta_and_doubles_the_sequences_the_memory_holds(
     expect(beta).to_be_hidden()
     expect(total).to_have_text(before)
     assert page.problems == []
+
+
+def test_gpus_and_strategy_turn_the_memory_card_per_gpu_live(page, tmp_path):
+    open_page(page, "?model=meta-llama/Llama-3.1-70B")
+    page.fill("input[name=sequence_length]", "4096")
+    page.fill("input[name=batch_size]", "1")
+    page.check("input[name=gradient_checkpointing]")
+    expect(page.locator("#memory-per-gpu")).to_have_count(0)
+    single = page.locator("#memory-total").inner_text()
+    page.fill("input[name=gpus]", "8")
+    expect(page.locator("#memory-per-gpu")).to_have_text("per GPU, 8 GPUs, FSDP")
+    expect(page.locator("#effective-batch")).to_contain_text("Effective batch: 8 examples a step")
+    assert page.locator("#memory-total").inner_text() != single
+    expect(page.locator("#fits [data-gpu='80']")).to_have_text("80 GB fits")
+    page.select_option("#strategy", "ddp")
+    expect(page.locator("#memory-per-gpu")).to_have_text("per GPU, 8 GPUs, DDP")
+    expect(page.locator("#fits [data-gpu='80']")).to_have_text("80 GB too small")
+    page.set_viewport_size({"width": 400, "height": 900})
+    page.locator("#memory-total").scroll_into_view_if_needed()
+    page.screenshot(path=str(tmp_path / "gpus-400px.png"), full_page=False)
+    page.fill("input[name=gpus]", "1")
+    expect(page.locator("#msg-strategy")).to_contain_text("set gpus to 2 or more")
+    assert page.problems == []

@@ -155,3 +155,18 @@ def test_dpo_continues_a_supervised_adapter_which_is_also_its_reference(tiny_dir
     # A fresh adapter's B matrices are zero; these are the supervised run's, moved by two steps at lr 1e-7.
     assert all(started[name].abs().max() > 1e-3 for name in lora_b)
     assert all((ended[name] - started[name]).abs().max() < 1e-4 for name in started)
+
+
+def test_held_out_pairs_that_all_overflow_the_sequence_length_leave_the_run_without_evaluation(tiny_dir, tmp_path):
+    long_prompt = " ".join(["word"] * 200)
+    held_out = [Example(messages=({"role": "user", "content": f"{long_prompt} {i}"},),
+                        chosen=({"role": "assistant", "content": "oui"},),
+                        rejected=({"role": "assistant", "content": "non"},), line=i + 1) for i in range(3)]
+    reporter = RecordingReporter()
+    result = train(make_run(dpo_config(tiny_dir, max_steps=4, eval_steps=2), tmp_path, train_examples=PAIRS,
+                            eval_examples=held_out), reporter)
+    assert result.global_step == 4 and not result.stopped and result.adapter_dir is not None
+    assert not [m for _, _, m in reporter.logs if "eval_loss" in m]
+    assert "eval_loss" not in result.final_metrics
+    warnings = [message for level, message in reporter.events if level == "warning"]
+    assert any("None of the 3 held-out pairs" in m and "64 tokens" in m for m in warnings), reporter.events

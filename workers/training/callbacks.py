@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from workers.training.contract import Reporter
+from workers.training.step_sync import StepSync, sum_over_ranks
 
 NUM_TOKENS_KEY = "num_tokens"  # batch entry with the batch's non-padding token count, as a plain int
 
@@ -33,14 +34,16 @@ class CountedTraining:
     on, and of the padded tokens it computes on (training and evaluation), from which a finished run's FLOPs are
     worked out. The collator attaches each batch's real-token count under NUM_TOKENS_KEY."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, step_sync: StepSync | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.compute = ComputeCounts()
+        self.step_sync = step_sync or StepSync()
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-        # The collator counted the batch on the CPU; Trainer's own counting would sync the GPU per batch.
-        # num_input_tokens_seen is saved in every checkpoint's trainer_state.json, so the count survives resumes.
-        self.state.num_input_tokens_seen += int(inputs.pop(NUM_TOKENS_KEY, 0))
+        # The collator counted the batch on the CPU; Trainer's own counting would sync the GPU per batch. The count
+        # joins num_input_tokens_seen at the step's end, summed over the ranks (ReporterCallback.on_step_end); that
+        # state is saved in every checkpoint's trainer_state.json, so the count survives resumes.
+        self.step_sync.pending_tokens += int(inputs.pop(NUM_TOKENS_KEY, 0))
         self.compute.add_training(inputs["input_ids"].shape)
         return super().training_step(model, inputs, num_items_in_batch)
 
@@ -72,11 +75,13 @@ class ComputeCounts:
         self.evaluation_length_sum += batch * length * length
 
     def as_metrics(self) -> dict[str, float]:
-        """The counts as final metrics (`compute_*`), beside this attempt's train_runtime."""
-        return {"compute_training_tokens": float(self.training_tokens),
-                "compute_training_length_sum": float(self.training_length_sum),
-                "compute_evaluation_tokens": float(self.evaluation_tokens),
-                "compute_evaluation_length_sum": float(self.evaluation_length_sum)}
+        """The counts as final metrics (`compute_*`), beside this attempt's train_runtime: summed over the ranks of
+        a multi-GPU run (a collective there: every rank calls this)."""
+        names = ("compute_training_tokens", "compute_training_length_sum", "compute_evaluation_tokens",
+                 "compute_evaluation_length_sum")
+        counts = sum_over_ranks([float(self.training_tokens), float(self.training_length_sum),
+                                 float(self.evaluation_tokens), float(self.evaluation_length_sum)])
+        return dict(zip(names, counts, strict=True))
 
 
 def _number(value: Any) -> float:
@@ -94,8 +99,9 @@ class ReporterCallback(TrainerCallback):
     """Forwards Trainer progress to a Reporter and stops training when it asks."""
 
     def __init__(self, reporter: Reporter, *, trainable_params: int, all_params: int, device: str,
-                 on_checkpoint_model: Callable[[Any, int], None] | None = None):
+                 on_checkpoint_model: Callable[[Any, int], None] | None = None, step_sync: StepSync | None = None):
         self.reporter = reporter
+        self.step_sync = step_sync or StepSync()  # the trainer's: it collects the tokens this callback adds up
         self.on_checkpoint_model = on_checkpoint_model  # called with the model at each checkpoint (held-out answers)
         self.sampled_step: int | None = None
         self.trainable_params = trainable_params
@@ -125,7 +131,10 @@ class ReporterCallback(TrainerCallback):
             raise RunAlreadyComplete()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not self.stop_requested and self.reporter.should_stop():
+        # Every rank calls this at every step (the sync is a collective); only rank 0's reporter ever says stop.
+        tokens, stop = self.step_sync.step_end(not self.stop_requested and self.reporter.should_stop())
+        state.num_input_tokens_seen += tokens
+        if stop and not self.stop_requested:
             self.stop_requested = True
             # The Trainer logs and saves this step, then leaves its loop; an evaluation due now would
             # only delay the stop. An attempt that lost its job to a newer one keeps nothing: it stops at once.

@@ -14,6 +14,8 @@ from typing import Any
 
 from workers.training.contract import Reporter, TrainingFailure, TrainingResult, TrainingRun
 from workers.training.held_out_answers import HeldOutAnswers
+from workers.training.step_sync import StepSync, rank, world_size
+from workers.training.strategies import run_strategy, strategy_arguments, trainer_checkpointing
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -34,13 +36,15 @@ def _out_of_memory(exc: BaseException, what: str) -> TrainingFailure:
     )
 
 
-def _device_label(device: str) -> str:
+def _device_label(device: str, strategy: str) -> str:
     import torch
 
     if device == "cuda":
         index = torch.cuda.current_device()
-        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
+        label = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    else:
+        label = f"cpu ({torch.get_num_threads()} threads)"
+    return label if strategy == "single" else f"{label} x {world_size()} processes ({strategy})"
 
 
 def _prepare(examples: list[Any], tokenizer: Any, run: TrainingRun, reporter: Reporter, what: str) -> Any:
@@ -172,8 +176,7 @@ def _sft_trainer(run: TrainingRun, model: Any, tokenizer: Any, callback: Any, co
     from workers.training.arguments import training_arguments
     from workers.training.supervised import sft_settings, sft_trainer
 
-    args = training_arguments(run.config.training, **common, arguments_class=SFTConfig,
-                              **sft_settings(run.config.training))
+    args = training_arguments(**common, arguments_class=SFTConfig, **sft_settings(run.config.training))
     return sft_trainer(model, tokenizer, args, *data, [callback], pad_to_multiple_of=pad_to_multiple_of)
 
 
@@ -185,8 +188,7 @@ def _dpo_trainer(run: TrainingRun, model: Any, tokenizer: Any, callback: Any, co
     from workers.training.preference import dpo_settings, dpo_trainer
 
     settings = run.config.training
-    args = training_arguments(settings, **common, arguments_class=DPOConfig,
-                              **dpo_settings(run.config.method.dpo, settings))
+    args = training_arguments(**common, arguments_class=DPOConfig, **dpo_settings(run.config.method.dpo, settings))
     trainer = dpo_trainer(model, tokenizer, args, run.train_examples, run.eval_examples or None, [callback],
                           pad_to_multiple_of=pad_to_multiple_of)
     if len(trainer.train_dataset) == 0:
@@ -194,6 +196,15 @@ def _dpo_trainer(run: TrainingRun, model: Any, tokenizer: Any, callback: Any, co
                               f"prompt of {settings.sequence_length} tokens or more, which leaves no answer to learn "
                               "from: raise sequence_length or shorten the prompts")
     return trainer
+
+
+def _without_evaluation(trainer: Any) -> None:
+    """Turn off a built trainer's evaluations (its held-out set turned out empty once tokenized)."""
+    from transformers.trainer_utils import IntervalStrategy
+
+    trainer.eval_dataset = None
+    trainer.args.eval_strategy = IntervalStrategy.NO
+    trainer.args.eval_on_start = False
 
 
 def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
@@ -216,26 +227,47 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
     # tokenizes its pairs itself.
     supervised = None if preference else _supervised_data(run, base.tokenizer, reporter)
 
+    strategy = run_strategy(settings.gpus, settings.strategy)
+    leader = rank() == 0  # the one process that reports, samples and saves (all of them, with one GPU)
+    sharded = strategy in ("fsdp", "deepspeed_zero3")
     model = _wrap_with_lora(base.model, run)
     if run.start_adapter is not None and run.config.start_from is not None:
         reporter.on_event(f"Continuing the adapter {run.config.start_from.model} (job {run.config.start_from.job_id}).")
     trainable_params, all_params = model.get_nb_trainable_parameters()
-    samples = HeldOutAnswers(run.eval_examples, base.tokenizer, limit=settings.held_out_samples,
+    if sharded and settings.held_out_samples and run.eval_examples:
+        reporter.on_event(f"Held-out answers are not generated under {strategy}: each GPU holds only a shard of the "
+                          "model.", level="warning")
+    # With several processes the leader answers alone, on its own replica (DDP); a shard cannot answer.
+    samples = HeldOutAnswers(run.eval_examples, base.tokenizer,
+                             limit=settings.held_out_samples if leader and not sharded else 0,
                              max_new_tokens=settings.sample_max_new_tokens, sequence_length=settings.sequence_length)
     sample_at_checkpoint = partial(_answer_held_out, samples, reporter) if samples and settings.samples_at_checkpoints \
         else None
+    step_sync = StepSync()
     callback = ReporterCallback(reporter, trainable_params=trainable_params, all_params=all_params,
-                                device=_device_label(base.device), on_checkpoint_model=sample_at_checkpoint)
+                                device=_device_label(base.device, strategy), on_checkpoint_model=sample_at_checkpoint,
+                                step_sync=step_sync)
     has_eval = bool(run.eval_examples) if preference else supervised[1] is not None
     # Multiples of 8 keep tensor-core shapes on GPU; on CPU they would only add padding.
     pad_to_multiple_of = 8 if base.device == "cuda" else None
     # A resumed run has its base evaluation in the checkpoint's log history already.
-    common = dict(checkpoints_dir=run.checkpoints_dir, mixed_precision=base.mixed_precision, device=base.device,
-                  has_eval=has_eval, evaluate_base=resume_from is None)
+    args_settings = settings.model_copy(update={
+        "gradient_checkpointing": trainer_checkpointing(strategy, settings.gradient_checkpointing)})
+    common = dict(settings=args_settings, checkpoints_dir=run.checkpoints_dir, mixed_precision=base.mixed_precision,
+                  device=base.device, has_eval=has_eval, evaluate_base=resume_from is None,
+                  **strategy_arguments(strategy, gradient_checkpointing=settings.gradient_checkpointing,
+                                       no_split_modules=list(getattr(base.model, "_no_split_modules", None) or [])))
     if preference:
         trainer = _dpo_trainer(run, model, base.tokenizer, callback, common, pad_to_multiple_of)
+        if has_eval and len(trainer.eval_dataset) == 0:
+            has_eval = False
+            _without_evaluation(trainer)
+            reporter.on_event(f"None of the {len(run.eval_examples)} held-out pairs has a prompt shorter than "
+                              f"{settings.sequence_length} tokens: the run is not evaluated (raise sequence_length "
+                              "or shorten the held-out prompts).", level="warning")
     else:
         trainer = _sft_trainer(run, model, base.tokenizer, callback, common, supervised, pad_to_multiple_of)
+    trainer.step_sync = step_sync  # the tokens it counts are the ones the callback adds up at each step's end
     # With tqdm off the Trainer prints every log dict to stdout; the reporter already has them.
     trainer.remove_callback(PrinterCallback)
     if resume_from is not None:
@@ -264,9 +296,14 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
         reporter.on_event(f"Stopped at step {state.global_step} of {state.max_steps}; its checkpoint is kept.")
     else:
         run.adapter_dir.mkdir(parents=True, exist_ok=True)
-        # Only the trained adapter: DPO's frozen reference copy ("ref") is not part of the result.
-        model.save_pretrained(run.adapter_dir, selected_adapters=["default"])
-        name_base_model(run.adapter_dir, run.config.model.strip())
+        if sharded:
+            # Every rank joins in gathering the shards; the leader writes a normal PEFT adapter.
+            trainer.save_model(str(run.adapter_dir))
+        elif leader:
+            # Only the trained adapter: DPO's frozen reference copy ("ref") is not part of the result.
+            model.save_pretrained(run.adapter_dir, selected_adapters=["default"])
+        if leader:
+            name_base_model(run.adapter_dir, run.config.model.strip())
         adapter_dir = run.adapter_dir
         reporter.on_event(f"Saved the adapter after {state.global_step} steps.")
         if samples and callback.sampled_step != state.global_step:

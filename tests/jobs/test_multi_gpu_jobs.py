@@ -1,0 +1,160 @@
+"""One job on several GPUs, with real Celery workers: a worker that announces two GPUs starts two training
+processes with torchrun, and they train one job together (DDP; the gloo backend on this machine's CPUs).
+
+The workers announce their GPUs from `nvidia-smi`; this machine has none, so a worker gets a stand-in on its PATH
+that answers as the real one does for a host with two GPUs. Training itself runs on the CPU, one process per
+announced GPU, exactly as it would on GPUs but for the backend.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import stat
+
+import psutil
+
+from tests.jobs.helpers import all_events, chat_records, launch, metric_steps, upload, wait_for, wait_until_finished
+
+LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
+
+
+def _training(**overrides) -> dict:
+    base = {"max_steps": 12, "learning_rate": 5e-3, "sequence_length": 64, "precision": "fp32", "logging_steps": 1,
+            "save_steps": 6, "warmup_ratio": 0.0, "lr_scheduler": "constant", "seed": 7}
+    return {**base, **overrides}
+
+
+def _two_gpus(tmp_path) -> str:
+    """A PATH whose nvidia-smi reports two 80 GB GPUs."""
+    folder = tmp_path / "smi-2"
+    folder.mkdir(exist_ok=True)
+    script = folder / "nvidia-smi"
+    script.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559'\necho 'NVIDIA H100 80GB HBM3, 81559'\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return f"{folder}:{os.environ['PATH']}"
+
+
+def _losses(client, job_id: str) -> dict[int, float]:
+    return {p["step"]: p["loss"] for p in metric_steps(client, job_id) if p.get("loss") is not None}
+
+
+def test_two_processes_train_the_same_losses_as_one_with_the_same_global_batch(client, start_worker, model_dir,
+                                                                              tmp_path):
+    start_worker(name="twogpu", PATH=_two_gpus(tmp_path))
+    train = upload(client, chat_records(48))
+    one = launch(client, model_dir, train["id"], lora=LORA, training=_training(batch_size=4))
+    two = launch(client, model_dir, train["id"], lora=LORA,
+                 training=_training(batch_size=2, gpus=2, strategy="ddp"))
+    assert two["estimate"]["memory"]["gpus"] == 2 and two["estimate"]["memory"]["strategy"] == "ddp"
+    assert two["estimate"]["memory"]["effective_batch_size"] == 4
+    for job in (one, two):
+        finished = wait_until_finished(client, job["id"], timeout=300)
+        assert finished["status"] == "succeeded", finished["error"]
+    messages = [e["message"] for e in all_events(client, two["id"])]
+    assert any("Starting 2 training processes" in m for m in messages), messages
+    device = client.get(f"/v1/fine_tuning/jobs/{two['id']}").json()
+    assert "x 2 processes (ddp)" in str(device), device
+    single, double = _losses(client, one["id"]), _losses(client, two["id"])
+    assert sorted(double) == list(range(1, 13)) == sorted(single)
+    # The same examples make each global batch (Accelerate shards the one seeded order over the ranks), and the
+    # gradients are averaged over the ranks: only the reduction order differs.
+    for step in single:
+        assert math.isclose(single[step], double[step], rel_tol=2e-3), (step, single, double)
+    # Both processes together trained every real token once: the same count as one process.
+    tokens = [client.get(f"/v1/fine_tuning/jobs/{j['id']}").json()["trained_tokens"] for j in (one, two)]
+    assert tokens[0] == tokens[1] > 0, tokens
+    adapter = client.get(f"/v1/fine_tuning/jobs/{two['id']}/adapter")
+    assert adapter.status_code == 200 and len(adapter.content) > 1000
+
+
+def test_cancelling_a_two_process_job_stops_both_and_leaves_no_process(client, start_worker, model_dir, tmp_path):
+    worker = start_worker(name="twogpu", PATH=_two_gpus(tmp_path))
+    train = upload(client, chat_records(48))
+    job = launch(client, model_dir, train["id"], lora=LORA,
+                 training=_training(batch_size=2, gpus=2, strategy="ddp", max_steps=5000, save_steps=10))
+    wait_for(client, job["id"], lambda j: j["progress"]["step"] >= 12, timeout=300, what="step 12")
+    assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").status_code == 200
+    job = wait_until_finished(client, job["id"], timeout=120)
+    assert job["status"] == "cancelled"
+    messages = [e["message"] for e in all_events(client, job["id"])]
+    assert "Job cancelled; its last checkpoint is kept." in messages, messages
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+    ranks = [p for p in psutil.Process(worker.process.pid).children(recursive=True)
+             if "workers.training.rank" in " ".join(p.cmdline())]
+    assert not ranks, ranks
+
+
+def test_a_job_needing_more_gpus_than_any_live_worker_has_is_refused_naming_the_field(client, start_worker,
+                                                                                      model_dir, tmp_path):
+    start_worker(name="twogpu", PATH=_two_gpus(tmp_path))
+    train = upload(client, chat_records(8))
+    response = client.post("/v1/fine_tuning/jobs", json={
+        "model": model_dir, "training_file": train["id"], "lora": LORA, "training": _training(gpus=4)})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["param"] == "training.gpus" and error["code"] == "exceeds_worker_gpus"
+    assert "4 GPUs" in error["message"] and "2 (NVIDIA H100 80GB HBM3 on twogpu" in error["message"]
+    assert client.get("/v1/fine_tuning/jobs").json()["data"] == []
+
+
+def _rank_processes() -> list[psutil.Process]:
+    """Every training process of a multi-GPU job on this machine (torchrun's children)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "-m workers.training.rank" in cmdline and "torch.distributed.run" not in cmdline:
+            found.append(process)
+    return found
+
+
+def _ranks_of(job_id: str) -> list[psutil.Process]:
+    mine = []
+    for process in _rank_processes():
+        try:
+            spec = process.cmdline()[-1]
+        except psutil.Error:
+            continue
+        if job_id in spec:
+            mine.append(process)
+    return mine
+
+
+def _gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    return alive
+
+
+def test_a_killed_rank_ends_the_whole_attempt_and_leaves_no_rank_running(client, start_worker, model_dir, tmp_path):
+    start_worker(name="twogpu", PATH=_two_gpus(tmp_path))
+    train = upload(client, chat_records(48))
+    job = launch(client, model_dir, train["id"], lora=LORA,
+                 training=_training(batch_size=2, gpus=2, strategy="ddp", max_steps=5000, save_steps=10))
+    wait_for(client, job["id"], lambda j: j["progress"]["step"] >= 8, timeout=300, what="step 8")
+    ranks = _ranks_of(job["id"])
+    assert len(ranks) == 2, ranks
+    ranks[1].kill()
+    job = wait_until_finished(client, job["id"], timeout=120)
+    assert job["status"] == "failed"
+    assert "a training process of the job ended without finishing" in job["error"]["message"], job["error"]
+    assert not _gone(ranks, timeout=30), "a rank outlived its job"
+
+
+def test_a_killed_worker_takes_its_ranks_with_it_and_the_job_resumes_on_another(client, start_worker, model_dir,
+                                                                               tmp_path):
+    doomed = start_worker(name="doomed", PATH=_two_gpus(tmp_path))
+    train = upload(client, chat_records(48))
+    job = launch(client, model_dir, train["id"], lora=LORA,
+                 training=_training(batch_size=2, gpus=2, strategy="ddp", max_steps=40, save_steps=10))
+    wait_for(client, job["id"], lambda j: j["progress"]["step"] >= 15, timeout=300, what="step 15")
+    ranks = _ranks_of(job["id"])
+    assert len(ranks) == 2, ranks
+    doomed.kill()  # the worker's process group; torchrun has a session of its own and learns it from its parent
+    assert not _gone(ranks, timeout=60), "ranks outlived their worker"
+    start_worker(name="rescuer", PATH=_two_gpus(tmp_path))
+    job = wait_until_finished(client, job["id"], timeout=400)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 2 and job["worker"].startswith("rescuer@")
+    messages = [e["message"] for e in all_events(client, job["id"])]
+    assert any("resuming at step 10" in m or "resuming at step 20" in m for m in messages), messages
+    assert sorted(_losses(client, job["id"])) == list(range(1, 41))
