@@ -158,3 +158,33 @@ def test_a_killed_worker_takes_its_ranks_with_it_and_the_job_resumes_on_another(
     messages = [e["message"] for e in all_events(client, job["id"])]
     assert any("resuming at step 10" in m or "resuming at step 20" in m for m in messages), messages
     assert sorted(_losses(client, job["id"])) == list(range(1, 41))
+
+
+def _one_gpu(tmp_path) -> str:
+    """A PATH whose nvidia-smi reports one 80 GB GPU."""
+    folder = tmp_path / "smi-1"
+    folder.mkdir(exist_ok=True)
+    script = folder / "nvidia-smi"
+    script.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559'\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return f"{folder}:{os.environ['PATH']}"
+
+
+def test_a_worker_with_too_few_gpus_hands_the_job_back_and_the_page_says_it_waits(client, start_worker, model_dir,
+                                                                                  tmp_path):
+    big = start_worker(name="twogpu", PATH=_two_gpus(tmp_path))
+    train = upload(client, chat_records(16))
+    big.stop()  # the launch saw a worker with two GPUs; by the time the job is delivered only a smaller one is left
+    small = start_worker(name="onegpu", PATH=_one_gpu(tmp_path))
+    job = launch(client, model_dir, train["id"], lora=LORA, training=_training(batch_size=2, gpus=2, max_steps=4))
+    wait = "Waiting for a worker with 2 GPUs on queue"
+    job = wait_for(client, job["id"], lambda _j: any(wait in e["message"] for e in all_events(client, _j["id"])),
+                   timeout=120, what="the waiting event")
+    assert job["status"] == "queued" and job["attempts"] == 0
+    # Offered again every 10 s, it is never claimed here, and the page says so once.
+    wait_for(client, job["id"], lambda _j: small.log().count("needs 2 GPUs") >= 2, timeout=60, what="a second offer")
+    assert sum(wait in e["message"] for e in all_events(client, job["id"])) == 1
+    start_worker(name="twogpu2", PATH=_two_gpus(tmp_path))
+    job = wait_until_finished(client, job["id"], timeout=300)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["worker"].startswith("twogpu2@") and job["attempts"] == 1
