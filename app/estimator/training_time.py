@@ -73,6 +73,8 @@ class TrainingTime(BaseModel):
     elementwise_values: float = Field(0.0, description="Values the whole run writes outside matrix multiplies, "
                                                        "whose memory traffic dominates narrow models.")
     flops_model: FlopsModel
+    gpus: int = Field(1, description="GPUs sharing the FLOPs: each queue's duration assumes they split them evenly "
+                                     "(data parallel), every step's fixed cost still paid once.")
     queues: list[QueueTime] = Field(default_factory=list)
 
 
@@ -128,4 +130,5 @@ def training_time(
     flops = model.run_flops(padded, padded * length, evaluated, evaluated * length)
     return TrainingTime(steps=plan.steps, padded_tokens=round(padded), tokens_per_example=length,
                         tokens_source=tokens_source, evaluations=evals, flops=flops,
-                        elementwise_values=model.run_elementwise(padded, evaluated), flops_model=model)
+                        elementwise_values=model.run_elementwise(padded, evaluated), flops_model=model,
+                        gpus=training.gpus)

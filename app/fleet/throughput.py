@@ -269,4 +269,5 @@ def predict(time: TrainingTime | None, settings: Settings, queue: str | None = N
         return
     queues = [q for q in live_queues(settings) if queue is None or q["name"] == queue]
     with new_session() as session:
-        time.queues = queue_times(session, queues, time.flops, time.steps, time.elementwise_values)
+        time.queues = queue_times(session, queues, time.flops / time.gpus, time.steps,
+                                  time.elementwise_values / time.gpus)

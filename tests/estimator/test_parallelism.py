@@ -79,5 +79,7 @@ def test_gpus_multiply_the_effective_batch_and_divide_the_steps():
     assert one.memory.effective_batch_size == 6
     assert quad.memory.effective_batch_size == 24
     assert single.training_time.steps == 200 and quad.training_time.steps == 50
+    # Each queue's duration splits the FLOPs over the GPUs (throughput.predict divides by this).
+    assert (single.training_time.gpus, quad.training_time.gpus) == (1, 4)
     # The same examples are computed on, spread over the GPUs: the FLOPs do not change.
     assert quad.training_time.padded_tokens == single.training_time.padded_tokens

@@ -56,6 +56,7 @@ def test_rates_are_fitted_per_device_class_on_this_queue_only(account):
     _finished(team, runtime=7, step=10, queue="elsewhere")  # another queue does not count
     _finished(team, runtime=10, step=10, status="failed")
     _finished(team, runtime=10, step=10, attempts=2)  # resumed: its runtime covers the last attempt only
+    _finished(team, runtime=1, step=10, config={"training": {"gpus": 2}})  # two GPUs' speed, not one device's
     with new_session() as session:
         rates = throughput.measured_rates(session, "gpu")
         assert rates["NVIDIA H200"].runs == 6
