@@ -8,11 +8,15 @@ announced GPU, exactly as it would on GPUs but for the backend.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import stat
+import zipfile
 
 import psutil
+import torch
+from safetensors.torch import load as load_safetensors
 
 from tests.jobs.helpers import all_events, chat_records, launch, metric_steps, upload, wait_for, wait_until_finished
 
@@ -66,6 +70,34 @@ def test_two_processes_train_the_same_losses_as_one_with_the_same_global_batch(c
     assert tokens[0] == tokens[1] > 0, tokens
     adapter = client.get(f"/v1/fine_tuning/jobs/{two['id']}/adapter")
     assert adapter.status_code == 200 and len(adapter.content) > 1000
+
+
+def _adapter_tensors(client, job_id: str) -> dict[str, torch.Tensor]:
+    archive = zipfile.ZipFile(io.BytesIO(client.get(f"/v1/fine_tuning/jobs/{job_id}/adapter").content))
+    name = next(n for n in archive.namelist() if n.endswith("adapter_model.safetensors"))
+    return load_safetensors(archive.read(name))
+
+
+def test_fsdp_on_two_processes_trains_what_one_process_trains_and_saves_a_normal_adapter(client, start_worker,
+                                                                                         model_dir, tmp_path):
+    start_worker(name="twogpu", PATH=_two_gpus(tmp_path))
+    train = upload(client, chat_records(48))
+    one = launch(client, model_dir, train["id"], lora=LORA, training=_training(batch_size=4))
+    sharded = launch(client, model_dir, train["id"], lora=LORA,
+                     training=_training(batch_size=2, gpus=2, strategy="fsdp"))
+    assert sharded["estimate"]["memory"]["strategy"] == "fsdp"
+    for job in (one, sharded):
+        finished = wait_until_finished(client, job["id"], timeout=300)
+        assert finished["status"] == "succeeded", finished["error"]
+    single, split = _losses(client, one["id"]), _losses(client, sharded["id"])
+    assert sorted(split) == list(range(1, 13))
+    for step in single:
+        assert math.isclose(single[step], split[step], rel_tol=2e-3), (step, single, split)
+    # The shards were gathered into one PEFT adapter: the same tensors, by name and value, as one process saved.
+    alone, gathered = _adapter_tensors(client, one["id"]), _adapter_tensors(client, sharded["id"])
+    assert sorted(alone) == sorted(gathered) and len(alone) == 2 * 2 * 2  # A and B of q and v in 2 layers
+    for name, tensor in alone.items():
+        assert torch.allclose(tensor, gathered[name], atol=1e-4), name
 
 
 def test_cancelling_a_two_process_job_stops_both_and_leaves_no_process(client, start_worker, model_dir, tmp_path):
