@@ -21,6 +21,7 @@ from collections import deque
 from pathlib import Path
 
 from workers.training.contract import Reporter, TrainingFailure, TrainingResult, TrainingRun
+from workers.training.strategies import run_strategy
 
 log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
@@ -35,8 +36,12 @@ class RankCrashed(Exception):
 
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: if this worker process dies (even by SIGKILL), torchrun gets
-    # SIGTERM and takes every rank down with it; no rank outlives the attempt that started it.
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    # SIGTERM and takes every rank down with it; no rank outlives the attempt that started it. Linux only: elsewhere
+    # (a developer's Mac) a worker killed outright leaves torchrun to finish or fail on its own.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
     os.setsid()
 
 
@@ -60,7 +65,8 @@ def train_on_gpus(run: TrainingRun, reporter: Reporter, *, worker: str, attempt:
             "start_adapter": str(run.start_adapter) if run.start_adapter else None, "outcome": str(outcome)}
     spec_path = folder / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    reporter.on_event(f"Starting {gpus} training processes (torchrun, {run.config.training.strategy}).")
+    strategy = run_strategy(gpus, run.config.training.strategy)
+    reporter.on_event(f"Starting {gpus} training processes (torchrun, {strategy}).")
     process = subprocess.Popen(torchrun_command(gpus, spec_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, preexec_fn=_die_with_parent, env=os.environ.copy())
     tail: deque[str] = deque(maxlen=LOG_LINES_KEPT)
