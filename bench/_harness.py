@@ -252,6 +252,19 @@ WORDS = (
 ).split()
 
 
+def queued_job(config, *, file_id: str, account: Account, queue: str) -> str:
+    """A job row as the launch leaves it (queued, one attempt allowed), for a benchmark that runs it itself."""
+    from app.db import new_session
+    from app.tables import Job
+
+    with new_session() as session:
+        job = Job(model=config.model, queue=queue, config=config.model_dump(mode="json"), training_file_id=file_id,
+                  status="queued", max_attempts=1, **account.owner)
+        session.add(job)
+        session.commit()
+        return job.id
+
+
 def chat_records(count: int, *, words: tuple[int, int] = (50, 90), seed: int = 0) -> list[dict]:
     """Deterministic chat examples whose assistant turns are `words` long (about 1.5 tokens a word here)."""
     rng = random.Random(seed)

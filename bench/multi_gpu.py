@@ -59,12 +59,7 @@ def run_job(setup, steps: int, batch: int, gpus: int) -> tuple[int, float]:
     training = {"max_steps": steps, "save_steps": steps, "batch_size": batch, "gpus": gpus,
                 "strategy": "ddp" if gpus > 1 else "auto"}
     config = setup.config.model_copy(update={"training": setup.config.training.model_copy(update=training)})
-    with new_session() as session:
-        job = Job(model=config.model, queue="bench-multi-gpu", config=config.model_dump(mode="json"),
-                  training_file_id=setup.file_id, status="queued", max_attempts=1, **setup.account.owner)
-        session.add(job)
-        session.commit()
-        job_id = job.id
+    job_id = h.queued_job(config, file_id=setup.file_id, account=setup.account, queue="bench-multi-gpu")
     setup.job_ids.append(job_id)
     status = run(job_id, worker=f"bench@{socket.gethostname()}")
     with new_session() as session:

@@ -226,13 +226,8 @@ def run_tuneboard(setup: Setup, clock: Clock, round_: int, steps: int, profile: 
     from app.tables import Job
     from workers.job_runner import run_job
 
-    config = _config_for(setup, steps)
-    with new_session() as session:
-        job = Job(model=config.model, queue="bench-training", config=config.model_dump(mode="json"),
-                  training_file_id=setup.file_id, status="queued", max_attempts=1, **setup.account.owner)
-        session.add(job)
-        session.commit()
-        job_id = job.id
+    job_id = h.queued_job(_config_for(setup, steps), file_id=setup.file_id, account=setup.account,
+                          queue="bench-training")
     setup.job_ids.append(job_id)
     clock.reset()
     gc.collect()

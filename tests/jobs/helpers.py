@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
 import time
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 
@@ -107,3 +110,42 @@ def stored_job(team_id: str, **fields) -> str:
         session.add(job)
         session.commit()
         return job.id
+
+
+def last_checkpoint_step(client: TestClient, job_id: str) -> int:
+    """The step of the job's newest recorded checkpoint."""
+    return max(c["step_number"] for c in client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"])
+
+
+def assert_resumed_by(client: TestClient, job_id: str, rescuer: str, checkpoint_step: int, *,
+                      timeout: float = 240) -> dict:
+    """Wait for the job to end; it succeeded on its second attempt, on `rescuer`, from that checkpoint."""
+    job = wait_until_finished(client, job_id, timeout=timeout)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempts"] == 2 and job["worker"].startswith(f"{rescuer}@"), job
+    messages = [e["message"] for e in all_events(client, job_id)]
+    assert any("requeued" in m for m in messages), messages
+    assert any(f"resuming at step {checkpoint_step}" in m for m in messages), messages
+    return job
+
+
+def cancel_and_assert_the_loop_stopped(client: TestClient, job_id: str) -> dict:
+    """Cancel a running job; it ends cancelled by its own training loop (not the reaper's hard stop), with a
+    checkpoint kept."""
+    assert client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").status_code == 200
+    job = wait_until_finished(client, job_id, timeout=120)
+    assert job["status"] == "cancelled"
+    messages = [e["message"] for e in all_events(client, job_id)]
+    assert "Job cancelled; its last checkpoint is kept." in messages, messages
+    assert not [m for m in messages if "terminated" in m], messages
+    assert client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+    return job
+
+
+def stand_in_nvidia_smi(folder: Path, gpus: list[tuple[str, int]]) -> str:
+    """A PATH whose `nvidia-smi` answers the worker's query as a host with these GPUs (name, MiB) would."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "nvidia-smi"
+    script.write_text("#!/bin/sh\n" + "".join(f"echo '{name}, {mib}'\n" for name, mib in gpus))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return f"{folder}:{os.environ['PATH']}"

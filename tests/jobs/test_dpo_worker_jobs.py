@@ -6,7 +6,15 @@ curves, rewards included, run 1..N exactly once) and a cancel (the loop stops it
 from __future__ import annotations
 
 from tests.api.test_dpo_jobs import preference_records
-from tests.jobs.helpers import all_events, launch, metric_steps, upload, wait_for, wait_until_finished
+from tests.jobs.helpers import (
+    assert_resumed_by,
+    cancel_and_assert_the_loop_stopped,
+    last_checkpoint_step,
+    launch,
+    metric_steps,
+    upload,
+    wait_for,
+)
 
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
 DPO = {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1, "batch_size": 2}}}
@@ -26,14 +34,9 @@ def test_a_dpo_worker_killed_mid_run_resumes_from_its_checkpoint_on_another_work
                  training=_training(max_steps=60, save_steps=10))
     wait_for(client, job["id"], lambda j: j["progress"]["step"] >= 25, timeout=300, what="step 25")
     doomed.kill()
-    checkpoints = client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
-    last_checkpoint = max(c["step_number"] for c in checkpoints)
+    last_checkpoint = last_checkpoint_step(client, job["id"])
     start_worker(name="rescuer")
-    job = wait_until_finished(client, job["id"], timeout=400)
-    assert job["status"] == "succeeded", job["error"]
-    assert job["attempts"] == 2 and job["worker"].startswith("rescuer@")
-    messages = [e["message"] for e in all_events(client, job["id"])]
-    assert any(f"resuming at step {last_checkpoint}" in m for m in messages), messages
+    assert_resumed_by(client, job["id"], "rescuer", last_checkpoint, timeout=400)
     points = [p for p in metric_steps(client, job["id"]) if p.get("loss") is not None]
     assert [p["step"] for p in points] == list(range(1, 61))
     # The resumed half is still DPO (its rewards logged), not a supervised run restarted on the pairs.
@@ -46,10 +49,4 @@ def test_cancelling_a_dpo_job_stops_it_within_seconds_and_keeps_its_checkpoint(c
     job = launch(client, model_dir, pairs["id"], method=DPO, lora=LORA,
                  training=_training(max_steps=5000, save_steps=10))
     wait_for(client, job["id"], lambda j: j["progress"]["step"] >= 12, timeout=300, what="step 12")
-    assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").status_code == 200
-    job = wait_until_finished(client, job["id"], timeout=120)
-    assert job["status"] == "cancelled"
-    messages = [e["message"] for e in all_events(client, job["id"])]
-    assert "Job cancelled; its last checkpoint is kept." in messages, messages
-    assert not [m for m in messages if "terminated" in m], messages
-    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+    cancel_and_assert_the_loop_stopped(client, job["id"])

@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import stat
 import zipfile
 
 import psutil
 import torch
 from safetensors.torch import load as load_safetensors
 
-from tests.jobs.helpers import all_events, chat_records, launch, metric_steps, upload, wait_for, wait_until_finished
+from tests.jobs.helpers import (
+    all_events,
+    assert_resumed_by,
+    cancel_and_assert_the_loop_stopped,
+    chat_records,
+    last_checkpoint_step,
+    launch,
+    metric_steps,
+    stand_in_nvidia_smi,
+    upload,
+    wait_for,
+    wait_until_finished,
+)
 
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}
 
@@ -29,14 +39,12 @@ def _training(**overrides) -> dict:
     return {**base, **overrides}
 
 
-def _two_gpus(tmp_path) -> str:
-    """A PATH whose nvidia-smi reports two 80 GB GPUs."""
-    folder = tmp_path / "smi-2"
-    folder.mkdir(exist_ok=True)
-    script = folder / "nvidia-smi"
-    script.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559'\necho 'NVIDIA H100 80GB HBM3, 81559'\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return f"{folder}:{os.environ['PATH']}"
+H100 = ("NVIDIA H100 80GB HBM3", 81559)
+
+
+def _gpus(tmp_path, count: int) -> str:
+    """A PATH whose nvidia-smi reports `count` 80 GB GPUs."""
+    return stand_in_nvidia_smi(tmp_path / f"smi-{count}", [H100] * count)
 
 
 def _losses(client, job_id: str) -> dict[int, float]:
@@ -45,7 +53,7 @@ def _losses(client, job_id: str) -> dict[int, float]:
 
 def test_two_processes_train_the_same_losses_as_one_with_the_same_global_batch(client, start_worker, model_dir,
                                                                               tmp_path):
-    start_worker(name="twogpu", PATH=_two_gpus(tmp_path))
+    start_worker(name="twogpu", PATH=_gpus(tmp_path, 2))
     train = upload(client, chat_records(48))
     one = launch(client, model_dir, train["id"], lora=LORA, training=_training(batch_size=4))
     two = launch(client, model_dir, train["id"], lora=LORA,
@@ -80,7 +88,7 @@ def _adapter_tensors(client, job_id: str) -> dict[str, torch.Tensor]:
 
 def test_fsdp_on_two_processes_trains_what_one_process_trains_and_saves_a_normal_adapter(client, start_worker,
                                                                                          model_dir, tmp_path):
-    start_worker(name="twogpu", PATH=_two_gpus(tmp_path))
+    start_worker(name="twogpu", PATH=_gpus(tmp_path, 2))
     train = upload(client, chat_records(48))
     one = launch(client, model_dir, train["id"], lora=LORA, training=_training(batch_size=4))
     sharded = launch(client, model_dir, train["id"], lora=LORA,
@@ -101,17 +109,12 @@ def test_fsdp_on_two_processes_trains_what_one_process_trains_and_saves_a_normal
 
 
 def test_cancelling_a_two_process_job_stops_both_and_leaves_no_process(client, start_worker, model_dir, tmp_path):
-    worker = start_worker(name="twogpu", PATH=_two_gpus(tmp_path))
+    worker = start_worker(name="twogpu", PATH=_gpus(tmp_path, 2))
     train = upload(client, chat_records(48))
     job = launch(client, model_dir, train["id"], lora=LORA,
                  training=_training(batch_size=2, gpus=2, strategy="ddp", max_steps=5000, save_steps=10))
     wait_for(client, job["id"], lambda j: j["progress"]["step"] >= 12, timeout=300, what="step 12")
-    assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").status_code == 200
-    job = wait_until_finished(client, job["id"], timeout=120)
-    assert job["status"] == "cancelled"
-    messages = [e["message"] for e in all_events(client, job["id"])]
-    assert "Job cancelled; its last checkpoint is kept." in messages, messages
-    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+    cancel_and_assert_the_loop_stopped(client, job["id"])
     ranks = [p for p in psutil.Process(worker.process.pid).children(recursive=True)
              if "workers.training.rank" in " ".join(p.cmdline())]
     assert not ranks, ranks
@@ -119,7 +122,7 @@ def test_cancelling_a_two_process_job_stops_both_and_leaves_no_process(client, s
 
 def test_a_job_needing_more_gpus_than_any_live_worker_has_is_refused_naming_the_field(client, start_worker,
                                                                                       model_dir, tmp_path):
-    start_worker(name="twogpu", PATH=_two_gpus(tmp_path))
+    start_worker(name="twogpu", PATH=_gpus(tmp_path, 2))
     train = upload(client, chat_records(8))
     response = client.post("/v1/fine_tuning/jobs", json={
         "model": model_dir, "training_file": train["id"], "lora": LORA, "training": _training(gpus=4)})
@@ -158,7 +161,7 @@ def _gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Proces
 
 
 def test_a_killed_rank_ends_the_whole_attempt_and_leaves_no_rank_running(client, start_worker, model_dir, tmp_path):
-    start_worker(name="twogpu", PATH=_two_gpus(tmp_path))
+    start_worker(name="twogpu", PATH=_gpus(tmp_path, 2))
     train = upload(client, chat_records(48))
     job = launch(client, model_dir, train["id"], lora=LORA,
                  training=_training(batch_size=2, gpus=2, strategy="ddp", max_steps=5000, save_steps=10))
@@ -174,7 +177,7 @@ def test_a_killed_rank_ends_the_whole_attempt_and_leaves_no_rank_running(client,
 
 def test_a_killed_worker_takes_its_ranks_with_it_and_the_job_resumes_on_another(client, start_worker, model_dir,
                                                                                tmp_path):
-    doomed = start_worker(name="doomed", PATH=_two_gpus(tmp_path))
+    doomed = start_worker(name="doomed", PATH=_gpus(tmp_path, 2))
     train = upload(client, chat_records(48))
     job = launch(client, model_dir, train["id"], lora=LORA,
                  training=_training(batch_size=2, gpus=2, strategy="ddp", max_steps=40, save_steps=10))
@@ -183,31 +186,18 @@ def test_a_killed_worker_takes_its_ranks_with_it_and_the_job_resumes_on_another(
     assert len(ranks) == 2, ranks
     doomed.kill()  # the worker's process group; torchrun has a session of its own and learns it from its parent
     assert not _gone(ranks, timeout=60), "ranks outlived their worker"
-    start_worker(name="rescuer", PATH=_two_gpus(tmp_path))
-    job = wait_until_finished(client, job["id"], timeout=400)
-    assert job["status"] == "succeeded", job["error"]
-    assert job["attempts"] == 2 and job["worker"].startswith("rescuer@")
-    messages = [e["message"] for e in all_events(client, job["id"])]
-    assert any("resuming at step 10" in m or "resuming at step 20" in m for m in messages), messages
+    last_checkpoint = last_checkpoint_step(client, job["id"])
+    start_worker(name="rescuer", PATH=_gpus(tmp_path, 2))
+    assert_resumed_by(client, job["id"], "rescuer", last_checkpoint, timeout=400)
     assert sorted(_losses(client, job["id"])) == list(range(1, 41))
-
-
-def _one_gpu(tmp_path) -> str:
-    """A PATH whose nvidia-smi reports one 80 GB GPU."""
-    folder = tmp_path / "smi-1"
-    folder.mkdir(exist_ok=True)
-    script = folder / "nvidia-smi"
-    script.write_text("#!/bin/sh\necho 'NVIDIA H100 80GB HBM3, 81559'\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return f"{folder}:{os.environ['PATH']}"
 
 
 def test_a_worker_with_too_few_gpus_hands_the_job_back_and_the_page_says_it_waits(client, start_worker, model_dir,
                                                                                   tmp_path):
-    big = start_worker(name="twogpu", PATH=_two_gpus(tmp_path))
+    big = start_worker(name="twogpu", PATH=_gpus(tmp_path, 2))
     train = upload(client, chat_records(16))
     big.stop()  # the launch saw a worker with two GPUs; by the time the job is delivered only a smaller one is left
-    small = start_worker(name="onegpu", PATH=_one_gpu(tmp_path))
+    small = start_worker(name="onegpu", PATH=_gpus(tmp_path, 1))
     job = launch(client, model_dir, train["id"], lora=LORA, training=_training(batch_size=2, gpus=2, max_steps=4))
     wait = "Waiting for a worker with 2 GPUs on queue"
     job = wait_for(client, job["id"], lambda _j: any(wait in e["message"] for e in all_events(client, _j["id"])),
@@ -216,7 +206,7 @@ def test_a_worker_with_too_few_gpus_hands_the_job_back_and_the_page_says_it_wait
     # Offered again every 10 s, it is never claimed here, and the page says so once.
     wait_for(client, job["id"], lambda _j: small.log().count("needs 2 GPUs") >= 2, timeout=60, what="a second offer")
     assert sum(wait in e["message"] for e in all_events(client, job["id"])) == 1
-    start_worker(name="twogpu2", PATH=_two_gpus(tmp_path))
+    start_worker(name="twogpu2", PATH=_gpus(tmp_path, 2))
     job = wait_until_finished(client, job["id"], timeout=300)
     assert job["status"] == "succeeded", job["error"]
     assert job["worker"].startswith("twogpu2@") and job["attempts"] == 1

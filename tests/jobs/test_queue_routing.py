@@ -8,9 +8,6 @@ Training itself still runs on the CPU.
 
 from __future__ import annotations
 
-import os
-import stat
-
 import pytest
 from playwright.sync_api import expect
 
@@ -18,7 +15,14 @@ from app import redis_client
 from app.fleet import worker_registry
 from tests.configure.conftest import wait_until
 from tests.configure.test_pages import HX, form, messages_beside
-from tests.jobs.helpers import chat_records, launch, upload, wait_for_inventory, wait_until_finished
+from tests.jobs.helpers import (
+    chat_records,
+    launch,
+    stand_in_nvidia_smi,
+    upload,
+    wait_for_inventory,
+    wait_until_finished,
+)
 from tests.service_fixtures import signed_in_context
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -31,13 +35,7 @@ BIG_RUN = {"model": "meta-llama/Llama-3.1-8B", "sequence_length": "8192", "batch
 
 
 def _gpu_path(tmp_path, name: str, mib: int) -> str:
-    folder = tmp_path / f"smi-{mib}"
-    folder.mkdir()
-    script = folder / "nvidia-smi"
-    script.write_text(f"#!/bin/sh\necho '{name}, {mib}'\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return f"{folder}:{os.environ['PATH']}"
-
+    return stand_in_nvidia_smi(tmp_path / f"smi-{mib}", [(name, mib)])
 
 
 @pytest.fixture

@@ -15,7 +15,10 @@ import pytest
 from app.fleet import queue
 from tests.jobs.helpers import (
     all_events,
+    assert_resumed_by,
+    cancel_and_assert_the_loop_stopped,
     chat_records,
+    last_checkpoint_step,
     launch,
     metric_steps,
     upload,
@@ -80,16 +83,10 @@ def test_cancel_stops_a_running_job_within_seconds_and_keeps_its_checkpoint(clie
     train = upload(client, chat_records())
     job = launch(client, model_dir, train["id"], lora=LORA, training=_training(max_steps=5000, save_steps=15))
     wait_for(client, job["id"], lambda j: j["progress"]["step"] >= 20, what="step 20")
-    assert client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel").status_code == 200
-    job = wait_until_finished(client, job["id"], timeout=120)
-    assert job["status"] == "cancelled"
     # Within seconds: the training loop saw the flag at a step and stopped itself (the worker's own last word),
     # not the hard stop the reaper deals out once the grace period (60 s) has passed.
-    messages = [e["message"] for e in all_events(client, job["id"])]
-    assert "Job cancelled; its last checkpoint is kept." in messages, messages
-    assert not [m for m in messages if "terminated" in m], messages
+    job = cancel_and_assert_the_loop_stopped(client, job["id"])
     assert job["progress"]["step"] < 5000
-    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
     assert "cancelled" in [e["data"]["kind"] for e in all_events(client, job["id"])]
 
 
@@ -126,15 +123,9 @@ def test_worker_killed_mid_run_resumes_from_its_checkpoint_on_another_worker(cli
     job = launch(client, model_dir, train["id"], lora=LORA, training=_training(max_steps=120, save_steps=20))
     wait_for(client, job["id"], lambda j: j["progress"]["step"] >= 45, what="step 45")
     first.kill()
-    checkpoints = client.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
-    last_checkpoint = max(c["step_number"] for c in checkpoints)
+    last_checkpoint = last_checkpoint_step(client, job["id"])
     start_worker(name="rescuer")
-    job = wait_until_finished(client, job["id"], timeout=240)
-    assert job["status"] == "succeeded", job["error"]
-    assert job["attempts"] == 2 and job["worker"].startswith("rescuer@")
-    messages = [e["message"] for e in all_events(client, job["id"])]
-    assert any("requeued" in m for m in messages)
-    assert any(f"resuming at step {last_checkpoint}" in m for m in messages), messages
+    assert_resumed_by(client, job["id"], "rescuer", last_checkpoint)
     assert [p["step"] for p in metric_steps(client, job["id"])] == list(range(1, 121))
 
 
