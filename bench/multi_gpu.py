@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -39,6 +40,8 @@ from pathlib import Path
 from bench import _harness as h
 
 TARGET_RATIO = 0.97
+# A 40-step run takes well under a minute on 2 quiet cores; ten times that is a hang.
+BARE_TIMEOUT_S = 600
 
 
 def _stand_in_gpus(folder: Path, count: int) -> None:
@@ -77,12 +80,19 @@ def run_bare(setup, work: Path, steps: int, batch: int, examples_path: Path) -> 
             "output_dir": str(work / f"bare-{len(setup.job_ids)}-{os.getpid()}")}
     spec_path = work / "bare.json"
     spec_path.write_text(json.dumps(spec))
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                          "-m", "bench._bare_ddp", str(spec_path)], capture_output=True, text=True, check=False,
-                         cwd=h.REPO_ROOT)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    if out.returncode or not lines:
-        sys.exit(f"the bare script failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    # Its own session, so that a hang (a rank stuck in a collective) is ended with every rank, not only torchrun.
+    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                                "-m", "bench._bare_ddp", str(spec_path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=h.REPO_ROOT, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=BARE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        sys.exit(f"the bare script did not finish within {BARE_TIMEOUT_S} s:\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if process.returncode or not lines:
+        sys.exit(f"the bare script failed ({process.returncode}):\n{stdout[-3000:]}\n{stderr[-3000:]}")
     figures = json.loads(lines[-1])
     return figures["tokens"], figures["train_runtime"]
 

@@ -144,18 +144,26 @@ def choose_precision(requested: str, device: str, on_event: EventSink = _no_even
     return torch.float32, None
 
 
-def _four_bit_config(compute_dtype: Any, device: str) -> Any:
+def _four_bit_config(compute_dtype: Any, device: str, *, sharded: bool = False) -> Any:
     if device != "cuda":
         raise TrainingFailure("unsupported", "load_in_4bit (QLoRA) needs a CUDA GPU; this worker has none")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise TrainingFailure(
             "unsupported", "load_in_4bit (QLoRA) needs the bitsandbytes package, which this worker lacks"
         )
+    return four_bit_quantization(compute_dtype, sharded=sharded)
+
+
+def four_bit_quantization(compute_dtype: Any, *, sharded: bool) -> Any:
+    """The NF4 QLoRA quantization config; under a sharding strategy its packed weights are stored as floats."""
     from transformers import BitsAndBytesConfig
 
+    # FSDP and ZeRO-3 shard only floating-point tensors: packed 4-bit weights are then stored in the compute dtype
+    # (bitsandbytes' quant_storage), so every parameter of a block flattens into one shard of one dtype.
+    storage = {"bnb_4bit_quant_storage": compute_dtype} if sharded else {}
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_compute_dtype=compute_dtype, **storage,
     )
 
 
@@ -270,9 +278,11 @@ def load_base(
     data_dir: Path,
     precision: str,
     load_in_4bit: bool = False,
+    sharded: bool = False,
     on_event: EventSink = _no_event,
 ) -> LoadedBase:
-    """Load the base causal LM and its tokenizer for training, or raise TrainingFailure saying why not."""
+    """Load the base causal LM and its tokenizer for training, or raise TrainingFailure saying why not. `sharded`:
+    the run's strategy (FSDP, ZeRO-3) splits the weights over its GPUs."""
     import torch
 
     started = time.perf_counter()
@@ -280,7 +290,7 @@ def load_base(
     dtype, mixed = choose_precision(precision, device, on_event)
     load_kwargs: dict[str, Any] = {"dtype": dtype}
     if load_in_4bit:
-        load_kwargs["quantization_config"] = _four_bit_config(dtype, device)
+        load_kwargs["quantization_config"] = _four_bit_config(dtype, device, sharded=sharded)
         load_kwargs["device_map"] = {"": torch.cuda.current_device()}
 
     try:

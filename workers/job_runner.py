@@ -20,13 +20,13 @@ from app import redis_client
 from app.datasets.job_examples import job_examples
 from app.db import new_session
 from app.estimator.job_config import JobConfig
-from app.fleet import queue
+from app.fleet import queue, worker_registry
 from app.job_status import JobStatus
 from app.jobs import lifecycle
 from app.ops.logging_setup import add_log_fields
 from app.settings import Settings, get_settings
 from app.storage import artifacts
-from app.tables import Event, Job
+from app.tables import Event, Job, now
 from workers import reaper
 from workers.job_reporter import JobReporter
 
@@ -163,10 +163,22 @@ def _wait_for_more_gpus(session, client, settings: Settings, job_id: str, worker
     if needed <= have:
         return False
     message = (f"Waiting for a worker with {needed} GPUs on queue {job.queue!r}: {worker} has {have}.")
-    seen = session.scalar(select(Event.id).where(Event.job_id == job_id, Event.message == message).limit(1))
-    if seen is None:
+    waiting_since = session.scalar(select(Event.created_at).where(Event.job_id == job_id, Event.type == "waiting")
+                                   .order_by(Event.id).limit(1))
+    if session.scalar(select(Event.id).where(Event.job_id == job_id, Event.message == message).limit(1)) is None:
         lifecycle.add_event(session, client, job_id, message, level="warning", type_="waiting",
                             max_len=settings.stream_max_points)
+    largest = max((w.gpu_count for w in worker_registry.queues_served(worker_registry.live_workers(client))
+                   .get(job.queue, [])), default=have)
+    if waiting_since is not None and largest < needed and now() - waiting_since > settings.gpu_wait_seconds:
+        # Launch refused this job unless a worker with enough GPUs was live; that worker is gone, and none came back.
+        lifecycle.fail_queued(
+            session, client, job_id, "no_worker_with_gpus",
+            f"it waited {(now() - waiting_since) / 60:.0f} minutes for a worker with {needed} GPUs, and no live "
+            f"worker of queue {job.queue!r} has that many (the most is {largest}). Relaunch it on fewer GPUs or "
+            f"another queue, or start a worker with {needed} GPUs.",
+            max_len=settings.stream_max_points)
+        return True
     queue.enqueue_training(job_id, job.queue, countdown=GPU_WAIT_RESEND_SECONDS)
     log.info("job %s: needs %s GPUs, this worker has %s; sent back to %s", job_id, needed, have, job.queue)
     return True

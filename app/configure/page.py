@@ -123,7 +123,8 @@ def _add_queue_advice(context: dict, values: dict, settings: Settings) -> None:
     workers = next((q["workers"] for q in context["queues"] if q["name"] == chosen), [])
     knobs = context["result"].memory
     advice = queue_memory_advice(chosen, workers, knobs.total, precision=knobs.precision,
-                                 gradient_checkpointing=bool(values.get("gradient_checkpointing")))
+                                 gradient_checkpointing=bool(values.get("gradient_checkpointing")),
+                                 gpus_per_job=knobs.gpus)
     if advice is not None:
         context["result"].warnings.append(advice)
 
@@ -133,7 +134,7 @@ def _add_queue_times(context: dict, values: dict) -> None:
     if time is None:
         return
     with new_session() as session:
-        time.queues = throughput.queue_times(session, context["queues"], time.flops, time.steps)
+        time.queues = throughput.run_times(session, context["queues"], time)
     chosen = str(values.get("queue") or "")
     context["chosen_time"] = next((t for t in time.queues if t.queue == chosen), None) or \
         next(iter(time.queues), None)

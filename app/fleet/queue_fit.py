@@ -23,11 +23,21 @@ def _gib(value: int) -> str:
 
 
 def queue_memory_advice(queue: str, workers: list[WorkerInfo], memory_total: int, *,
-                        gradient_checkpointing: bool, precision: str) -> Advice | None:
-    """A warning beside the queue field when the estimate does not fit (some of) its workers' GPUs."""
-    gpus = [w for w in workers if w.gpu_memory_bytes]
+                        gradient_checkpointing: bool, precision: str, gpus_per_job: int = 1) -> Advice | None:
+    """A warning beside the queue field when the estimate does not fit (some of) its workers' GPUs, or when none of
+    them has the GPUs the job spans (`memory_total` is then per GPU)."""
     if not workers:
         return None
+    if gpus_per_job > 1:
+        able = [w for w in workers if w.gpu_count >= gpus_per_job]
+        if not able:
+            most = max(workers, key=lambda w: w.gpu_count)
+            return Advice(field="queue", level="warning", message=(
+                f"No live worker on queue {queue!r} has {gpus_per_job} GPUs: the most is {most.gpu_count} "
+                f"({most.device} on {most.hostname}), so the launch would be refused. Lower GPUs, or pick a queue "
+                "with a larger host."))
+        workers = able  # only these take the job: the others hand it back
+    gpus = [w for w in workers if w.gpu_memory_bytes]
     if not gpus:
         devices = ", ".join(sorted({w.device for w in workers}))
         return Advice(field="queue", level="info", message=f"No worker on queue {queue!r} has a GPU ({devices}): "

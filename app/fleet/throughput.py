@@ -234,12 +234,15 @@ def measured_rates(session: Session, queue: str) -> dict[str, Rate]:
     return {device: fit(runs[:RECENT_RUNS], default_rate(device)) for device, runs in by_class.items()}
 
 
-def queue_times(session: Session, queues: list[dict], flops: float, steps: int, values: float = 0.0
+def queue_times(session: Session, queues: list[dict], flops: float, steps: int, values: float = 0.0, gpus: int = 1
                 ) -> list[QueueTime]:
-    """The run's duration on each live queue, per device class its live workers have."""
+    """The run's duration on each live queue, per device class of its live workers that have the `gpus` the run
+    spans. `flops` and `values` are the whole run's: each of its GPUs does its share."""
+    flops, values = flops / gpus, values / gpus
     times = []
     for queue in queues:
-        devices = sorted({device_class(worker.device) for worker in queue["workers"]})
+        able = [worker for worker in queue["workers"] if gpus == 1 or worker.gpu_count >= gpus]
+        devices = sorted({device_class(worker.device) for worker in able})
         if not devices:
             continue
         measured = measured_rates(session, queue["name"])
@@ -269,5 +272,9 @@ def predict(time: TrainingTime | None, settings: Settings, queue: str | None = N
         return
     queues = [q for q in live_queues(settings) if queue is None or q["name"] == queue]
     with new_session() as session:
-        time.queues = queue_times(session, queues, time.flops / time.gpus, time.steps,
-                                  time.elementwise_values / time.gpus)
+        time.queues = run_times(session, queues, time)
+
+
+def run_times(session: Session, queues: list[dict], time: TrainingTime) -> list[QueueTime]:
+    """`queue_times` for an estimated run: the configuration page and the estimate API both ask this."""
+    return queue_times(session, queues, time.flops, time.steps, time.elementwise_values, time.gpus)

@@ -324,6 +324,21 @@ def _terminate_overdue_cancels(session: Session, client, settings: Settings, mom
     return [job_id for job_id, _ in rows]
 
 
+def fail_queued(session: Session, client: redis.Redis | None, job_id: str, code: str, message: str, *,
+                max_len: int) -> bool:
+    """End a job that is still queued (no attempt holds it) as failed; False when it no longer is queued."""
+    ended = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.FAILED, finished_at=now(), error_code=code, error_message=message)
+    ).rowcount
+    session.commit()
+    if ended:
+        add_event(session, client, job_id, f"Job failed: {message}", level="error", type_=JobStatus.FAILED,
+                  max_len=max_len)
+        publish_status(client, session.get(Job, job_id), max_len=max_len)
+    return bool(ended)
+
+
 def reap_expired(session: Session, client: redis.Redis | None, settings: Settings) -> tuple[list[str], list[str]]:
     """Requeue running jobs whose worker stopped renewing the lease, or end them; returns (requeued, ended)."""
     moment = now()

@@ -36,3 +36,23 @@ def test_a_mixed_queue_names_the_gpu_that_would_run_out():
     workers = [_worker("big", "H100", 80), _worker("small", "L4", 22.5)]
     advice = queue_memory_advice("q", workers, 30 * GIB, gradient_checkpointing=True, precision="bf16")
     assert "fits 1 of 2 GPU workers on queue 'q'; it does not fit L4 (22.5 GiB) on small" in advice.message
+
+
+def _host(name: str, gpus: int, gib: float) -> WorkerInfo:
+    return WorkerInfo(hostname=name, queues=("q",), device="H100", gpu_memory_bytes=int(gib * GIB), seen_at=0.0,
+                      gpu_count=gpus)
+
+
+def test_a_job_on_more_gpus_than_any_worker_has_is_warned_and_only_hosts_with_enough_gpus_are_judged():
+    one_gpu_hosts = [_host("a", 1, 80), _host("b", 2, 80)]
+    advice = queue_memory_advice("q", one_gpu_hosts, 30 * GIB, gradient_checkpointing=True, precision="bf16",
+                                 gpus_per_job=4)
+    assert advice.level == "warning" and advice.message.startswith(
+        "No live worker on queue 'q' has 4 GPUs: the most is 2 (H100 on b), so the launch would be refused.")
+    # A small-GPU host with too few GPUs never takes the job, so its memory is not a risk; the 8-GPU host is judged.
+    mixed = [_host("small", 1, 16), _host("big", 8, 80)]
+    assert queue_memory_advice("q", mixed, 30 * GIB, gradient_checkpointing=True, precision="bf16",
+                               gpus_per_job=8) is None
+    too_big = queue_memory_advice("q", mixed, 90 * GIB, gradient_checkpointing=True, precision="bf16",
+                                  gpus_per_job=8)
+    assert "does not fit queue 'q': its largest GPU is 80.0 GiB" in too_big.message

@@ -75,6 +75,14 @@ def test_rates_are_fitted_per_device_class_on_this_queue_only(account):
     assert times[1].seconds == pytest.approx(2e14 / throughput.default_rate("NVIDIA L4").flops_per_second)
     assert times[1].flops_per_second == pytest.approx(2e14 / times[1].seconds)  # what the run achieves there
 
+    # On 4 GPUs each GPU does a quarter of the FLOPs, and only a host with 4 GPUs takes the run.
+    four = WorkerInfo(hostname="big", queues=("gpu",), device="NVIDIA L4", gpu_memory_bytes=None, seen_at=0,
+                      gpu_count=4)
+    with new_session() as session:
+        spread = throughput.queue_times(session, [{"name": "gpu", "workers": [*workers, four]}], 2e14, 20, gpus=4)
+    assert [(t.device, t.seconds) for t in spread] == [
+        ("NVIDIA L4", pytest.approx(0.5e14 / throughput.default_rate("NVIDIA L4").flops_per_second))]
+
 
 def _runs(truth: throughput.Rate, shapes) -> list[throughput.Measurement]:
     return [throughput.Measurement("m", flops, steps, truth.seconds(flops, steps, values), values)

@@ -210,3 +210,19 @@ def test_a_worker_with_too_few_gpus_hands_the_job_back_and_the_page_says_it_wait
     job = wait_until_finished(client, job["id"], timeout=300)
     assert job["status"] == "succeeded", job["error"]
     assert job["worker"].startswith("twogpu2@") and job["attempts"] == 1
+
+
+def test_a_job_whose_gpus_left_the_queue_fails_after_the_wait_saying_why(client, start_worker, model_dir, tmp_path):
+    big = start_worker(name="twogpu", PATH=_gpus(tmp_path, 2))
+    train = upload(client, chat_records(8))
+    job = launch(client, model_dir, train["id"], lora=LORA, training=_training(batch_size=2, gpus=2, max_steps=2))
+    big.stop()  # accepted while a two-GPU worker was live; it leaves before taking the job
+    start_worker(name="onegpu", PATH=_gpus(tmp_path, 1), TUNEBOARD_GPU_WAIT_SECONDS="12")
+    job = wait_until_finished(client, job["id"], timeout=180)
+    assert job["status"] == "failed" and job["attempts"] == 0, job
+    assert job["error"]["code"] == "no_worker_with_gpus"
+    assert "for a worker with 2 GPUs, and no live worker of queue" in job["error"]["message"]
+    assert "(the most is 1)" in job["error"]["message"]
+    messages = [e["message"] for e in all_events(client, job["id"])]
+    assert sum("Waiting for a worker with 2 GPUs" in m for m in messages) == 1
+    assert messages[-1].startswith("Job failed: it waited")

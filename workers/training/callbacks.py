@@ -34,10 +34,15 @@ class CountedTraining:
     on, and of the padded tokens it computes on (training and evaluation), from which a finished run's FLOPs are
     worked out. The collator attaches each batch's real-token count under NUM_TOKENS_KEY."""
 
-    def __init__(self, *args: Any, step_sync: StepSync | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.compute = ComputeCounts()
-        self.step_sync = step_sync or StepSync()
+        # One StepSync, the callback's: the tokens counted here are the ones it adds up at each step's end.
+        # (A trainer built without one, to look at its batches, counts into a StepSync nobody reads.)
+        reporters = [cb for cb in self.callback_handler.callbacks if isinstance(cb, ReporterCallback)]
+        if len(reporters) > 1:
+            raise TypeError(f"{type(self).__name__} takes one ReporterCallback, got {len(reporters)}")
+        self.step_sync = reporters[0].step_sync if reporters else StepSync()
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         # The collator counted the batch on the CPU; Trainer's own counting would sync the GPU per batch. The count
@@ -99,9 +104,9 @@ class ReporterCallback(TrainerCallback):
     """Forwards Trainer progress to a Reporter and stops training when it asks."""
 
     def __init__(self, reporter: Reporter, *, trainable_params: int, all_params: int, device: str,
-                 on_checkpoint_model: Callable[[Any, int], None] | None = None, step_sync: StepSync | None = None):
+                 on_checkpoint_model: Callable[[Any, int], None] | None = None):
         self.reporter = reporter
-        self.step_sync = step_sync or StepSync()  # the trainer's: it collects the tokens this callback adds up
+        self.step_sync = StepSync()  # the trainer takes it (CountedTraining) and collects the tokens added up here
         self.on_checkpoint_model = on_checkpoint_model  # called with the model at each checkpoint (held-out answers)
         self.sampled_step: int | None = None
         self.trainable_params = trainable_params

@@ -14,8 +14,8 @@ from typing import Any
 
 from workers.training.contract import Reporter, TrainingFailure, TrainingResult, TrainingRun
 from workers.training.held_out_answers import HeldOutAnswers
-from workers.training.step_sync import StepSync, rank, world_size
-from workers.training.strategies import run_strategy, strategy_arguments, trainer_checkpointing
+from workers.training.step_sync import rank, world_size
+from workers.training.strategies import SHARDING_STRATEGIES, run_strategy, strategy_arguments, trainer_checkpointing
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -220,16 +220,16 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
         # Starting over silently would break "continue from its step exactly"; let the caller decide.
         raise FileNotFoundError(f"checkpoint {resume_from} is missing or incomplete (no trainer_state.json)")
 
+    strategy = run_strategy(settings.gpus, settings.strategy)
+    sharded = strategy in SHARDING_STRATEGIES
     base = load_base(run.config.model, data_dir=run.data_dir, precision=settings.precision,
-                     load_in_4bit=settings.load_in_4bit, on_event=reporter.on_event)
+                     load_in_4bit=settings.load_in_4bit, sharded=sharded, on_event=reporter.on_event)
     preference = run.config.method.type == "dpo"
     # Tokenized before the model is wrapped, so a dataset problem fails the run before any LoRA work; DPOTrainer
     # tokenizes its pairs itself.
     supervised = None if preference else _supervised_data(run, base.tokenizer, reporter)
 
-    strategy = run_strategy(settings.gpus, settings.strategy)
     leader = rank() == 0  # the one process that reports, samples and saves (all of them, with one GPU)
-    sharded = strategy in ("fsdp", "deepspeed_zero3")
     model = _wrap_with_lora(base.model, run)
     if run.start_adapter is not None and run.config.start_from is not None:
         reporter.on_event(f"Continuing the adapter {run.config.start_from.model} (job {run.config.start_from.job_id}).")
@@ -243,10 +243,8 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
                              max_new_tokens=settings.sample_max_new_tokens, sequence_length=settings.sequence_length)
     sample_at_checkpoint = partial(_answer_held_out, samples, reporter) if samples and settings.samples_at_checkpoints \
         else None
-    step_sync = StepSync()
     callback = ReporterCallback(reporter, trainable_params=trainable_params, all_params=all_params,
-                                device=_device_label(base.device, strategy), on_checkpoint_model=sample_at_checkpoint,
-                                step_sync=step_sync)
+                                device=_device_label(base.device, strategy), on_checkpoint_model=sample_at_checkpoint)
     has_eval = bool(run.eval_examples) if preference else supervised[1] is not None
     # Multiples of 8 keep tensor-core shapes on GPU; on CPU they would only add padding.
     pad_to_multiple_of = 8 if base.device == "cuda" else None
@@ -267,7 +265,6 @@ def _train(run: TrainingRun, reporter: Reporter) -> TrainingResult:
                               "or shorten the held-out prompts).", level="warning")
     else:
         trainer = _sft_trainer(run, model, base.tokenizer, callback, common, supervised, pad_to_multiple_of)
-    trainer.step_sync = step_sync  # the tokens it counts are the ones the callback adds up at each step's end
     # With tqdm off the Trainer prints every log dict to stdout; the reporter already has them.
     trainer.remove_callback(PrinterCallback)
     if resume_from is not None:

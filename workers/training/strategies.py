@@ -9,6 +9,9 @@ from typing import Any
 
 from workers.training.contract import TrainingFailure
 
+# Strategies that split the weights themselves over the GPUs (each holds a shard), not only gradients and states.
+SHARDING_STRATEGIES = ("fsdp", "deepspeed_zero3")
+
 
 def run_strategy(gpus: int, strategy: str) -> str:
     """The strategy a run uses: "single" on one GPU; `auto` left unresolved at launch (the model's size was not known
