@@ -56,4 +56,6 @@ def main(args_path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    from workers.training.rank import exit_without_teardown
+
+    exit_without_teardown(lambda: main(sys.argv[1]))  # as Tuneboard's ranks end (a gloo teardown can deadlock)

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 # How long the ranks get to stop on SIGTERM (after a lost lease) before they are killed.
 STOP_GRACE_SECONDS = 30
+# How long the ranks get to exit once rank 0 has written the outcome; one that lingers is stuck, not working.
+EXIT_GRACE_SECONDS = 60
 LOG_LINES_KEPT = 40
 
 
@@ -70,7 +72,7 @@ def train_on_gpus(run: TrainingRun, reporter: Reporter, *, worker: str, attempt:
     process = subprocess.Popen(torchrun_command(gpus, spec_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, preexec_fn=_die_with_parent, env=os.environ.copy())
     tail: deque[str] = deque(maxlen=LOG_LINES_KEPT)
-    status = _supervise(process, reporter, tail)
+    status = _supervise(process, reporter, tail, outcome)
     if outcome.is_file():
         ended = json.loads(outcome.read_text())
         if "failure" in ended:
@@ -83,8 +85,9 @@ def train_on_gpus(run: TrainingRun, reporter: Reporter, *, worker: str, attempt:
                       f"last output: {last}")
 
 
-def _supervise(process: subprocess.Popen, reporter: Reporter, tail: deque[str]) -> int:
-    """Relay the ranks' output to this worker's log until they end; end them if this attempt lost the job."""
+def _supervise(process: subprocess.Popen, reporter: Reporter, tail: deque[str], outcome: Path) -> int:
+    """Relay the ranks' output to this worker's log until they end; end them if this attempt lost the job, or if
+    they linger after the outcome was written."""
     import threading
 
     def relay() -> None:
@@ -94,19 +97,34 @@ def _supervise(process: subprocess.Popen, reporter: Reporter, tail: deque[str]) 
 
     reader = threading.Thread(target=relay, name="ranks-output", daemon=True)
     reader.start()
+    outcome_since: float | None = None
+    lingering = False
     while process.poll() is None:
         if getattr(reporter, "attempt_lost", False):
             # A newer attempt owns the job: this one must write nothing more.
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+            _end_ranks(process)
+            break
+        if outcome_since is None and outcome.is_file():
+            outcome_since = time.monotonic()
+        if outcome_since is not None and time.monotonic() - outcome_since > EXIT_GRACE_SECONDS:
+            log.warning("training processes still running %s s after their outcome: ending them", EXIT_GRACE_SECONDS)
+            lingering = True
+            _end_ranks(process)
             break
         time.sleep(0.5)
     status = process.wait()
+    if lingering:
+        status = 0  # the run ended (its outcome says how); only the exit hung
     reader.join(timeout=5)
     return status
+
+
+def _end_ranks(process: subprocess.Popen) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def _result(values: dict) -> TrainingResult:

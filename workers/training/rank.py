@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -95,7 +96,25 @@ def main(spec_path: str) -> int:
     return 0
 
 
+def exit_without_teardown(run: Callable[[], int]) -> None:
+    """Run a rank's main and end the process with its status, skipping the interpreter's teardown: freeing a
+    process group there can deadlock (gloo's worker thread waits for the GIL the finalizing thread holds while it
+    waits for that worker), and a rank that never exits would hold its job forever. By then the rank has written
+    all it writes."""
+    import traceback
+
+    try:
+        status = run()
+    except BaseException:  # a crash still exits, with a status torchrun reports
+        traceback.print_exc()
+        status = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format=f"[rank {os.environ.get('RANK', '0')}] %(levelname)s %(name)s: "
                                                    "%(message)s")
-    sys.exit(main(sys.argv[1]))
+    exit_without_teardown(lambda: main(sys.argv[1]))
