@@ -135,13 +135,16 @@ def postgres_answers() -> bool:
         return False
 
 
-def create_postgres_database(server_url: str | None = None, prefix: str = "tuneboard_test") -> tuple[str, callable]:
-    """A new empty database on the test server (or server_url); returns its URL and a function that drops it."""
+def create_postgres_database(server_url: str | None = None, prefix: str = "tuneboard_test", *,
+                             template: str | None = None) -> tuple[str, callable]:
+    """A new database on the test server (or server_url), empty or a copy of the database named `template`;
+    returns its URL and a function that drops it."""
     server_url = server_url or postgres_admin_url()
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    copy_of = f' TEMPLATE "{template}"' if template else ""
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}"{copy_of}'))
     url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
 
     def drop() -> None:

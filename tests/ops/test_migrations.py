@@ -10,6 +10,8 @@ from sqlalchemy import create_engine, inspect
 
 from app.ops.migrate import alembic_config
 
+pytestmark = pytest.mark.empty_database
+
 
 def test_upgrade_from_empty_matches_the_models(database_url):
     config = alembic_config(database_url)
