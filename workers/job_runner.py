@@ -170,11 +170,13 @@ def _wait_for_more_gpus(session, client, settings: Settings, job_id: str, worker
                             max_len=settings.stream_max_points)
     largest = max((w.gpu_count for w in worker_registry.queues_served(worker_registry.live_workers(client))
                    .get(job.queue, [])), default=have)
-    if waiting_since is not None and largest < needed and now() - waiting_since > settings.gpu_wait_seconds:
+    waited = now() - waiting_since if waiting_since is not None else 0.0
+    if waiting_since is not None and largest < needed and waited > settings.gpu_wait_seconds:
         # Launch refused this job unless a worker with enough GPUs was live; that worker is gone, and none came back.
+        how_long = f"{waited / 60:.0f} minutes" if waited >= 120 else f"{waited:.0f} seconds"
         lifecycle.fail_queued(
             session, client, job_id, "no_worker_with_gpus",
-            f"it waited {(now() - waiting_since) / 60:.0f} minutes for a worker with {needed} GPUs, and no live "
+            f"it waited {how_long} for a worker with {needed} GPUs, and no live "
             f"worker of queue {job.queue!r} has that many (the most is {largest}). Relaunch it on fewer GPUs or "
             f"another queue, or start a worker with {needed} GPUs.",
             max_len=settings.stream_max_points)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import zipfile
 
 import psutil
@@ -221,7 +222,8 @@ def test_a_job_whose_gpus_left_the_queue_fails_after_the_wait_saying_why(client,
     job = wait_until_finished(client, job["id"], timeout=180)
     assert job["status"] == "failed" and job["attempts"] == 0, job
     assert job["error"]["code"] == "no_worker_with_gpus"
-    assert "for a worker with 2 GPUs, and no live worker of queue" in job["error"]["message"]
+    assert re.search(r"^it waited \d+ seconds for a worker with 2 GPUs, and no live worker of queue",
+                     job["error"]["message"]), job["error"]["message"]
     assert "(the most is 1)" in job["error"]["message"]
     messages = [e["message"] for e in all_events(client, job["id"])]
     assert sum("Waiting for a worker with 2 GPUs" in m for m in messages) == 1
