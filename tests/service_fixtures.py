@@ -16,6 +16,7 @@ import itertools
 import os
 import sys
 import uuid
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,13 +98,10 @@ def redis_key_prefix(redis_url):
 def migrated_sqlite(tmp_path_factory) -> Path:
     """A SQLite database brought to the newest schema by Alembic once per test process. Each test's database is a
     copy of it: the same schema as its own migration would give, without the half second that costs per test."""
-    import sqlite3
-
     from app.ops.migrate import upgrade_database
 
     path = tmp_path_factory.mktemp("schema") / "migrated.db"
     upgrade_database(f"sqlite:///{path}")
-    sqlite3.connect(path).close()
     return path
 
 
@@ -132,10 +130,9 @@ def database_url(request, tmp_path):
     if kind == "sqlite":
         path = tmp_path / "tuneboard.db"
         if not empty:
-            source, copy = sqlite3.connect(request.getfixturevalue("migrated_sqlite")), sqlite3.connect(path)
-            source.backup(copy)
-            source.close()
-            copy.close()
+            with closing(sqlite3.connect(request.getfixturevalue("migrated_sqlite"))) as source, \
+                    closing(sqlite3.connect(path)) as copy:
+                source.backup(copy)
         yield f"sqlite:///{path}"
         return
     require(postgres_answers(), "PostgreSQL (TUNEBOARD_TEST_POSTGRES_URL)")

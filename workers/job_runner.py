@@ -14,6 +14,7 @@ import threading
 import traceback
 from pathlib import Path
 
+import redis
 from sqlalchemy import select
 
 from app import redis_client
@@ -22,7 +23,7 @@ from app.db import new_session
 from app.estimator.job_config import JobConfig
 from app.fleet import queue, worker_registry
 from app.job_status import JobStatus
-from app.jobs import lifecycle
+from app.jobs import lifecycle, streams
 from app.ops.logging_setup import add_log_fields
 from app.settings import Settings, get_settings
 from app.storage import artifacts
@@ -163,26 +164,41 @@ def _wait_for_more_gpus(session, client, settings: Settings, job_id: str, worker
     if needed <= have:
         return False
     message = (f"Waiting for a worker with {needed} GPUs on queue {job.queue!r}: {worker} has {have}.")
-    waiting_since = session.scalar(select(Event.created_at).where(Event.job_id == job_id, Event.type == "waiting")
-                                   .order_by(Event.id).limit(1))
     if session.scalar(select(Event.id).where(Event.job_id == job_id, Event.message == message).limit(1)) is None:
         lifecycle.add_event(session, client, job_id, message, level="warning", type_="waiting",
                             max_len=settings.stream_max_points)
-    largest = max((w.gpu_count for w in worker_registry.queues_served(worker_registry.live_workers(client))
-                   .get(job.queue, [])), default=have)
-    waited = now() - waiting_since if waiting_since is not None else 0.0
-    if waiting_since is not None and largest < needed and waited > settings.gpu_wait_seconds:
-        # Launch refused this job unless a worker with enough GPUs was live; that worker is gone, and none came back.
-        how_long = f"{waited / 60:.0f} minutes" if waited >= 120 else f"{waited:.0f} seconds"
-        lifecycle.fail_queued(
-            session, client, job_id, "no_worker_with_gpus",
-            f"it waited {how_long} for a worker with {needed} GPUs, and no live "
-            f"worker of queue {job.queue!r} has that many (the most is {largest}). Relaunch it on fewer GPUs or "
-            f"another queue, or start a worker with {needed} GPUs.",
-            max_len=settings.stream_max_points)
+    if _waited_too_long_for_gpus(session, client, settings, job, needed):
         return True
     queue.enqueue_training(job_id, job.queue, countdown=GPU_WAIT_RESEND_SECONDS)
     log.info("job %s: needs %s GPUs, this worker has %s; sent back to %s", job_id, needed, have, job.queue)
+    return True
+
+
+def _waited_too_long_for_gpus(session, client, settings: Settings, job: Job, needed: int) -> bool:
+    """Fail the job once no live worker of its queue has had `needed` GPUs for gpu_wait_seconds. The clock starts
+    when this is first seen with none live and restarts whenever one is (busy with other jobs, it will come)."""
+    key = streams.gpu_wait_key(job.id)
+    try:
+        largest = max((w.gpu_count for w in worker_registry.queues_served(worker_registry.live_workers(client))
+                       .get(job.queue, [])), default=0)
+        if largest >= needed:
+            client.delete(key)
+            return False
+        client.set(key, now(), nx=True, ex=int(settings.gpu_wait_seconds) + 3600)
+        waited = now() - float(client.get(key) or now())
+    except redis.RedisError:  # no registry to judge by: keep waiting, as the job would without this check
+        log.warning("job %s: cannot read the live workers; it keeps waiting for GPUs", job.id, exc_info=True)
+        return False
+    if waited <= settings.gpu_wait_seconds:
+        return False
+    # Launch refused this job unless a worker with enough GPUs was live; that worker is gone, and none came back.
+    how_long = f"{waited / 60:.0f} minutes" if waited >= 120 else f"{waited:.0f} seconds"
+    lifecycle.fail_queued(
+        session, client, job.id, "no_worker_with_gpus",
+        f"it waited {how_long} for a worker with {needed} GPUs, and no live worker of queue {job.queue!r} has that "
+        f"many (the most is {largest}). Relaunch it on fewer GPUs or another queue, or start a worker with {needed} "
+        "GPUs.", max_len=settings.stream_max_points)
+    client.delete(key)
     return True
 
 

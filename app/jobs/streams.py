@@ -47,6 +47,11 @@ def publish(client: redis.Redis, job_id: str, type_: str, data: dict[str, Any], 
                        maxlen=max_len, approximate=True)
 
 
+def gpu_wait_key(job_id: str) -> str:
+    """The Redis key holding since when no live worker of the job's queue has had the GPUs it needs."""
+    return _job_key(job_id, "gpu-wait")
+
+
 def attempt_key(job_id: str) -> str:
     """The Redis key holding the job's current attempt: only that attempt may append to the stream."""
     return _job_key(job_id, "attempt")

@@ -216,8 +216,8 @@ def test_a_worker_with_too_few_gpus_hands_the_job_back_and_the_page_says_it_wait
 def test_a_job_whose_gpus_left_the_queue_fails_after_the_wait_saying_why(client, start_worker, model_dir, tmp_path):
     big = start_worker(name="twogpu", PATH=_gpus(tmp_path, 2))
     train = upload(client, chat_records(8))
+    big.stop()  # it leaves before taking the job; its announcement, still live, lets the launch through
     job = launch(client, model_dir, train["id"], lora=LORA, training=_training(batch_size=2, gpus=2, max_steps=2))
-    big.stop()  # accepted while a two-GPU worker was live; it leaves before taking the job
     start_worker(name="onegpu", PATH=_gpus(tmp_path, 1), TUNEBOARD_GPU_WAIT_SECONDS="12")
     job = wait_until_finished(client, job["id"], timeout=180)
     assert job["status"] == "failed" and job["attempts"] == 0, job

@@ -105,6 +105,8 @@ def exit_without_teardown(run: Callable[[], int]) -> None:
 
     try:
         status = run()
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # a crash still exits, with a status torchrun reports
         traceback.print_exc()
         status = 1
