@@ -19,6 +19,7 @@ from tests.service_fixtures import make_account, signed_in_context, watch_proble
 from tests.services import delete_keys, free_port, redis_database_url
 
 LIVE_ACCOUNTS: dict = {}
+LIVE_REDIS: dict = {}  # base URL -> (Redis URL, key prefix) of that live server's install
 
 
 def wait_until(check, timeout: float = 120.0, interval: float = 0.3, shown=None):
@@ -102,6 +103,7 @@ def live_server(tmp_path_factory, redis_server_url) -> str:
         engine = engine_for(f"sqlite:///{(data_dir / 'tuneboard.db').resolve()}")
         LIVE_ACCOUNTS[base_url] = make_account(sessionmaker(bind=engine, expire_on_commit=False),
                                                "browser@example.com", "Browsers")
+        LIVE_REDIS[base_url] = (redis_url, prefix)
         yield base_url
     finally:
         process.terminate()

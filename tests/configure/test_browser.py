@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
 from playwright.sync_api import expect
 
+from tests.configure.conftest import LIVE_REDIS
 from tests.configure.lora_math import (
     GPT2,
     LLAMA_MODULES,
@@ -391,3 +393,31 @@ def test_gpus_and_strategy_turn_the_memory_card_per_gpu_live(page, tmp_path):
     page.fill("input[name=gpus]", "1")
     expect(page.locator("#msg-strategy")).to_contain_text("set gpus to 2 or more")
     assert page.problems == []
+
+
+def test_the_queue_field_warns_live_when_no_worker_has_the_gpus(page, live_server, tmp_path):
+    import redis
+
+    from app.fleet.worker_registry import KEY_PREFIX
+
+    redis_url, prefix = LIVE_REDIS[live_server]
+    client = redis.Redis.from_url(redis_url)
+    key = f"{prefix}{KEY_PREFIX}onegpu-host"
+    worker = {"hostname": "onegpu-host", "host": "elsewhere", "queues": ["default"], "seen_at": time.time(),
+              "device": "NVIDIA H100 80GB HBM3", "gpu_memory_bytes": 80 * 1024**3, "gpu_count": 1}
+    client.set(key, json.dumps(worker), px=120_000)
+    try:
+        open_page(page, "?model=meta-llama/Llama-3.1-70B")
+        expect(page.locator("#msg-queue")).not_to_contain_text("GPUs")
+        page.fill("input[name=gpus]", "4")
+        page.keyboard.press("Enter")  # a user confirming the field must not submit a launch
+        expect(page.locator("#msg-queue")).to_contain_text(
+            "No live worker on queue 'default' has 4 GPUs: the most is 1 (NVIDIA H100 80GB HBM3 on onegpu-host)")
+        page.set_viewport_size({"width": 400, "height": 900})
+        page.locator("#msg-queue").scroll_into_view_if_needed()
+        page.screenshot(path=str(tmp_path / "queue-gpus-400px.png"), full_page=False)
+        page.fill("input[name=gpus]", "1")
+        expect(page.locator("#msg-queue")).not_to_contain_text("GPUs")
+        assert page.problems == []
+    finally:
+        client.delete(key)
