@@ -55,6 +55,13 @@ def open_page(page, query: str = ""):
     page.evaluate("window.__sameDocument = true")
 
 
+def screenshot_at_400px(page, selector: str, path: Path) -> None:
+    """Narrow the tab to a phone's width, bring `selector` into view and screenshot what shows."""
+    page.set_viewport_size({"width": 400, "height": 900})
+    page.locator(selector).scroll_into_view_if_needed()
+    page.screenshot(path=str(path), full_page=False)
+
+
 def block_targets(page) -> list[str]:
     return page.locator(".block-diagram .section:not(.outside) .module-box").evaluate_all(
         "boxes => boxes.map(b => b.dataset.target)")
@@ -387,9 +394,7 @@ def test_gpus_and_strategy_turn_the_memory_card_per_gpu_live(page, tmp_path):
     page.select_option("#strategy", "ddp")
     expect(page.locator("#memory-per-gpu")).to_have_text("per GPU, 8 GPUs, DDP")
     expect(page.locator("#fits [data-gpu='80']")).to_have_text("80 GB too small")
-    page.set_viewport_size({"width": 400, "height": 900})
-    page.locator("#memory-total").scroll_into_view_if_needed()
-    page.screenshot(path=str(tmp_path / "gpus-400px.png"), full_page=False)
+    screenshot_at_400px(page, "#memory-total", tmp_path / "gpus-400px.png")
     page.fill("input[name=gpus]", "1")
     expect(page.locator("#msg-strategy")).to_contain_text("set gpus to 2 or more")
     assert page.problems == []
@@ -413,9 +418,8 @@ def test_the_queue_field_warns_live_when_no_worker_has_the_gpus(page, live_serve
         page.keyboard.press("Enter")  # a user confirming the field must not submit a launch
         expect(page.locator("#msg-queue")).to_contain_text(
             "No live worker on queue 'default' has 4 GPUs: the most is 1 (NVIDIA H100 80GB HBM3 on onegpu-host)")
-        page.set_viewport_size({"width": 400, "height": 900})
-        page.locator("#msg-queue").scroll_into_view_if_needed()
-        page.screenshot(path=str(tmp_path / "queue-gpus-400px.png"), full_page=False)
+        assert page.evaluate("window.__sameDocument") is True, "Enter left the page"
+        screenshot_at_400px(page, "#msg-queue", tmp_path / "queue-gpus-400px.png")
         page.fill("input[name=gpus]", "1")
         expect(page.locator("#msg-queue")).not_to_contain_text("GPUs")
         assert page.problems == []
