@@ -7,6 +7,13 @@ import shutil
 
 import pytest
 
+# `make test` runs two test processes on two cores, and most tests start more (Celery workers, torchrun ranks,
+# servers). PyTorch's default of one compute thread per core makes every training process spin-wait for cores the
+# others hold: the demo's 30 training steps took 520 s beside another busy test process with two threads each,
+# 135 s with one. Set before torch is imported, here and in every process a test starts (they inherit it).
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 CHROMIUM = os.environ.get("TUNEBOARD_CHROMIUM", "/usr/bin/chromium")
 

@@ -43,7 +43,8 @@ def _device_label(device: str, strategy: str) -> str:
         index = torch.cuda.current_device()
         label = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     else:
-        label = f"cpu ({torch.get_num_threads()} threads)"
+        threads = torch.get_num_threads()
+        label = f"cpu ({threads} thread{'' if threads == 1 else 's'})"
     return label if strategy == "single" else f"{label} x {world_size()} processes ({strategy})"
 
 
