@@ -61,6 +61,28 @@ def _with_demo_data(page) -> None:
     page.wait_for_selector("#plan-steps")
 
 
+def test_an_edit_while_the_preview_is_prepared_gets_its_estimate_and_the_preview_still_ends(browser, live_server,
+                                                                                            account):
+    """The preview polls every second while the model's tokenizer loads; the estimate of an edit made meanwhile
+    must not be cancelled by a poll (the numbers would stay those of the old value), nor cancel one (the spinner
+    would never end). Each estimate is held back 2.5 s here, so that a poll always starts while it is in flight."""
+    import time
+
+    context, page = _tab(browser, live_server, account)
+    cancelled = []
+    page.on("requestfailed", lambda request: cancelled.append(request.url))
+    page.goto("/")
+    page.route("**/estimate", lambda route: (time.sleep(2.5), route.continue_()))
+    page.click("#use-demo-dataset")
+    expect(page.locator("#dataset-preview .spinner")).to_have_count(1)  # being prepared: polls are coming
+    _edit_and_wait_for_its_estimate(page, "#r", "32", "r")
+    expect(page.locator("#dataset-preview .spinner")).to_have_count(0, timeout=90_000)
+    expect(page.locator("#preview-tokens")).to_be_visible()
+    assert cancelled == [], cancelled
+    assert not page.problems, page.problems
+    context.close()
+
+
 def test_enter_in_any_configuration_field_never_launches(browser, live_server, account):
     context, page = _tab(browser, live_server, account)
     _with_demo_data(page)

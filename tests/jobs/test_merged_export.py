@@ -45,7 +45,8 @@ def test_a_merged_model_loads_without_peft_and_gives_the_adapters_logits(sdk, cl
     start_worker()
     job = trained_tiny_job(sdk, tiny_model_dir, tuneboard_env)
     asked = client.post(f"/v1/fine_tuning/jobs/{job.id}/exports", json={"kind": "merged"})
-    assert asked.status_code == 202 and asked.json()["status"] == "queued", asked.text
+    # An idle worker may have begun it before the answer is written: queued or running, never built yet.
+    assert asked.status_code == 202 and asked.json()["status"] in ("queued", "running"), asked.text
     again = client.post(f"/v1/fine_tuning/jobs/{job.id}/exports", json={})
     assert again.json()["id"] == asked.json()["id"]  # one export per job and kind, however often it is asked for
 
@@ -179,5 +180,6 @@ def test_asking_for_an_export_while_redis_is_down_says_so_and_can_be_asked_again
     get_settings.cache_clear()
     with TestClient(create_app(), headers=account.headers) as back:
         again = back.post(f"/v1/fine_tuning/jobs/{job_id}/exports", json={})
-        assert again.status_code == 202 and again.json()["status"] == "queued" and again.json()["error"] is None
+        assert again.status_code == 202 and again.json()["status"] in ("queued", "running"), again.text
+        assert again.json()["error"] is None
     get_settings.cache_clear()
