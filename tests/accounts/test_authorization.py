@@ -17,6 +17,10 @@ from fastapi.testclient import TestClient
 from app.accounts.auth import current_principal
 from tests.jobs.helpers import chat_records, json_lines
 
+# Which caller reaches which route is the app's guards; each team-filtered query runs on both databases in the jobs,
+# files and API tests.
+pytestmark = pytest.mark.one_database
+
 # Probes and scrapers cannot sign in; /metrics checks its own token or an admin session
 # (tests/security/test_exposure.py).
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/login"), ("POST", "/login"),

@@ -14,6 +14,8 @@ from openai.types.fine_tuning import FineTuningJob
 from tests.api.conftest import create_job, upload
 from tests.jobs.helpers import COLOURS, chat_records, wait_for_inventory
 
+pytestmark = pytest.mark.one_database  # what the API refuses and a worker's run: no database question here
+
 TERMINAL = {"succeeded", "failed", "cancelled"}
 WRONG = {"blue": "purple", "green": "orange", "white": "brown", "black": "pink", "red": "grey", "yellow": "violet"}
 

@@ -55,6 +55,7 @@ def test_files_upload_list_retrieve_content_and_delete(sdk):
     assert [f.id for f in sdk.files.list()] == newest_first[:2]
 
 
+@pytest.mark.one_database  # the upload's validation: refused before the database
 def test_an_invalid_upload_names_the_problem(sdk):
     with pytest.raises(openai.BadRequestError) as caught:
         upload(sdk, [{"messages": [{"role": "user", "content": "hi"}]}, {"nonsense": 1}])
@@ -104,6 +105,7 @@ def test_create_job_takes_openai_fields_and_tuneboard_extensions(sdk):
     assert extensions["estimate"]["trainable_params"] > 0
 
 
+@pytest.mark.one_database  # the request's validation
 def test_legacy_hyperparameters_and_auto_values_are_accepted(sdk):
     train = upload(sdk)
     job = create_job(sdk, train.id, hyperparameters={"n_epochs": "auto", "batch_size": 2})
@@ -186,6 +188,7 @@ def test_retrieve_cancel_and_events_newest_first(sdk):
 
 # ---- errors ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.one_database  # the error envelope
 def test_errors_arrive_as_the_sdks_exceptions_with_code_and_param(sdk, live_server, make_user):
     train = upload(sdk)
     with pytest.raises(openai.AuthenticationError) as caught:
@@ -226,6 +229,7 @@ def test_errors_arrive_as_the_sdks_exceptions_with_code_and_param(sdk, live_serv
     assert list(other.fine_tuning.jobs.list()) == [] and list(other.files.list()) == []
 
 
+@pytest.mark.one_database  # the error envelope
 def test_every_api_error_uses_the_envelope(live_server, account):
     def error(response, status: int) -> dict:
         assert response.status_code == status, response.text
@@ -247,6 +251,7 @@ def test_every_api_error_uses_the_envelope(live_server, account):
     assert error(httpx.get(live_server.url + "/v1/files"), 401)["code"] == "invalid_api_key"
 
 
+@pytest.mark.one_database  # the schema document
 def test_openapi_schema_documents_the_extensions(live_server, account):
     schema = httpx.get(live_server.url + "/openapi.json", headers=account.headers).json()
     paths = schema["paths"]

@@ -18,6 +18,8 @@ from tests.configure.lora_math import (
     peft_line,
 )
 
+pytestmark = pytest.mark.one_database  # the estimator's API: no database question here
+
 ESTIMATE = "/v1/fine_tuning/estimate"
 SMOL = "HuggingFaceTB/SmolLM2-135M"
 

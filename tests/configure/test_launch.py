@@ -8,6 +8,7 @@ import io
 import json
 import re
 
+import pytest
 from sqlalchemy import select
 
 from app.db import new_session
@@ -15,6 +16,9 @@ from app.tables import Job
 from tests.configure.conftest import wait_until
 from tests.configure.test_pages import HX, form, messages_beside
 from tests.jobs.helpers import chat_records
+
+# The form's side of a launch; storing jobs runs on both databases in the API and jobs tests.
+pytestmark = pytest.mark.one_database
 
 
 def _jsonl(records) -> bytes:

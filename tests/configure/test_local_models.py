@@ -11,6 +11,8 @@ from tests.configure.conftest import wait_until
 from tests.configure.lora_math import peft_line
 from tests.conftest import require
 
+pytestmark = pytest.mark.one_database  # model folders and inventories: no database question here
+
 ESTIMATE = "/v1/fine_tuning/estimate"
 
 

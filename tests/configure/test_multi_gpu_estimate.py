@@ -13,6 +13,8 @@ from app.fleet import worker_registry
 from app.web.templating import duration
 from tests.configure.test_pages import HX, LLAMA_MODULES, form, messages_beside
 
+pytestmark = pytest.mark.one_database  # the estimator and the form: no database question here
+
 LLAMA_8B = "meta-llama/Llama-3.1-8B"
 LLAMA_70B = "meta-llama/Llama-3.1-70B"
 LORA = {"r": 16, "lora_alpha": 16, "target_modules": "all-linear"}

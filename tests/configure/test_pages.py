@@ -5,6 +5,8 @@ from __future__ import annotations
 import html as html_text
 import re
 
+import pytest
+
 from app.estimator import catalog
 from tests.configure.lora_math import (
     GPT2,
@@ -18,6 +20,8 @@ from tests.configure.lora_math import (
     lora_params,
     phi3_shapes,
 )
+
+pytestmark = pytest.mark.one_database  # the form and the estimator: no database question here
 
 HX = {"HX-Request": "true"}
 SMOL_135M_LINE = "trainable params: 4,884,480 || all params: 139,399,488 || trainable%: 3.5039"

@@ -17,6 +17,8 @@ from tests.inference.conftest import trained_tiny_job
 from tests.jobs.helpers import stored_job
 from tests.service_fixtures import make_account
 
+pytestmark = pytest.mark.one_database  # building and serving export files: no database question here
+
 
 @pytest.fixture
 def sdk(live_server, account):

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from app import redis_client
 from app.db import new_session
 from app.jobs import lifecycle, streams
 from app.tables import DataFile, Job
+
+# The stream's HTTP side; reading metrics after a cursor runs on both databases in test_lifecycle.
+pytestmark = pytest.mark.one_database
 
 
 def _job(account, status: str = "running") -> str:

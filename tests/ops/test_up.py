@@ -207,6 +207,8 @@ def _command_lines(pids: set[int]) -> list[str]:
 
 
 @pytest.mark.empty_database  # `tuneboard up` migrates it
+# An external database is PostgreSQL in every deployment that has one; the other tests here run `up` on SQLite.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_with_an_external_redis_and_database_up_starts_only_the_web_app_and_a_worker(tmp_path, redis_url,
                                                                                         redis_key_prefix, database_url):
     env = _fresh_env(TUNEBOARD_REDIS_URL=redis_url, TUNEBOARD_REDIS_KEY_PREFIX=redis_key_prefix,

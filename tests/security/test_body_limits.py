@@ -14,6 +14,8 @@ import pytest
 
 from tests.jobs.helpers import chat_records, json_lines
 
+pytestmark = pytest.mark.one_database  # request sizes: refused before the database
+
 LIMIT = 4096
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 

@@ -23,6 +23,8 @@ from app.settings import REPO_ROOT
 from tests.conftest import require
 from tests.services import ServerProcess
 
+pytestmark = pytest.mark.one_database  # child processes and their limits: no database question here
+
 ESTIMATE = "/v1/fine_tuning/estimate"
 TINY = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 160,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,

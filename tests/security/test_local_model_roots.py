@@ -16,6 +16,8 @@ from app import redis_client
 from app.base_models.inventories import worker_stack_installed
 from tests.conftest import require
 
+pytestmark = pytest.mark.one_database  # paths on disk: no database question here
+
 ESTIMATE = "/v1/fine_tuning/estimate"
 TINY_CONFIG = {
     "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 160,

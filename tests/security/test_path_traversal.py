@@ -19,6 +19,8 @@ from app.accounts.auth import CSRF_HEADER, SESSION_COOKIE
 from app.settings import REPO_ROOT
 from tests.services import ServerProcess
 
+pytestmark = pytest.mark.one_database  # paths on disk: no database question here
+
 MODEL = "openai-community/gpt2"  # a catalog model: no inventory to compute
 MARK = "tbprobe"  # in every payload's file name, so a file written anywhere is found by name
 SECRET = "TEAM-BETA-SECRET-ROW"
