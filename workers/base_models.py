@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workers.gguf_once import gguf_read_once
 from workers.training.contract import TrainingFailure
 
 DEMO_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -93,12 +94,13 @@ def prepare_demo_model(data_dir: Path) -> Path:
         try:
             # dequantize=True gives plain nn.Linear layers (LoRA wraps those) even where a GGUF
             # matmul kernel is installed; fp32 keeps the de-quantised values exact.
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
-                quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
-            )
+            with gguf_read_once():
+                model = AutoModelForCausalLM.from_pretrained(
+                    gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+                    quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
+                )
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             _drop_quantization_marks(model)
-            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             if target.exists():  # a stale partial directory from an older version: replace it

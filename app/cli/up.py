@@ -43,7 +43,7 @@ def _wait_http(url: str, process: subprocess.Popen, timeout: float = 60) -> bool
 
 
 DEMO_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-# A first start converts the demo model in about a minute on a laptop's CPU; past this, `up` stops waiting.
+# A first start converts the demo model in about half a minute on a laptop's CPU; past this, `up` stops waiting.
 DEMO_MODEL_WAIT_SECONDS = 600
 
 
@@ -54,7 +54,7 @@ def _wait_for_demo_model(converter: subprocess.Popen, log: Path, children, stop:
     from app.ops.supervisor import wait_for_interrupt
 
     if converter.poll() is None:
-        print(f"Preparing the demo model {DEMO_MODEL} (first start only, about a minute)...", flush=True)
+        print(f"Preparing the demo model {DEMO_MODEL} (first start only, about half a minute)...", flush=True)
     if (code := wait_for_interrupt(children, stop, until=converter, timeout=DEMO_MODEL_WAIT_SECONDS)) is not None:
         return code
     code = converter.poll()

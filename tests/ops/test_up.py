@@ -27,6 +27,11 @@ TUNEBOARD = str(Path(sys.executable).parent / "tuneboard")
 pytestmark = pytest.mark.timeout(1500)
 
 
+# For the tests that run no job: the workers import the ML stack when a job comes instead of at their start (10 s of
+# CPU each, two workers per `up`). What `up` starts, and how it stops, is the same.
+NO_JOB_TO_RUN = {"TUNEBOARD_WORKER_PRELOAD": "false"}
+
+
 def _fresh_env(**values: str) -> dict[str, str]:
     """The user's environment with no Tuneboard settings, plus the given ones."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TUNEBOARD_")}
@@ -212,7 +217,8 @@ def _command_lines(pids: set[int]) -> list[str]:
 def test_with_an_external_redis_and_database_up_starts_only_the_web_app_and_a_worker(tmp_path, redis_url,
                                                                                         redis_key_prefix, database_url):
     env = _fresh_env(TUNEBOARD_REDIS_URL=redis_url, TUNEBOARD_REDIS_KEY_PREFIX=redis_key_prefix,
-                     TUNEBOARD_DATABASE_URL=database_url, TUNEBOARD_EMBEDDED_REDIS_PORT=str(free_port()))
+                     TUNEBOARD_DATABASE_URL=database_url, TUNEBOARD_EMBEDDED_REDIS_PORT=str(free_port()),
+                     **NO_JOB_TO_RUN)
     up = UpProcess(tmp_path, env, "--port", str(free_port()))
     try:
         up.wait_for_line(r"Tuneboard is running at")
@@ -237,7 +243,7 @@ def test_two_installs_with_their_own_data_dirs_and_ports_run_side_by_side(tmp_pa
     for name, port in zip(("first", "second"), sorted(ports), strict=True):
         folder = tmp_path / name
         folder.mkdir()
-        installs.append((folder, port, UpProcess(folder, _fresh_env(), "--port", str(port))))
+        installs.append((folder, port, UpProcess(folder, _fresh_env(**NO_JOB_TO_RUN), "--port", str(port))))
     try:
         trees = []
         for folder, port, up in installs:
