@@ -3,7 +3,7 @@
 Converting the demo GGUF with transformers reads the file's header three times (the config, the weights, the
 tokenizer: about 8 s of CPU each for SmolLM2's 49k-entry vocabulary) and builds gguf's tensor-name table once per
 module of the model (397 times for SmolLM2, 12 s). Each gives the same answer every time, so during a conversion the
-first one is kept and handed out again: the same checkpoint, from about 40 s of CPU to about 15 s. Imports gguf
+first one is kept and handed out again: the same checkpoint, from about 41 s of CPU to 23 s. Imports gguf
 only when entered; must not be used around anything that writes GGUF files.
 """
 
