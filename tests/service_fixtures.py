@@ -1,8 +1,8 @@
 """Fixtures that give a test a configured Tuneboard: data dir, database, Redis and worker processes.
 
 Loaded as a pytest plugin from conftest.py. A test asks for `tuneboard_env` (run once per database in
-TUNEBOARD_TEST_DATABASES, default SQLite and PostgreSQL; end to end tests on the first only, see
-END_TO_END_FIXTURES; a test may pin its own with
+TUNEBOARD_TEST_DATABASES, default SQLite and PostgreSQL; end to end tests and modules marked `one_database` on
+the first only, see END_TO_END_FIXTURES; a test may pin its own with
 `@pytest.mark.parametrize("database_url", [...], indirect=True)`) and for `start_worker` to run real
 Celery workers. Tests share one Redis database: each is an install of its own there, under a key prefix
 (TUNEBOARD_REDIS_KEY_PREFIX) whose keys it deletes at the end, so test runs and xdist workers on one machine

@@ -10,6 +10,7 @@ __all__ = ["app"]
 
 
 def __getattr__(name: str):
+    """The Celery app, imported on first use (PEP 562)."""
     if name == "app":
         from workers.celery_app import app
 

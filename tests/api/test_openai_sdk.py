@@ -188,7 +188,7 @@ def test_retrieve_cancel_and_events_newest_first(sdk):
 
 # ---- errors ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.one_database  # the error envelope
+@pytest.mark.one_database  # the error envelope (another team's lists are checked on both databases by the list tests)
 def test_errors_arrive_as_the_sdks_exceptions_with_code_and_param(sdk, live_server, make_user):
     train = upload(sdk)
     with pytest.raises(openai.AuthenticationError) as caught:
