@@ -1,11 +1,19 @@
-"""The worker-side Celery app: the shared settings from `app.fleet.queue`, the tasks, the reaper thread, logging, and
-the warm start of the process that runs tasks (`workers.warm_start`)."""
+"""The worker-side Celery app: the shared settings from `app.fleet.queue`, the tasks, the per-size queues a worker
+with several GPUs consumes, the reaper thread, logging, and the warm start of the process that runs tasks
+(`workers.warm_start`)."""
 
 from __future__ import annotations
 
-from celery.signals import setup_logging, worker_init, worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import (
+    celeryd_after_setup,
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutting_down,
+)
 
-from app.fleet.queue import make_celery
+from app.fleet.queue import is_sized_queue, make_celery, sized_queues
 from app.ops.logging_setup import configure_logging
 from app.settings import get_settings
 from workers import reaper, warm_start
@@ -24,10 +32,24 @@ def _setup_logging(loglevel=None, **_kwargs) -> None:
     configure_logging(get_settings().log_format, loglevel or "INFO")
 
 
+@celeryd_after_setup.connect
+def _consume_sized_queues(sender=None, instance=None, **_kwargs) -> None:
+    # A worker with G GPUs also takes the jobs on 2..G GPUs of its training queues, which wait in per-size queues
+    # (app.fleet.queue.training_queue) that no worker with fewer GPUs consumes.
+    selected = instance.app.amqp.queues
+    inference = get_settings().inference_queue
+    for name in sorted(selected.consume_from):
+        if name != inference and not is_sized_queue(name):
+            for sized in sized_queues(name, reaper.gpu_count()):
+                selected.select_add(sized)
+
+
 @worker_ready.connect
 def _start_reaper(sender=None, **_kwargs) -> None:
-    # The reaper runs in the worker's main process, which stays alive while a child trains.
-    queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values()) if sender else []
+    # The reaper runs in the worker's main process, which stays alive while a child trains. It announces the
+    # queues users name, not their per-size queues.
+    consumed = sender.app.amqp.queues.consume_from.values() if sender else []
+    queues = sorted(q.name for q in consumed if not is_sized_queue(q.name))
     reaper.start(hostname=getattr(sender, "hostname", "worker"), queues=queues)
 
 

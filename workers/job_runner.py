@@ -14,26 +14,23 @@ import threading
 import traceback
 from pathlib import Path
 
-import redis
-from sqlalchemy import select
-
 from app import redis_client
 from app.datasets.job_examples import job_examples
 from app.db import new_session
 from app.estimator.job_config import JobConfig
-from app.fleet import queue, worker_registry
+from app.fleet import queue
 from app.job_status import JobStatus
-from app.jobs import lifecycle, streams
+from app.jobs import lifecycle
 from app.ops.logging_setup import add_log_fields
 from app.settings import Settings, get_settings
 from app.storage import artifacts
-from app.tables import Event, Job, now
+from app.tables import Job
 from workers import reaper
 from workers.job_reporter import JobReporter
 
 log = logging.getLogger(__name__)
-# How soon a job sent back for want of GPUs is offered again.
-GPU_WAIT_RESEND_SECONDS = 10
+# How soon a job forwarded for want of GPUs is offered again.
+GPU_FORWARD_DELAY_SECONDS = 10
 
 
 class _CancelledBeforeStart(Exception):
@@ -73,8 +70,8 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
     settings = get_settings()
     client = redis_client.get_redis()
     with new_session() as session:
-        if _wait_for_more_gpus(session, client, settings, job_id, worker):
-            return "waiting"
+        if _forward_to_more_gpus(session, job_id):
+            return "forwarded"
         claimed = lifecycle.claim(session, job_id, worker, settings, task_id=task_id)
         if claimed is None:
             log.info("job %s: nothing to claim (duplicate delivery, cancelled or finished)", job_id)
@@ -153,52 +150,21 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
         return status
 
 
-def _wait_for_more_gpus(session, client, settings: Settings, job_id: str, worker: str) -> bool:
-    """True when the job needs more GPUs than this worker has: it goes back to its queue for a worker that has
-    them (the page says so, once), and this worker claims nothing."""
+def _forward_to_more_gpus(session, job_id: str) -> bool:
+    """True when the job needs more GPUs than this worker has: this worker claims nothing and sends the job to its
+    queue's per-size queue, which only workers with enough GPUs consume (the reaper times the wait there)."""
     job = session.get(Job, job_id)
     if job is None or job.status != JobStatus.QUEUED:
         return False
-    needed = int(job.config.get("training", {}).get("gpus", 1))
+    needed = queue.job_gpus(job.config)
     have = max(reaper.gpu_count(), 1)  # a CPU worker trains one process, like a one-GPU worker
     if needed <= have:
         return False
-    message = (f"Waiting for a worker with {needed} GPUs on queue {job.queue!r}: {worker} has {have}.")
-    if session.scalar(select(Event.id).where(Event.job_id == job_id, Event.message == message).limit(1)) is None:
-        lifecycle.add_event(session, client, job_id, message, level="warning", type_="waiting",
-                            max_len=settings.stream_max_points)
-    if _waited_too_long_for_gpus(session, client, settings, job, needed):
-        return True
-    queue.enqueue_training(job_id, job.queue, countdown=GPU_WAIT_RESEND_SECONDS)
-    log.info("job %s: needs %s GPUs, this worker has %s; sent back to %s", job_id, needed, have, job.queue)
-    return True
-
-
-def _waited_too_long_for_gpus(session, client, settings: Settings, job: Job, needed: int) -> bool:
-    """Fail the job once no live worker of its queue has had `needed` GPUs for gpu_wait_seconds. The clock starts
-    when this is first seen with none live and restarts whenever one is (busy with other jobs, it will come)."""
-    key = streams.gpu_wait_key(job.id)
-    try:
-        largest = max((w.gpu_count for w in worker_registry.queues_served(worker_registry.live_workers(client))
-                       .get(job.queue, [])), default=0)
-        if largest >= needed:
-            client.delete(key)
-            return False
-        client.set(key, now(), nx=True, ex=int(settings.gpu_wait_seconds) + 3600)
-        waited = now() - float(client.get(key) or now())
-    except redis.RedisError:  # no registry to judge by: keep waiting, as the job would without this check
-        log.warning("job %s: cannot read the live workers; it keeps waiting for GPUs", job.id, exc_info=True)
-        return False
-    if waited <= settings.gpu_wait_seconds:
-        return False
-    # Launch refused this job unless a worker with enough GPUs was live; that worker is gone, and none came back.
-    how_long = f"{waited / 60:.0f} minutes" if waited >= 120 else f"{waited:.0f} seconds"
-    lifecycle.fail_queued(
-        session, client, job.id, "no_worker_with_gpus",
-        f"it waited {how_long} for a worker with {needed} GPUs, and no live worker of queue {job.queue!r} has that "
-        f"many (the most is {largest}). Relaunch it on fewer GPUs or another queue, or start a worker with {needed} "
-        "GPUs.", max_len=settings.stream_max_points)
-    client.delete(key)
+    # Only a message sent before per-size queues existed, or to a per-size queue this worker was made to consume
+    # by hand, gets here; the countdown keeps the second case from spinning.
+    target = queue.training_queue(job.queue, needed)
+    queue.enqueue_training(job_id, job.queue, needed, countdown=GPU_FORWARD_DELAY_SECONDS)
+    log.info("job %s: needs %s GPUs, this worker has %s; sent to %s", job_id, needed, have, target)
     return True
 
 

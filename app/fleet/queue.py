@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
@@ -18,6 +19,7 @@ import redis
 from celery import Celery
 from kombu.transport.redis import Channel
 
+from app.estimator.job_config import MAX_GPUS
 from app.settings import DEFAULT_REDIS_KEY_PREFIX, Settings, get_settings
 
 TRAIN_TASK = "tuneboard.train_job"
@@ -26,6 +28,11 @@ EXPORT_TASK = "tuneboard.export_merged"
 BROKER_SOCKET_TIMEOUT_SECONDS = 30.0
 BROKER_CONNECT_TIMEOUT_SECONDS = 5.0
 BROKER_HEALTH_CHECK_SECONDS = 25
+# A job on N GPUs goes to "<queue>@<N>gpus", consumed by the queue's workers with N GPUs or more, so it is never
+# delivered to a worker that must hand it back (and would, with Celery's prefetch, keep receiving it while an idle
+# worker with the GPUs waits). "@" is in no queue name Tuneboard accepts or workers announce.
+SIZED_QUEUE_SEPARATOR = "@"
+_SIZED_QUEUE = re.compile(r"@[0-9]+gpus$")
 
 
 def broker_key_prefix(settings: Settings) -> str:
@@ -79,9 +86,31 @@ def get_celery() -> Celery:
     return _celery_for(settings.effective_redis_url, settings.redis_key_prefix)
 
 
-def enqueue_training(job_id: str, queue: str, *, countdown: float | None = None) -> None:
-    """Send the training task for a committed job to the named queue (to be run `countdown` seconds from now)."""
-    get_celery().send_task(TRAIN_TASK, args=[job_id], queue=queue, countdown=countdown)
+def training_queue(queue: str, gpus: int) -> str:
+    """The broker queue a job of `queue` on `gpus` GPUs is sent to: the queue itself for one GPU, else its per-size
+    queue (`gpu@2gpus`), which only the queue's workers with at least that many GPUs consume."""
+    return queue if gpus <= 1 else f"{queue}{SIZED_QUEUE_SEPARATOR}{gpus}gpus"
+
+
+def sized_queues(queue: str, gpu_count: int) -> list[str]:
+    """The per-size queues a worker of `queue` with `gpu_count` GPUs consumes besides `queue` itself."""
+    return [training_queue(queue, gpus) for gpus in range(2, gpu_count + 1)]
+
+
+def is_sized_queue(name: str) -> bool:
+    """Whether a broker queue is one of the per-size queues (never a queue users name or workers announce)."""
+    return _SIZED_QUEUE.search(name) is not None
+
+
+def job_gpus(config: dict) -> int:
+    """How many GPUs a stored job config asks for (one when it predates multi-GPU jobs)."""
+    return int((config or {}).get("training", {}).get("gpus", 1))
+
+
+def enqueue_training(job_id: str, queue: str, gpus: int, *, countdown: float | None = None) -> None:
+    """Send the training task for a committed job to its queue, or to the queue's per-size queue for a job on
+    several GPUs (to be run `countdown` seconds from now)."""
+    get_celery().send_task(TRAIN_TASK, args=[job_id], queue=training_queue(queue, gpus), countdown=countdown)
 
 
 def enqueue_export(export_id: str, queue: str) -> None:
@@ -93,6 +122,11 @@ def enqueue_generation(request: dict, queue: str, expires_seconds: float) -> Non
     """Send a chat completion request to the inference queue; a worker that receives it after `expires_seconds`
     drops it (its client stopped waiting)."""
     get_celery().send_task(GENERATE_TASK, args=[request], queue=queue, expires=expires_seconds)
+
+
+def training_queue_keys(queue: str) -> list[str]:
+    """The Redis lists of a queue and of every per-size queue of it: all the training messages waiting for it."""
+    return [key for gpus in range(1, MAX_GPUS + 1) for key in queue_keys(training_queue(queue, gpus))]
 
 
 def queue_keys(queue: str) -> list[str]:

@@ -36,7 +36,7 @@ def queue_memory_advice(queue: str, workers: list[WorkerInfo], memory_total: int
                 f"No live worker on queue {queue!r} has {gpus_per_job} GPUs: the most is {most.gpu_count} "
                 f"({most.device} on {most.hostname}), so the launch would be refused. Lower GPUs, or pick a queue "
                 "with a larger host."))
-        workers = able  # only these take the job: the others hand it back
+        workers = able  # only these take the job: it waits in a per-size queue the others do not consume
     gpus = [w for w in workers if w.gpu_memory_bytes]
     if not gpus:
         devices = ", ".join(sorted({w.device for w in workers}))

@@ -1,5 +1,6 @@
 """The lease reaper: a background thread that requeues jobs whose worker stopped renewing its lease,
-fails them after their last attempt, and sends again the queued jobs whose message the broker lost.
+fails them after their last attempt, sends again the queued jobs whose message the broker lost, and times the
+wait of jobs on several GPUs (`app.jobs.gpu_wait`).
 It runs in every worker and in the web app, so a job cannot stay "running" or "queued" forever even
 when no worker is left or Redis forgot its queue; each pass is a few conditional UPDATEs, so any
 number of reapers may run at once. Must not import torch or `workers`.
@@ -16,7 +17,7 @@ from kombu.exceptions import OperationalError
 
 from app import redis_client
 from app.db import new_session
-from app.jobs import lifecycle
+from app.jobs import gpu_wait, lifecycle
 from app.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,12 @@ def resend_once() -> list[str]:
     with new_session() as session:
         return lifecycle.resend_stranded(session, redis_client.get_redis(), get_settings(),
                                          grace_seconds=resend_grace_seconds())
+
+
+def gpu_wait_once() -> list[str]:
+    """One pass over multi-GPU jobs waiting for a worker with their GPUs: the ids failed for waiting too long."""
+    with new_session() as session:
+        return gpu_wait.check_gpu_waits(session, redis_client.get_redis(), get_settings())
 
 
 def interval_seconds() -> float:
@@ -64,6 +71,7 @@ class ReaperThread(threading.Thread):
                 if requeued or ended:
                     log.warning("reaper: requeued %s, ended %s", requeued, ended)
                 self._resend()
+                self._time_gpu_waits()
             except Exception:  # keep reaping after a transient DB or Redis error
                 log.exception("reaper pass failed")
             self.stopped.wait(interval_seconds())
@@ -76,3 +84,12 @@ class ReaperThread(threading.Thread):
             return
         if resent:
             log.warning("reaper: sent again %s, whose messages the broker had lost", resent)
+
+    def _time_gpu_waits(self) -> None:
+        try:
+            failed = gpu_wait_once()
+        except redis.RedisError as exc:  # no live workers to judge by: every job keeps waiting
+            log.warning("reaper: cannot read the live workers for jobs waiting on GPUs: %s", exc)
+            return
+        if failed:
+            log.warning("reaper: failed %s, which waited too long for a worker with their GPUs", failed)

@@ -21,13 +21,15 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import new_session
-from app.fleet.queue import broker_holdings, enqueue_training, get_celery
+from app.fleet.queue import broker_holdings, enqueue_training, get_celery, job_gpus, training_queue
 from app.job_status import JobStatus
 from app.jobs import streams
 from app.settings import Settings
 from app.tables import Checkpoint, Event, HeldOutSample, Job, Metric, now
 
 log = logging.getLogger(__name__)
+# The GPUs a stored job asks for, read by the database (jobs from before multi-GPU jobs have none: one).
+JOB_GPUS = func.coalesce(Job.config["training"]["gpus"].as_integer(), 1)
 
 
 class AttemptFenced(Exception):  # a refusal, named after what happened
@@ -157,7 +159,7 @@ def submit(session: Session, client: redis.Redis | None, job: Job, settings: Set
     add_event(session, client, job.id, f"Job queued on {job.queue}.", type_="queued",
               max_len=settings.stream_max_points)
     try:
-        enqueue_training(job.id, job.queue)
+        enqueue_training(job.id, job.queue, job_gpus(job.config))
     except Exception as exc:  # any broker error: the job stays queued, and the reaper sends it
         # The job is stored, so nothing is lost: the reaper's reconciliation (resend_stranded) sends every queued
         # job that no broker message holds once Redis answers again.
@@ -377,7 +379,7 @@ def reap_expired(session: Session, client: redis.Redis | None, settings: Setting
                   level="warning", type_="requeued", max_len=settings.stream_max_points)
         publish_status(client, job, max_len=settings.stream_max_points)
         try:
-            enqueue_training(job_id, job.queue)
+            enqueue_training(job_id, job.queue, job_gpus(job.config))
         except Exception:  # it stays queued, and resend_stranded sends it once the broker is back
             log.warning("could not requeue %s; it will be sent again when the broker answers", job_id, exc_info=True)
     return list(requeued), ended
@@ -393,12 +395,12 @@ def resend_stranded(session: Session, client: redis.Redis, settings: Settings, *
     cutoff = now() - grace_seconds
     sent = func.coalesce(Job.sent_at, Job.created_at)
     candidates = session.execute(
-        select(Job.id, Job.queue, Job.task_id).where(Job.status == JobStatus.QUEUED, sent < cutoff)).all()
+        select(Job.id, Job.queue, JOB_GPUS, Job.task_id).where(Job.status == JobStatus.QUEUED, sent < cutoff)).all()
     if not candidates:
         return []
-    holdings = broker_holdings(client, {queue for _, queue, _ in candidates})
+    holdings = broker_holdings(client, {training_queue(queue, gpus) for _, queue, gpus, _ in candidates})
     resent = []
-    for job_id, queue, claimed_task_id in candidates:
+    for job_id, queue, gpus, claimed_task_id in candidates:
         if holdings.will_run(job_id, claimed_task_id):
             continue
         taken = session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED, sent < cutoff)
@@ -406,7 +408,7 @@ def resend_stranded(session: Session, client: redis.Redis, settings: Settings, *
         session.commit()
         if taken.rowcount != 1:
             continue
-        enqueue_training(job_id, queue)
+        enqueue_training(job_id, queue, gpus)
         resent.append(job_id)
         add_event(session, client, job_id, f"The job queue (Redis) had lost this job's message; sent it to {queue} "
                   "again.", level="warning", type_="resent", max_len=settings.stream_max_points)

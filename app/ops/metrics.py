@@ -111,9 +111,9 @@ def _redis_figures(client: redis.Redis, queues: set[str]) -> list[Metric]:
     served = worker_registry.queues_served(worker_registry.live_workers(client))
     queues = queues | set(served)
     # Kombu keeps a queue as a list named after it, plus one list per priority step for messages sent with a
-    # priority; a queue's depth is their sum.
+    # priority; a queue's depth is their sum, with its per-size queues' (jobs on several GPUs) counted in.
     pipe = client.pipeline(transaction=False)
-    keys = {queue: broker_queue.queue_keys(queue) for queue in sorted(queues)}
+    keys = {queue: broker_queue.training_queue_keys(queue) for queue in sorted(queues)}
     for queue_lists in keys.values():
         for key in queue_lists:
             pipe.llen(key)

@@ -82,7 +82,7 @@ def test_a_job_the_broker_still_holds_is_not_sent_again_and_a_job_sent_twice_run
     assert holdings.delivered.get(job["id"]) and not holdings.will_run(job["id"], _claimed_task(job["id"]))
     assert running["status"] == "running"
 
-    queue.enqueue_training(job["id"], tuneboard_env.queue)  # and sent a second time all the same
+    queue.enqueue_training(job["id"], tuneboard_env.queue, 1)  # and sent a second time all the same
     job = wait_until_finished(client, job["id"], timeout=180)
     assert job["status"] == "succeeded" and job["attempts"] == 1
     kinds = [e["data"]["kind"] for e in all_events(client, job["id"])]

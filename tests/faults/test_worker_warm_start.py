@@ -72,7 +72,7 @@ def test_a_worker_told_not_to_preload_leaves_the_import_to_its_first_job(start_w
     worker = start_worker(cold=True, TUNEBOARD_WORKER_PRELOAD="false")
     # The child runs a task (one for no job: nothing to claim, nothing imported) only once its start-up, where a
     # preload would happen, is over.
-    queue.enqueue_training("ftjob-none", tuneboard_env.queue)
+    queue.enqueue_training("ftjob-none", tuneboard_env.queue, 1)
     _wait_for_log(worker, re.compile(r"job ftjob-none: nothing to claim"), timeout=60)
     (child,) = _pool_children(worker.process.pid)
     assert not _has_torch(child)

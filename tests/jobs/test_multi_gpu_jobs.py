@@ -193,24 +193,36 @@ def test_a_killed_worker_takes_its_ranks_with_it_and_the_job_resumes_on_another(
     assert sorted(_losses(client, job["id"])) == list(range(1, 41))
 
 
-def test_a_worker_with_too_few_gpus_hands_the_job_back_and_the_page_says_it_waits(client, start_worker, model_dir,
-                                                                                  tmp_path):
+def test_a_one_gpu_worker_never_receives_a_two_gpu_job_which_waits_for_a_two_gpu_worker(client, start_worker,
+                                                                                          tuneboard_env, model_dir,
+                                                                                          tmp_path):
+    from app import redis_client
+    from app.fleet import worker_registry
+    from app.fleet.queue import TRAIN_TASK, get_celery
+
     big = start_worker(name="twogpu", PATH=_gpus(tmp_path, 2))
     train = upload(client, chat_records(16))
     big.stop()  # the launch saw a worker with two GPUs; by the time the job is delivered only a smaller one is left
     small = start_worker(name="onegpu", PATH=_gpus(tmp_path, 1))
     job = launch(client, model_dir, train["id"], lora=LORA, training=_training(batch_size=2, gpus=2, max_steps=4))
-    wait = "Waiting for a worker with 2 GPUs on queue"
-    job = wait_for(client, job["id"], lambda _j: any(wait in e["message"] for e in all_events(client, _j["id"])),
+    wait = f"Waiting for a worker with 2 GPUs on queue '{tuneboard_env.queue}'."
+    job = wait_for(client, job["id"], lambda _j: any(e["message"] == wait for e in all_events(client, _j["id"])),
                    timeout=120, what="the waiting event")
     assert job["status"] == "queued" and job["attempts"] == 0
-    # Offered again every 10 s, it is never claimed here, and the page says so once.
-    wait_for(client, job["id"], lambda _j: small.log().count("needs 2 GPUs") >= 2, timeout=60, what="a second offer")
-    assert sum(wait in e["message"] for e in all_events(client, job["id"])) == 1
-    start_worker(name="twogpu2", PATH=_gpus(tmp_path, 2))
+    # A message on the queue itself (as sent before per-size queues) reaches the idle one-GPU worker, which
+    # forwards it to the two-GPU queue instead of claiming it.
+    get_celery().send_task(TRAIN_TASK, args=[job["id"]], queue=tuneboard_env.queue)
+    forwarded = f"job {job['id']}: needs 2 GPUs, this worker has 1; sent to {tuneboard_env.queue}@2gpus"
+    wait_for(client, job["id"], lambda _j: forwarded in small.log(), timeout=60, what="the forward")
+    rescuer = start_worker(name="twogpu2", PATH=_gpus(tmp_path, 2))
     job = wait_until_finished(client, job["id"], timeout=300)
     assert job["status"] == "succeeded", job["error"]
     assert job["worker"].startswith("twogpu2@") and job["attempts"] == 1
+    assert small.log().count("needs 2 GPUs") == 1, "the job's own message reached the one-GPU worker"
+    assert sum(e["message"] == wait for e in all_events(client, job["id"])) == 1
+    # Workers announce the queues users name; the per-size queues they consume stay out of every list.
+    announced = {w.hostname.split("@")[0]: w.queues for w in worker_registry.live_workers(redis_client.get_redis())}
+    assert announced["twogpu2"] == (tuneboard_env.queue,) and rescuer.log().count("@2gpus") >= 1
 
 
 def test_a_job_whose_gpus_left_the_queue_fails_after_the_wait_saying_why(client, start_worker, model_dir, tmp_path):

@@ -108,7 +108,7 @@ def test_duplicate_delivery_starts_one_run(client, start_worker, model_dir, tune
     train = upload(client, chat_records())
     job = launch(client, model_dir, train["id"], lora=LORA, training=_training(max_steps=150, save_steps=50))
     wait_for(client, job["id"], lambda j: j["status"] == "running", what="running")
-    queue.enqueue_training(job["id"], tuneboard_env.queue)  # and a plainly duplicated message too
+    queue.enqueue_training(job["id"], tuneboard_env.queue, 1)  # and a plainly duplicated message too
     job = wait_until_finished(client, job["id"])
     assert job["status"] == "succeeded" and job["attempts"] == 1
     assert [e["data"]["kind"] for e in all_events(client, job["id"])].count("started") == 1

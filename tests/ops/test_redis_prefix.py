@@ -111,9 +111,9 @@ def test_a_worker_of_one_install_never_takes_another_installs_message_from_a_que
     shared_queue = tuneboard_env.queue  # both installs name their queue alike
     b_worker = start_worker(name="b", TUNEBOARD_REDIS_KEY_PREFIX=other_prefix, TUNEBOARD_WORKER_PRELOAD="false")
     _be(monkeypatch, tuneboard_env.redis_key_prefix)
-    queue.enqueue_training("ftjob-of-a", shared_queue)
+    queue.enqueue_training("ftjob-of-a", shared_queue, 1)
     b = _be(monkeypatch, other_prefix)
-    queue.enqueue_training("ftjob-of-b", shared_queue)
+    queue.enqueue_training("ftjob-of-b", shared_queue, 1)
     # Sent after A's: were the two lists one, B's worker (one message at a time, oldest first) took A's before it.
     wait_until(lambda: "job ftjob-of-b: nothing to claim" in b_worker.log(), timeout=60)
     assert "ftjob-of-a" not in b_worker.log()
@@ -149,7 +149,7 @@ def test_the_default_prefix_reads_and_writes_the_keys_of_earlier_releases(tunebo
 
         # Messages go to (and are counted in) the list named after the queue, as before: no Kombu key prefix.
         assert "global_keyprefix" not in queue.make_celery(get_settings()).conf.broker_transport_options
-        queue.enqueue_training(job_id, queue_name)
+        queue.enqueue_training(job_id, queue_name, 1)
         assert client.llen(queue_name) == 1
         assert queue.broker_holdings(client, [queue_name]).waiting == {job_id}
 

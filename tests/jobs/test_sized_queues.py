@@ -1,0 +1,83 @@
+"""Jobs on several GPUs wait in their queue's per-size queue, on the real broker and database with no worker: the
+message goes to `<queue>@<N>gpus` (never to the queue one-GPU workers take), counts in the queue's depth, is seen
+by the stranded-message check, and the reaper's pass says on the job page that it waits and fails it once the
+wait is over. (Workers consuming those queues, and a job moving from a one-GPU worker to a two-GPU one, are
+tests/jobs/test_multi_gpu_jobs.py's part.)
+"""
+
+from __future__ import annotations
+
+import re
+
+from fastapi.testclient import TestClient
+
+from tests.jobs.helpers import all_events, chat_records, launch, upload
+from tests.ops.test_operations import samples, value
+
+LORA = {"r": 8, "target_modules": ["q_proj", "v_proj"]}
+MODEL = "HuggingFaceTB/SmolLM2-135M"
+
+
+def _launch_on_two_gpus(tuneboard_env, account, monkeypatch) -> str:
+    """A job on two GPUs, launched while no worker is live (so it is queued, as any job would be)."""
+    from app.main import create_app
+    from app.settings import get_settings
+
+    monkeypatch.setenv("TUNEBOARD_METRICS_PUBLIC", "true")
+    get_settings.cache_clear()
+    with TestClient(create_app(), headers=account.headers) as client:
+        file_id = upload(client, chat_records(4))["id"]
+        job = launch(client, MODEL, file_id, lora=LORA, training={"gpus": 2, "strategy": "ddp", "max_steps": 2})
+        depth = value(samples(client.get("/metrics").text), "tuneboard_queue_messages", queue=tuneboard_env.queue)
+    assert depth == 1, "the waiting two-GPU job counts in its queue's depth"
+    return job["id"]
+
+
+def test_a_job_on_two_gpus_waits_in_its_queues_two_gpu_list_not_in_the_queue_itself(tuneboard_env, account,
+                                                                                      monkeypatch):
+    from app import redis_client
+    from app.db import new_session
+    from app.jobs import lifecycle
+
+    job_id = _launch_on_two_gpus(tuneboard_env, account, monkeypatch)
+    client, prefix, queue = redis_client.get_redis(), tuneboard_env.redis_key_prefix, tuneboard_env.queue
+    assert client.llen(prefix + queue) == 0
+    assert client.llen(prefix + f"{queue}@2gpus") == 1
+    with new_session() as session:
+        # The broker holds it there: nothing to send again.
+        assert lifecycle.resend_stranded(session, client, tuneboard_env.settings, grace_seconds=0) == []
+        # Lost (Redis restarted without persistence): sent again, to the same per-size list.
+        client.delete(prefix + f"{queue}@2gpus")
+        assert lifecycle.resend_stranded(session, client, tuneboard_env.settings, grace_seconds=0) == [job_id]
+    assert client.llen(prefix + queue) == 0
+    assert client.llen(prefix + f"{queue}@2gpus") == 1
+
+
+def test_the_reaper_says_once_that_the_job_waits_then_fails_it_when_the_wait_is_over(tuneboard_env, account,
+                                                                                       monkeypatch):
+    from app import redis_client
+    from app.db import new_session
+    from app.jobs.gpu_wait import check_gpu_waits
+    from app.jobs.streams import gpu_wait_key
+    from app.main import create_app
+    from app.tables import Job, now
+
+    job_id = _launch_on_two_gpus(tuneboard_env, account, monkeypatch)
+    client = redis_client.get_redis()
+    settings = tuneboard_env.settings.model_copy(update={"gpu_wait_seconds": 60})
+    with new_session() as session:
+        assert check_gpu_waits(session, client, settings) == []
+        assert check_gpu_waits(session, client, settings) == []
+        assert session.get(Job, job_id).status == "queued"
+        client.set(gpu_wait_key(job_id), now() - 90)  # the wait began a minute and a half ago
+        assert check_gpu_waits(session, client, settings) == [job_id]
+        assert check_gpu_waits(session, client, settings) == []  # nothing left waiting
+    with TestClient(create_app(), headers=account.headers) as api:
+        job = api.get(f"/v1/fine_tuning/jobs/{job_id}").json()
+        messages = [event["message"] for event in all_events(api, job_id)]
+    assert job["status"] == "failed" and job["attempts"] == 0
+    assert job["error"]["code"] == "no_worker_with_gpus"
+    assert re.fullmatch(rf"it waited 9\d seconds for a worker with 2 GPUs, and no live worker of queue "
+                        rf"'{tuneboard_env.queue}' has that many \(the most is 0\)\. .+", job["error"]["message"])
+    assert messages.count(f"Waiting for a worker with 2 GPUs on queue '{tuneboard_env.queue}'.") == 1
+    assert messages[-1].startswith("Job failed: it waited")
