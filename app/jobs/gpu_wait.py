@@ -1,5 +1,6 @@
-"""Jobs on several GPUs that wait for a worker with that many: the job page says so once, and the job fails
-saying why once no live worker of its queue has had the GPUs for `gpu_wait_seconds`.
+"""Jobs on several GPUs that wait for a worker with that many: while the queue's live workers all have fewer, the
+job page says so once, and the job fails saying why once that has lasted `gpu_wait_seconds`. (With no live worker
+of its queue at all, such a job waits as any job does.)
 
 Such a job waits in its per-size queue (`app.fleet.queue.training_queue`), which only workers with enough GPUs
 consume, so no worker ever receives it to judge the wait: the lease reaper does, on every pass, in every worker
@@ -37,7 +38,9 @@ def check_gpu_waits(session: Session, client: redis.Redis, settings: Settings) -
     served = worker_registry.queues_served(worker_registry.live_workers(client))
     failed = []
     for job_id, queue, needed in waiting:
-        largest = max((worker.gpu_count for worker in served.get(queue, [])), default=0)
+        if not served.get(queue):  # no worker of the queue at all: it waits as any job does until one starts
+            continue
+        largest = max(worker.gpu_count for worker in served[queue])
         key = streams.gpu_wait_key(job_id)
         if largest >= needed:  # that worker takes the job once it is free: the clock restarts
             client.delete(key)

@@ -1,7 +1,7 @@
 """Jobs on several GPUs wait in their queue's per-size queue, on the real broker and database with no worker: the
 message goes to `<queue>@<N>gpus` (never to the queue one-GPU workers take), counts in the queue's depth, is seen
-by the stranded-message check, and the reaper's pass says on the job page that it waits and fails it once the
-wait is over. (Workers consuming those queues, and a job moving from a one-GPU worker to a two-GPU one, are
+by the stranded-message check, and the reaper's pass (once a worker of the queue with fewer GPUs is live) says on
+the job page that it waits and fails it once the wait is over. (Workers consuming those queues, and a job moving from a one-GPU worker to a two-GPU one, are
 tests/jobs/test_multi_gpu_jobs.py's part.)
 """
 
@@ -57,6 +57,7 @@ def test_the_reaper_says_once_that_the_job_waits_then_fails_it_when_the_wait_is_
                                                                                        monkeypatch):
     from app import redis_client
     from app.db import new_session
+    from app.fleet import worker_registry
     from app.jobs.gpu_wait import check_gpu_waits
     from app.jobs.streams import gpu_wait_key
     from app.main import create_app
@@ -66,6 +67,13 @@ def test_the_reaper_says_once_that_the_job_waits_then_fails_it_when_the_wait_is_
     client = redis_client.get_redis()
     settings = tuneboard_env.settings.model_copy(update={"gpu_wait_seconds": 60})
     with new_session() as session:
+        # No worker of the queue at all: the job waits as any job does, and nobody times it.
+        assert check_gpu_waits(session, client, settings) == []
+        assert client.get(gpu_wait_key(job_id)) is None
+        # A one-GPU worker of the queue announces itself (as a worker's reaper does).
+        worker_registry.announce(client, {"hostname": "onegpu@host", "queues": [tuneboard_env.queue],
+                                          "device": "NVIDIA H100", "gpu_memory_bytes": 80 * 1024**3,
+                                          "gpu_count": 1, "seen_at": now()}, ttl_seconds=300)
         assert check_gpu_waits(session, client, settings) == []
         assert check_gpu_waits(session, client, settings) == []
         assert session.get(Job, job_id).status == "queued"
@@ -78,6 +86,6 @@ def test_the_reaper_says_once_that_the_job_waits_then_fails_it_when_the_wait_is_
     assert job["status"] == "failed" and job["attempts"] == 0
     assert job["error"]["code"] == "no_worker_with_gpus"
     assert re.fullmatch(rf"it waited 9\d seconds for a worker with 2 GPUs, and no live worker of queue "
-                        rf"'{tuneboard_env.queue}' has that many \(the most is 0\)\. .+", job["error"]["message"])
+                        rf"'{tuneboard_env.queue}' has that many \(the most is 1\)\. .+", job["error"]["message"])
     assert messages.count(f"Waiting for a worker with 2 GPUs on queue '{tuneboard_env.queue}'.") == 1
     assert messages[-1].startswith("Job failed: it waited")
