@@ -1,8 +1,8 @@
 """Jobs on several GPUs wait in their queue's per-size queue, on the real broker and database with no worker: the
 message goes to `<queue>@<N>gpus` (never to the queue one-GPU workers take), counts in the queue's depth, is seen
 by the stranded-message check, and the reaper's pass (once a worker of the queue with fewer GPUs is live) says on
-the job page that it waits and fails it once the wait is over. (Workers consuming those queues, and a job moving from a one-GPU worker to a two-GPU one, are
-tests/jobs/test_multi_gpu_jobs.py's part.)
+the job page that it waits and fails it once the wait is over. (Workers consuming those queues, and a job moving
+from a one-GPU worker to a two-GPU one, are tests/jobs/test_multi_gpu_jobs.py's part.)
 """
 
 from __future__ import annotations
