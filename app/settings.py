@@ -57,8 +57,8 @@ class Settings(BaseSettings):
     )
     max_attempts: int = Field(3, ge=1, description="Runs a job gets (worker lost) before it is failed.")
     gpu_wait_seconds: float = Field(
-        3600.0, gt=0, description="How long a job on several GPUs waits, once no live worker of its queue has that "
-        "many, before it is failed saying so (it launched while one had; a worker with enough GPUs ends the wait).")
+        3600.0, gt=0, description="How long a job on several GPUs waits while the live workers of its queue all have "
+        "fewer, before it is failed saying so (it launched while one had; a worker with enough GPUs ends the wait).")
     # A message not acked within this time is delivered again; the DB claim makes that harmless,
     # but a fine-tune that outlives it would be re-sent for nothing, so keep it above any run.
     visibility_timeout_seconds: int = Field(7 * 24 * 3600, ge=1)
