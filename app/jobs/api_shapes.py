@@ -10,10 +10,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.fleet.queue import job_gpus
 from app.job_status import JobStatus
 from app.jobs import model_names
 from app.jobs.create_request import BASE_LEARNING_RATE
-from app.jobs.lifecycle import event_payload, job_error
+from app.jobs.lifecycle import JOB_GPUS, event_payload, job_error
 from app.jobs.time_prediction import time_prediction
 from app.tables import PREFERENCE_METRIC_FIELDS, Checkpoint, Event, Job, Metric
 
@@ -147,9 +148,13 @@ def job_phase(session: Session, job: Job) -> str | None:
     if job.is_finished or job.step > 0:
         return None
     if job.status == JobStatus.QUEUED:
+        # A job on N GPUs waits in the queue's per-size queue, behind the jobs on N GPUs only.
+        gpus = job_gpus(job.config)
         ahead = session.scalar(select(func.count()).select_from(Job).where(
-            Job.status == JobStatus.QUEUED, Job.queue == job.queue, Job.created_at < job.created_at)) or 0
-        return f"Queued at position {ahead + 1} on queue {job.queue}: waiting for a worker."
+            Job.status == JobStatus.QUEUED, Job.queue == job.queue, Job.created_at < job.created_at,
+            JOB_GPUS == gpus)) or 0
+        worker = "a worker" if gpus == 1 else f"a worker with {gpus} GPUs"
+        return f"Queued at position {ahead + 1} on queue {job.queue}: waiting for {worker}."
     recent = session.scalars(select(Event.message).where(Event.job_id == job.id)
                              .order_by(Event.id.desc()).limit(50)).all()
     for message in recent:

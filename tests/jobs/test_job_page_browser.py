@@ -156,3 +156,26 @@ def test_a_dpo_job_draws_its_reward_curves_beside_the_loss(browser, live_server,
     assert page.locator("#reward-chart").count() == 0
     assert not problems, problems
     context.close()
+
+
+@pytest.mark.browser
+def test_a_queued_job_page_fits_a_400_px_screen_with_its_actions_in_reach(browser, live_server, account,
+                                                                          tuneboard_env):
+    """No worker: the job stays queued, its id (one long word) in the title beside the status, Clone and Cancel."""
+    api = httpx.Client(base_url=live_server.url, timeout=30, headers=account.headers)
+    file_id = api.post("/v1/files", files={"file": ("train.jsonl", json_lines(chat_records(8)))},
+                       data={"purpose": "fine-tune"}).json()["id"]
+    job = api.post("/v1/fine_tuning/jobs", json={"model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+                                                 "training_file": file_id}).json()
+    context = signed_in_context(browser, live_server.url, account, viewport={"width": 400, "height": 900})
+    page = context.new_page()
+    page.goto(f"/jobs/{job['id']}")
+    assert page.evaluate("() => document.scrollingElement.scrollWidth") <= 400
+    for button in ("#clone-job", "#cancel-job"):
+        box = page.locator(button).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 400, (button, box)
+    assert "waiting for a worker." in page.locator("#job-phase").inner_text()
+    out = os.environ.get("TUNEBOARD_SCREENSHOT_DIR")
+    if out:
+        page.screenshot(path=f"{out}/job-queued-400px.png", full_page=True)
+    context.close()

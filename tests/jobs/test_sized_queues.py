@@ -19,17 +19,24 @@ MODEL = "HuggingFaceTB/SmolLM2-135M"
 
 
 def _launch_on_two_gpus(tuneboard_env, account, monkeypatch) -> str:
-    """A job on two GPUs, launched while no worker is live (so it is queued, as any job would be)."""
+    """A job on two GPUs, launched while no worker is live (so it is queued, as any job would be), after one on
+    one GPU."""
+    from app.accounts.auth import SESSION_COOKIE
     from app.main import create_app
     from app.settings import get_settings
 
     monkeypatch.setenv("TUNEBOARD_METRICS_PUBLIC", "true")
     get_settings.cache_clear()
-    with TestClient(create_app(), headers=account.headers) as client:
+    with TestClient(create_app(), headers=account.headers,
+                    cookies={SESSION_COOKIE: account.session_cookie}) as client:
         file_id = upload(client, chat_records(4))["id"]
+        launch(client, MODEL, file_id, lora=LORA, training={"max_steps": 2})
         job = launch(client, MODEL, file_id, lora=LORA, training={"gpus": 2, "strategy": "ddp", "max_steps": 2})
         depth = value(samples(client.get("/metrics").text), "tuneboard_queue_messages", queue=tuneboard_env.queue)
-    assert depth == 1, "the waiting two-GPU job counts in its queue's depth"
+        page = client.get(f"/jobs/{job['id']}").text
+    assert depth == 2, "the waiting two-GPU job counts in its queue's depth"
+    # First in line for a two-GPU worker: the one-GPU job launched before it waits elsewhere.
+    assert f"Queued at position 1 on queue {tuneboard_env.queue}: waiting for a worker with 2 GPUs." in page
     return job["id"]
 
 
@@ -41,7 +48,7 @@ def test_a_job_on_two_gpus_waits_in_its_queues_two_gpu_list_not_in_the_queue_its
 
     job_id = _launch_on_two_gpus(tuneboard_env, account, monkeypatch)
     client, prefix, queue = redis_client.get_redis(), tuneboard_env.redis_key_prefix, tuneboard_env.queue
-    assert client.llen(prefix + queue) == 0
+    assert client.llen(prefix + queue) == 1  # the one-GPU job's
     assert client.llen(prefix + f"{queue}@2gpus") == 1
     with new_session() as session:
         # The broker holds it there: nothing to send again.
@@ -49,7 +56,7 @@ def test_a_job_on_two_gpus_waits_in_its_queues_two_gpu_list_not_in_the_queue_its
         # Lost (Redis restarted without persistence): sent again, to the same per-size list.
         client.delete(prefix + f"{queue}@2gpus")
         assert lifecycle.resend_stranded(session, client, tuneboard_env.settings, grace_seconds=0) == [job_id]
-    assert client.llen(prefix + queue) == 0
+    assert client.llen(prefix + queue) == 1
     assert client.llen(prefix + f"{queue}@2gpus") == 1
 
 
