@@ -34,12 +34,12 @@ def _setup_logging(loglevel=None, **_kwargs) -> None:
 
 @celeryd_after_setup.connect
 def _consume_sized_queues(sender=None, instance=None, **_kwargs) -> None:
-    # A worker with G GPUs also takes the jobs on 2..G GPUs of its training queues, which wait in per-size queues
-    # (app.fleet.queue.training_queue) that no worker with fewer GPUs consumes.
+    # A worker with G GPUs also takes the jobs on 2..G GPUs of its queues, which wait in per-size queues
+    # (app.fleet.queue.training_queue) that no worker with fewer GPUs consumes. The inference queue too: a training
+    # job may be sent to any queue a live worker serves.
     selected = instance.app.amqp.queues
-    inference = get_settings().inference_queue
     for name in sorted(selected.consume_from):
-        if name != inference and not is_sized_queue(name):
+        if not is_sized_queue(name):
             for sized in sized_queues(name, reaper.gpu_count()):
                 selected.select_add(sized)
 

@@ -29,7 +29,7 @@ from workers import reaper
 from workers.job_reporter import JobReporter
 
 log = logging.getLogger(__name__)
-# How soon a job forwarded for want of GPUs is offered again.
+# How soon a job forwarded for want of GPUs is offered again when it came from the queue it is forwarded to.
 GPU_FORWARD_DELAY_SECONDS = 10
 
 
@@ -62,15 +62,16 @@ def attempt_key(job_id: str, attempt: int) -> str:
     return f"{artifacts.job_dir_key(job_id)}/attempt-{attempt}"
 
 
-def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
-    """Run one attempt of a job to its end; returns the status it ended with, or 'skipped'."""
+def run_job(job_id: str, worker: str, task_id: str | None = None, delivered_from: str | None = None) -> str:
+    """Run one attempt of a job to its end; returns the status it ended with, or 'skipped' (or 'forwarded' to
+    workers with more GPUs). `delivered_from` is the queue the message came from."""
     from workers.training import TrainingFailure, TrainingRun, train
     from workers.training.multi_gpu import train_on_gpus
 
     settings = get_settings()
     client = redis_client.get_redis()
     with new_session() as session:
-        if _forward_to_more_gpus(session, job_id):
+        if _forward_to_more_gpus(session, job_id, delivered_from):
             return "forwarded"
         claimed = lifecycle.claim(session, job_id, worker, settings, task_id=task_id)
         if claimed is None:
@@ -150,7 +151,7 @@ def run_job(job_id: str, worker: str, task_id: str | None = None) -> str:
         return status
 
 
-def _forward_to_more_gpus(session, job_id: str) -> bool:
+def _forward_to_more_gpus(session, job_id: str, delivered_from: str | None) -> bool:
     """True when the job needs more GPUs than this worker has: this worker claims nothing and sends the job to its
     queue's per-size queue, which only workers with enough GPUs consume (the reaper times the wait there)."""
     job = session.get(Job, job_id)
@@ -160,10 +161,13 @@ def _forward_to_more_gpus(session, job_id: str) -> bool:
     have = max(reaper.gpu_count(), 1)  # a CPU worker trains one process, like a one-GPU worker
     if needed <= have:
         return False
-    # Only a message sent before per-size queues existed, or to a per-size queue this worker was made to consume
-    # by hand, gets here; the countdown keeps the second case from spinning.
+    # Only a message sent before per-size queues existed gets here, or one from a per-size queue this worker was
+    # made to consume by hand. The first goes on at once: a countdown would make the two-GPU worker that receives it
+    # hold it (Celery keeps messages with an ETA on the worker) while it may start another job. The second waits,
+    # so that it does not spin through this worker.
     target = queue.training_queue(job.queue, needed)
-    queue.enqueue_training(job_id, job.queue, needed, countdown=GPU_FORWARD_DELAY_SECONDS)
+    countdown = GPU_FORWARD_DELAY_SECONDS if delivered_from == target else None
+    queue.enqueue_training(job_id, job.queue, needed, countdown=countdown)
     log.info("job %s: needs %s GPUs, this worker has %s; sent to %s", job_id, needed, have, target)
     return True
 

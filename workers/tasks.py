@@ -13,7 +13,9 @@ def train_job(self, job_id: str) -> str:
     from workers.job_runner import run_job
 
     with log_context(job_id=job_id, task_id=self.request.id):
-        return run_job(job_id, worker=self.request.hostname or "worker", task_id=self.request.id)
+        delivered_from = (self.request.delivery_info or {}).get("routing_key")
+        return run_job(job_id, worker=self.request.hostname or "worker", task_id=self.request.id,
+                       delivered_from=delivered_from)
 
 
 # Acked on receipt, unlike training: a worker that dies mid-reply must not have the request delivered again to a

@@ -104,7 +104,7 @@ def is_sized_queue(name: str) -> bool:
 
 def job_gpus(config: dict) -> int:
     """How many GPUs a stored job config asks for (one when it predates multi-GPU jobs)."""
-    return int((config or {}).get("training", {}).get("gpus", 1))
+    return int(((config or {}).get("training") or {}).get("gpus") or 1)
 
 
 def enqueue_training(job_id: str, queue: str, gpus: int, *, countdown: float | None = None) -> None:

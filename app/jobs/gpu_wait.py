@@ -1,11 +1,12 @@
 """Jobs on several GPUs that wait for a worker with that many: while the queue's live workers all have fewer, the
-job page says so once, and the job fails saying why once that has lasted `gpu_wait_seconds`. (With no live worker
-of its queue at all, such a job waits as any job does.)
+job page says so, and the job fails saying why once that has lasted `gpu_wait_seconds`. (With no live worker of its
+queue at all, such a job waits as any job does.)
 
 Such a job waits in its per-size queue (`app.fleet.queue.training_queue`), which only workers with enough GPUs
 consume, so no worker ever receives it to judge the wait: the lease reaper does, on every pass, in every worker
-and in the web app. Each step is idempotent (an event looked up before it is added, a conditional UPDATE to
-fail), so any number of reapers may run it at once. Must not import torch or `workers`.
+and in the web app. Any number of reapers may run it at once: the one whose SET NX starts the clock says so (once
+per wait: the clock restarts when a worker with the GPUs, or no worker of the queue, is live, and for each
+attempt), and the failure is a conditional UPDATE. Must not import torch or `workers`.
 """
 
 from __future__ import annotations
@@ -29,20 +30,19 @@ def waiting_message(needed: int, queue: str) -> str:
 def check_gpu_waits(session: Session, client: redis.Redis, settings: Settings) -> list[str]:
     """One pass over queued multi-GPU jobs whose queue has no live worker with their GPUs: say so on each job page
     (once), and fail those that waited past gpu_wait_seconds; returns the ids failed."""
-    waiting = session.execute(
-        select(Job.id, Job.queue, lifecycle.JOB_GPUS).where(Job.status == JobStatus.QUEUED, lifecycle.JOB_GPUS > 1)
-    ).all()
+    waiting = session.execute(select(Job.id, Job.queue, lifecycle.JOB_GPUS, Job.attempts)
+                              .where(Job.status == JobStatus.QUEUED, lifecycle.JOB_GPUS > 1)).all()
     if not waiting:
         return []
     # A Redis error here ends the pass: with no registry to judge by, every job keeps waiting.
     served = worker_registry.queues_served(worker_registry.live_workers(client))
     failed = []
-    for job_id, queue, needed in waiting:
-        if not served.get(queue):  # no worker of the queue at all: it waits as any job does until one starts
-            continue
-        largest = max(worker.gpu_count for worker in served[queue])
-        key = streams.gpu_wait_key(job_id)
-        if largest >= needed:  # that worker takes the job once it is free: the clock restarts
+    for job_id, queue, needed, attempts in waiting:
+        key = streams.gpu_wait_key(job_id, attempts)
+        largest = max((worker.gpu_count for worker in served.get(queue, [])), default=None)
+        # No worker of the queue at all: the job waits as any job does until one starts. A worker with the GPUs
+        # takes it once it is free. Either way the clock restarts.
+        if largest is None or largest >= needed:
             client.delete(key)
             continue
         # The reaper that starts the clock says so: one line per wait, whichever of many reapers gets there first.
@@ -60,6 +60,7 @@ def check_gpu_waits(session: Session, client: redis.Redis, settings: Settings) -
                 f"that many (the most is {largest}). Relaunch it on fewer GPUs or another queue, or start a worker "
                 f"with {needed} GPUs.", max_len=settings.stream_max_points):
             failed.append(job_id)
-        client.delete(key)
+        # The key stays until it expires: a reaper that read the job as queued before it failed finds the clock
+        # started, so it neither says "Waiting" on a failed job nor starts another wait.
     return failed
 

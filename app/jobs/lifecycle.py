@@ -398,7 +398,9 @@ def resend_stranded(session: Session, client: redis.Redis, settings: Settings, *
         select(Job.id, Job.queue, JOB_GPUS, Job.task_id).where(Job.status == JobStatus.QUEUED, sent < cutoff)).all()
     if not candidates:
         return []
-    holdings = broker_holdings(client, {training_queue(queue, gpus) for _, queue, gpus, _ in candidates})
+    # A job's message waits in its per-size queue, or (sent before per-size queues) in the queue itself.
+    holdings = broker_holdings(client, {name for _, queue, gpus, _ in candidates
+                                        for name in (queue, training_queue(queue, gpus))})
     resent = []
     for job_id, queue, gpus, claimed_task_id in candidates:
         if holdings.will_run(job_id, claimed_task_id):
@@ -410,6 +412,7 @@ def resend_stranded(session: Session, client: redis.Redis, settings: Settings, *
             continue
         enqueue_training(job_id, queue, gpus)
         resent.append(job_id)
-        add_event(session, client, job_id, f"The job queue (Redis) had lost this job's message; sent it to {queue} "
-                  "again.", level="warning", type_="resent", max_len=settings.stream_max_points)
+        add_event(session, client, job_id, "The job queue (Redis) had lost this job's message; sent it to "
+                  f"{training_queue(queue, gpus)} again.", level="warning", type_="resent",
+                  max_len=settings.stream_max_points)
     return resent

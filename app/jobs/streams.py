@@ -47,9 +47,10 @@ def publish(client: redis.Redis, job_id: str, type_: str, data: dict[str, Any], 
                        maxlen=max_len, approximate=True)
 
 
-def gpu_wait_key(job_id: str) -> str:
-    """The Redis key holding since when no live worker of the job's queue has had the GPUs it needs."""
-    return _job_key(job_id, "gpu-wait")
+def gpu_wait_key(job_id: str, attempts: int) -> str:
+    """The Redis key holding since when the live workers of the job's queue have all had fewer GPUs than it needs,
+    for the job as it is queued after `attempts` attempts (a requeued job starts a wait of its own)."""
+    return _job_key(job_id, f"gpu-wait:{attempts}")
 
 
 def attempt_key(job_id: str) -> str:

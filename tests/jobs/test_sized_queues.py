@@ -42,9 +42,13 @@ def _launch_on_two_gpus(tuneboard_env, account, monkeypatch) -> str:
 
 def test_a_job_on_two_gpus_waits_in_its_queues_two_gpu_list_not_in_the_queue_itself(tuneboard_env, account,
                                                                                       monkeypatch):
+    from sqlalchemy import update
+
     from app import redis_client
     from app.db import new_session
+    from app.fleet.queue import TRAIN_TASK, get_celery
     from app.jobs import lifecycle
+    from app.tables import Job, now
 
     job_id = _launch_on_two_gpus(tuneboard_env, account, monkeypatch)
     client, prefix, queue = redis_client.get_redis(), tuneboard_env.redis_key_prefix, tuneboard_env.queue
@@ -56,11 +60,21 @@ def test_a_job_on_two_gpus_waits_in_its_queues_two_gpu_list_not_in_the_queue_its
         # Lost (Redis restarted without persistence): sent again, to the same per-size list.
         client.delete(prefix + f"{queue}@2gpus")
         assert lifecycle.resend_stranded(session, client, tuneboard_env.settings, grace_seconds=0) == [job_id]
-    assert client.llen(prefix + queue) == 1
-    assert client.llen(prefix + f"{queue}@2gpus") == 1
+        assert client.llen(prefix + queue) == 1
+        assert client.llen(prefix + f"{queue}@2gpus") == 1
+        # A message on the queue itself (sent before per-size queues) holds the job too: not sent a second time.
+        client.delete(prefix + f"{queue}@2gpus")
+        get_celery().send_task(TRAIN_TASK, args=[job_id], queue=queue)
+        session.execute(update(Job).where(Job.id == job_id).values(sent_at=now() - 60))  # sent a minute ago
+        # (the one-GPU job, sent just now, is no candidate: only this job's lists are read)
+        session.execute(update(Job).where(Job.id != job_id).values(sent_at=now() + 3600))
+        session.commit()
+        assert lifecycle.resend_stranded(session, client, tuneboard_env.settings, grace_seconds=0) == []
+    assert client.llen(prefix + queue) == 2
+    assert client.llen(prefix + f"{queue}@2gpus") == 0
 
 
-def test_the_reaper_says_once_that_the_job_waits_then_fails_it_when_the_wait_is_over(tuneboard_env, account,
+def test_the_reaper_says_when_the_job_begins_to_wait_then_fails_it_when_the_wait_is_over(tuneboard_env, account,
                                                                                        monkeypatch):
     from app import redis_client
     from app.db import new_session
@@ -73,18 +87,35 @@ def test_the_reaper_says_once_that_the_job_waits_then_fails_it_when_the_wait_is_
     job_id = _launch_on_two_gpus(tuneboard_env, account, monkeypatch)
     client = redis_client.get_redis()
     settings = tuneboard_env.settings.model_copy(update={"gpu_wait_seconds": 60})
-    with new_session() as session:
-        # No worker of the queue at all: the job waits as any job does, and nobody times it.
-        assert check_gpu_waits(session, client, settings) == []
-        assert client.get(gpu_wait_key(job_id)) is None
-        # A one-GPU worker of the queue announces itself (as a worker's reaper does).
+    clock = gpu_wait_key(job_id, attempts=0)
+
+    def one_gpu_worker(live: bool) -> None:  # its announcement, as a worker's reaper writes and lets expire
+        if not live:
+            client.delete(worker_registry._key_prefix() + "onegpu@host")
+            return
         worker_registry.announce(client, {"hostname": "onegpu@host", "queues": [tuneboard_env.queue],
                                           "device": "NVIDIA H100", "gpu_memory_bytes": 80 * 1024**3,
                                           "gpu_count": 1, "seen_at": now()}, ttl_seconds=300)
+
+    with new_session() as session:
+        # No worker of the queue at all: the job waits as any job does, and nobody times it.
+        assert check_gpu_waits(session, client, settings) == []
+        assert client.get(clock) is None
+        one_gpu_worker(live=True)
+        assert check_gpu_waits(session, client, settings) == []
+        assert client.get(clock) is not None
+        # Every worker of the queue gone (a fleet restart): the clock restarts, not counting that time.
+        one_gpu_worker(live=False)
+        assert check_gpu_waits(session, client, settings) == []
+        assert client.get(clock) is None
+        one_gpu_worker(live=True)
         assert check_gpu_waits(session, client, settings) == []
         assert check_gpu_waits(session, client, settings) == []
         assert session.get(Job, job_id).status == "queued"
-        client.set(gpu_wait_key(job_id), now() - 90)  # the wait began a minute and a half ago
+        # A clock left from an earlier attempt of the job is not this wait's.
+        client.set(gpu_wait_key(job_id, attempts=1), now() - 3600)
+        assert check_gpu_waits(session, client, settings) == []
+        client.set(clock, now() - 90)  # this wait began a minute and a half ago
         assert check_gpu_waits(session, client, settings) == [job_id]
         assert check_gpu_waits(session, client, settings) == []  # nothing left waiting
     with TestClient(create_app(), headers=account.headers) as api:
@@ -94,5 +125,6 @@ def test_the_reaper_says_once_that_the_job_waits_then_fails_it_when_the_wait_is_
     assert job["error"]["code"] == "no_worker_with_gpus"
     assert re.fullmatch(rf"it waited 9\d seconds for a worker with 2 GPUs, and no live worker of queue "
                         rf"'{tuneboard_env.queue}' has that many \(the most is 1\)\. .+", job["error"]["message"])
-    assert messages.count(f"Waiting for a worker with 2 GPUs on queue '{tuneboard_env.queue}'.") == 1
+    # Said when each wait began: the first, and the one after the fleet came back.
+    assert messages.count(f"Waiting for a worker with 2 GPUs on queue '{tuneboard_env.queue}'.") == 2
     assert messages[-1].startswith("Job failed: it waited")
