@@ -30,7 +30,7 @@ BROKER_CONNECT_TIMEOUT_SECONDS = 5.0
 BROKER_HEALTH_CHECK_SECONDS = 25
 # A job on N GPUs goes to "<queue>@<N>gpus", consumed by the queue's workers with N GPUs or more, so it is never
 # delivered to a worker that must hand it back (and would, with Celery's prefetch, keep receiving it while an idle
-# worker with the GPUs waits). "@" is in no queue name Tuneboard accepts or workers announce.
+# worker with the GPUs waits). Workers announce no name that ends so: users never pick these queues.
 SIZED_QUEUE_SEPARATOR = "@"
 _SIZED_QUEUE = re.compile(r"@[0-9]+gpus$")
 

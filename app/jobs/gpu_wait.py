@@ -29,7 +29,7 @@ def waiting_message(needed: int, queue: str) -> str:
 
 def check_gpu_waits(session: Session, client: redis.Redis, settings: Settings) -> list[str]:
     """One pass over queued multi-GPU jobs whose queue has no live worker with their GPUs: say so on each job page
-    (once), and fail those that waited past gpu_wait_seconds; returns the ids failed."""
+    (once per wait), and fail those that waited past gpu_wait_seconds; returns the ids failed."""
     waiting = session.execute(select(Job.id, Job.queue, lifecycle.JOB_GPUS, Job.attempts)
                               .where(Job.status == JobStatus.QUEUED, lifecycle.JOB_GPUS > 1)).all()
     if not waiting:
@@ -63,4 +63,3 @@ def check_gpu_waits(session: Session, client: redis.Redis, settings: Settings) -
         # The key stays until it expires: a reaper that read the job as queued before it failed finds the clock
         # started, so it neither says "Waiting" on a failed job nor starts another wait.
     return failed
-
